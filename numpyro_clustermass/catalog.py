@@ -1,0 +1,421 @@
+"""Cluster catalogues: the lecture's column schema, validation, FITS/Parquet I/O, splits and scaling.
+
+A :class:`Catalog` is a table with one row per mock observation (a halo seen along one line of sight),
+holding the columns of Ho et al. (2019)'s ``Rockstar_UM_z=0.117_contam_summary.fits`` (see ``MOCK.md``)
+and, for generated catalogues, ``halo_id``, ``los``, ``log_mass`` and truth columns. It may also carry a
+member table (one row per galaxy) for users who want their own summaries.
+
+Example
+-------
+>>> import numpyro_clustermass as ncm
+>>> cat = ncm.simulate.mock_catalog(volume=0.002, seed=0)
+>>> train, test = cat.split(test_fraction=0.2, seed=1)
+>>> x, y = train.features(), train.log_mass
+>>> scaler = ncm.catalog.StandardScaler.fit(x)
+>>> x_std = scaler.transform(x)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = [
+    "FEATURE_NAMES",
+    "MOMENT_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "MEMBER_COLUMNS",
+    "Catalog",
+    "CatalogError",
+    "StandardScaler",
+    "read_catalog",
+    "write_catalog",
+    "validate_features",
+]
+
+#: The 12 moment columns of the lecture's file, in its order.
+MOMENT_COLUMNS = tuple(f"{q}_{s}" for q in ("R", "m", "v") for s in ("mean", "std", "skew", "kurt"))
+#: Columns a catalogue file must hold (the lecture's schema).
+REQUIRED_COLUMNS = ("M200c", "Ngal", "sigv") + MOMENT_COLUMNS
+#: The 14 model features, in the lecture's order.
+FEATURE_NAMES = ("LogNgal", "Logsigv") + MOMENT_COLUMNS
+#: Columns of a member table (one row per galaxy in a cylinder).
+MEMBER_COLUMNS = ("mock", "R", "v", "log_mstar", "is_interloper")
+#: Minimum number of galaxies for the moments (skewness, kurtosis) to be defined.
+MIN_NGAL = 3
+
+FORMAT_VERSION = 1
+
+
+class CatalogError(ValueError):
+    """A catalogue failed validation: the message names the column, the row count and the fix."""
+
+
+def _count_bad(name: str, bad: np.ndarray, what: str, fix: str) -> None:
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad:
+        first = np.flatnonzero(bad)[:5].tolist()
+        raise CatalogError(
+            f"column {name!r}: {n_bad} of {bad.size} rows {what} (first rows: {first}). {fix}"
+        )
+
+
+@dataclass
+class Catalog:
+    """A catalogue of mock (or real) cluster observations.
+
+    Parameters
+    ----------
+    columns : mapping of str to 1-D array
+        Column name to values, all of the same length.
+    members : mapping of str to 1-D array, optional
+        Member table with :data:`MEMBER_COLUMNS`; ``members["mock"]`` is the row index into this catalogue.
+    meta : dict
+        Free-form provenance (generator parameters, seed, cosmology, cuts applied).
+    validate : bool
+        Check the lecture's columns (missing, non-finite, non-positive mass or sigv, Ngal < 3).
+    """
+
+    columns: dict[str, np.ndarray]
+    members: dict[str, np.ndarray] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    validate: bool = True
+
+    def __post_init__(self) -> None:
+        self.columns = {str(k): np.asarray(v) for k, v in self.columns.items()}
+        lengths = {k: v.shape for k, v in self.columns.items()}
+        ns = {s[0] if len(s) else -1 for s in lengths.values()}
+        if any(len(s) != 1 for s in lengths.values()) or len(ns) > 1:
+            raise CatalogError(f"columns must be 1-D arrays of one length; got shapes {lengths}")
+        if self.members is not None:
+            self.members = {k: np.asarray(v) for k, v in self.members.items()}
+            missing = [c for c in MEMBER_COLUMNS if c not in self.members]
+            if missing:
+                raise CatalogError(f"member table lacks columns {missing}; it needs {list(MEMBER_COLUMNS)}")
+        if self.validate:
+            self.check()
+
+    # ------------------------------------------------------------------ table protocol
+    def __len__(self) -> int:
+        return 0 if not self.columns else len(next(iter(self.columns.values())))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.columns:
+            return self.columns[name]
+        if name == "LogNgal":
+            return np.log10(self.columns["Ngal"].astype(np.float64))
+        if name == "Logsigv":
+            return np.log10(self.columns["sigv"].astype(np.float64))
+        if name == "log_mass" and "M200c" in self.columns:
+            return np.log10(self.columns["M200c"].astype(np.float64))
+        raise KeyError(f"no column {name!r}; columns are {list(self.columns)}")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.columns
+
+    @property
+    def colnames(self) -> list[str]:
+        return list(self.columns)
+
+    def __repr__(self) -> str:
+        extra = f", {len(self.members['mock'])} members" if self.members is not None else ""
+        return f"Catalog({len(self)} rows, {len(self.columns)} columns{extra})"
+
+    # ------------------------------------------------------------------ validation
+    def check(self) -> None:
+        """Raise :class:`CatalogError` for missing columns or rows the models cannot use."""
+        validate_columns(self.columns)
+
+    # ------------------------------------------------------------------ model inputs
+    def features(self, names: tuple[str, ...] = FEATURE_NAMES) -> np.ndarray:
+        """The feature matrix, shape ``(len(self), len(names))``, float64, validated finite."""
+        x = np.stack([np.asarray(self[n], dtype=np.float64) for n in names], axis=1)
+        validate_features(x, names)
+        return x
+
+    @property
+    def log_mass(self) -> np.ndarray:
+        """log10 of M200c [Msun/h], float64."""
+        return np.asarray(self["log_mass"], dtype=np.float64)
+
+    # ------------------------------------------------------------------ row selection
+    def select(self, rows: np.ndarray) -> "Catalog":
+        """A new catalogue with the given rows (boolean mask or integer indices), members carried along."""
+        rows = np.asarray(rows)
+        idx = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        cols = {k: v[idx] for k, v in self.columns.items()}
+        members = None
+        if self.members is not None:
+            remap = np.full(len(self), -1, dtype=np.int64)
+            remap[idx] = np.arange(idx.size)
+            new_mock = remap[self.members["mock"]]
+            keep = new_mock >= 0
+            members = {k: v[keep] for k, v in self.members.items()}
+            members["mock"] = new_mock[keep]
+            order = np.argsort(members["mock"], kind="stable")
+            members = {k: v[order] for k, v in members.items()}
+        return Catalog(cols, members=members, meta=dict(self.meta), validate=False)
+
+    def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple["Catalog", "Catalog"]:
+        """Split into ``(train, test)``, grouped by ``halo_id`` when present.
+
+        The lines of sight of one halo are correlated, so a halo never lands on both sides. Without
+        ``halo_id`` (the lecture's file), rows are split individually.
+        """
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
+        rng = np.random.default_rng(seed)
+        if "halo_id" in self.columns:
+            groups, inverse = np.unique(self.columns["halo_id"], return_inverse=True)
+            is_test_group = rng.permutation(groups.size) < round(test_fraction * groups.size)
+            is_test = is_test_group[inverse]
+        else:
+            is_test = rng.permutation(len(self)) < round(test_fraction * len(self))
+        return self.select(~is_test), self.select(is_test)
+
+    # ------------------------------------------------------------------ conversion
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.columns)
+
+    def to_table(self):
+        from astropy.table import Table
+
+        return Table(self.columns)
+
+    def summary(self) -> str:
+        """A short human-readable summary (row count, mass range, feature ranges)."""
+        lines = [repr(self)]
+        lm = self.log_mass
+        lines.append(f"  log10 M200c [Msun/h]: {lm.min():.3f} .. {lm.max():.3f} (median {np.median(lm):.3f})")
+        if "halo_id" in self.columns:
+            lines.append(f"  halos: {np.unique(self.columns['halo_id']).size}")
+        for name in ("Ngal", "sigv"):
+            v = self.columns[name]
+            q = np.percentile(v, [5, 50, 95])
+            lines.append(f"  {name:5s} 5/50/95%: {q[0]:9.1f} {q[1]:9.1f} {q[2]:9.1f}")
+        if "n_interlopers" in self.columns:
+            frac = self.columns["n_interlopers"].sum() / self.columns["Ngal"].sum()
+            lines.append(f"  interloper fraction of galaxies: {frac:.3f}")
+        return "\n".join(lines)
+
+
+def validate_columns(columns: Mapping[str, np.ndarray]) -> None:
+    """Check the lecture's schema: every required column present, finite, positive mass/sigv, Ngal >= 3."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise CatalogError(
+            f"catalogue of {n} rows lacks required columns {missing}; the lecture's schema needs "
+            f"{list(REQUIRED_COLUMNS)}"
+        )
+    for name in REQUIRED_COLUMNS:
+        v = np.asarray(columns[name], dtype=np.float64)
+        _count_bad(name, ~np.isfinite(v), "are NaN or infinite", "Remove or repair those rows before loading.")
+    for name in ("M200c", "sigv"):
+        v = np.asarray(columns[name], dtype=np.float64)
+        _count_bad(name, v <= 0, "are not positive", "Masses and dispersions must be > 0; remove those rows.")
+    ngal = np.asarray(columns["Ngal"])
+    _count_bad(
+        "Ngal", ngal < MIN_NGAL, f"have fewer than {MIN_NGAL} galaxies",
+        "Skewness and kurtosis need at least 3 members; cut those rows (Ho et al. keep Ngal >= 10).",
+    )
+
+
+def validate_features(x: np.ndarray, names: tuple[str, ...] | None = None, expected: int | None = None) -> None:
+    """Check a feature matrix: 2-D, the expected width, all finite. Errors name the feature and row count."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise CatalogError(f"features must be a 2-D array (clusters, features); got shape {x.shape}")
+    if expected is not None and x.shape[1] != expected:
+        raise CatalogError(
+            f"expected {expected} features per cluster, got {x.shape[1]} (array of shape {x.shape}); "
+            f"pass the same feature columns the model was trained on"
+        )
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad_cols = np.flatnonzero(~finite.all(axis=0))
+        parts = []
+        for j in bad_cols:
+            label = names[j] if names is not None and j < len(names) else f"feature {j}"
+            parts.append(f"{label!r} ({int((~finite[:, j]).sum())} rows)")
+        raise CatalogError(
+            f"non-finite (NaN or inf) feature values in {', '.join(parts)} of {x.shape[0]} rows; "
+            f"remove or repair those rows"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- scaling
+@dataclass(frozen=True)
+class StandardScaler:
+    """Affine standardisation ``(x - mean) / scale``, fitted on the training side only."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "StandardScaler":
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        return cls(mean=mean, scale=scale)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+
+    def inverse_transform(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(z, dtype=np.float64) * self.scale + self.mean
+
+    def to_dict(self) -> dict[str, list]:
+        return {"mean": np.atleast_1d(self.mean).tolist(), "scale": np.atleast_1d(self.scale).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StandardScaler":
+        return cls(mean=np.asarray(d["mean"], dtype=np.float64), scale=np.asarray(d["scale"], dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------- I/O
+def _format_of(path: str, fmt: str | None) -> str:
+    if fmt is not None:
+        return fmt.lower()
+    low = str(path).lower()
+    if low.endswith((".fits", ".fit", ".fits.gz", ".fts")):
+        return "fits"
+    if low.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise ValueError(f"cannot tell the format of {path!r}; use a .fits or .parquet suffix or pass format=")
+
+
+def _atomic_target(path: str) -> tuple[str, str]:
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    os.close(fd)
+    return tmp, path
+
+
+def write_catalog(cat: Catalog, path: str, format: str | None = None, overwrite: bool = True) -> None:
+    """Write a catalogue to FITS or Parquet, atomically (temporary file, then rename).
+
+    FITS: the catalogue is the first binary-table HDU (``CLUSTERS``) in the lecture's layout; a member
+    table, if any, goes to a second HDU ``MEMBERS``. Parquet: one file with the catalogue; members are
+    written next to it as ``<path>.members.parquet``. Metadata travels as JSON.
+    """
+    fmt = _format_of(path, format)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(path)
+    meta_json = json.dumps({"format_version": FORMAT_VERSION, **cat.meta}, default=_json_default)
+    tmp, final = _atomic_target(path)
+    try:
+        if fmt == "fits":
+            from astropy.io import fits
+
+            hdus = [fits.PrimaryHDU()]
+            cl = fits.BinTableHDU(data=_fits_rec(cat.columns), name="CLUSTERS")
+            cl.header["NCMMETA"] = "see HDU META"
+            hdus.append(cl)
+            if cat.members is not None:
+                hdus.append(fits.BinTableHDU(data=_fits_rec(cat.members), name="MEMBERS"))
+            hdus.append(fits.BinTableHDU.from_columns(
+                [fits.Column(name="json", format=f"{max(len(meta_json), 1)}A", array=np.array([meta_json]))],
+                name="META",
+            ))
+            fits.HDUList(hdus).writeto(tmp, overwrite=True)
+        elif fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table({k: v for k, v in cat.columns.items()})
+            table = table.replace_schema_metadata({b"numpyro_clustermass": meta_json.encode()})
+            pq.write_table(table, tmp)
+            if cat.members is not None:
+                mtmp, mfinal = _atomic_target(path + ".members.parquet")
+                pq.write_table(pa.table(dict(cat.members)), mtmp)
+                os.replace(mtmp, mfinal)
+        else:
+            raise ValueError(f"unknown format {fmt!r}; use 'fits' or 'parquet'")
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _fits_rec(columns: Mapping[str, np.ndarray]):
+    from astropy.table import Table
+
+    t = Table({k: np.asarray(v) for k, v in columns.items()})
+    return t.as_array()
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def read_catalog(path: str, format: str | None = None, validate: bool = True) -> Catalog:
+    """Read a catalogue from FITS or Parquet.
+
+    Any FITS file with the lecture's columns (the first table HDU holding them) loads, whether written by
+    this package, astropy, fitsio or TOPCAT. Columns are returned in native byte order with their stored
+    dtypes. ``validate=True`` checks the schema and raises :class:`CatalogError` naming the offending
+    column and the number of rows.
+    """
+    fmt = _format_of(path, format)
+    meta: dict[str, Any] = {}
+    members = None
+    if fmt == "fits":
+        from astropy.io import fits
+
+        with fits.open(path, memmap=False) as hdul:
+            table_hdus = [h for h in hdul if isinstance(h, fits.BinTableHDU | fits.TableHDU)]
+            data_hdu = next((h for h in table_hdus if h.name == "CLUSTERS"), None)
+            if data_hdu is None:
+                data_hdu = next((h for h in table_hdus if h.name not in ("MEMBERS", "META")), None)
+            if data_hdu is None:
+                raise CatalogError(f"{path}: no table HDU found")
+            columns = _from_fits(data_hdu.data)
+            for h in table_hdus:
+                if h.name == "MEMBERS":
+                    members = _from_fits(h.data)
+                elif h.name == "META":
+                    raw = h.data["json"][0]
+                    meta = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        columns = {name: table.column(name).to_numpy() for name in table.column_names}
+        md = table.schema.metadata or {}
+        if b"numpyro_clustermass" in md:
+            meta = json.loads(md[b"numpyro_clustermass"].decode())
+        mpath = path + ".members.parquet"
+        if os.path.exists(mpath):
+            mt = pq.read_table(mpath)
+            members = {name: mt.column(name).to_numpy() for name in mt.column_names}
+    else:
+        raise ValueError(f"unknown format {fmt!r}; use 'fits' or 'parquet'")
+    version = meta.pop("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise CatalogError(f"{path}: format version {version} is newer than this package's {FORMAT_VERSION}")
+    return Catalog(columns, members=members, meta=meta, validate=validate)
+
+
+def _from_fits(data) -> dict[str, np.ndarray]:
+    out = {}
+    for name in data.columns.names:
+        col = np.asarray(data[name])
+        if col.ndim != 1:
+            continue
+        if col.dtype.byteorder not in ("=", "|"):
+            col = col.astype(col.dtype.newbyteorder("="))
+        out[name] = np.ascontiguousarray(col)
+    return out
