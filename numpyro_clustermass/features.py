@@ -109,9 +109,10 @@ def summarize(
         Mocks with fewer than 2 galaxies (or no spread) hold NaN for the undefined moments.
     """
     mock = np.asarray(mock)
-    arrays = [np.asarray(a, dtype=np.float64) for a in (R, v, log_mstar)]
+    # Columns in the order of _QUANTITIES: R, m (= log_mstar), v.
+    arrays = [np.asarray(a, dtype=np.float64) for a in (R, log_mstar, v)]
     n = mock.shape[0]
-    for name, a in zip(("R", "v", "log_mstar"), arrays):
+    for name, a in zip(("R", "log_mstar", "v"), arrays):
         if a.shape != (n,):
             raise CatalogError(f"member column {name!r} has shape {a.shape}; expected ({n},) like 'mock'")
         bad = ~np.isfinite(a)
@@ -130,7 +131,6 @@ def summarize(
     seg = np.full(n_pad, s_pad - 1, dtype=np.int32)
     seg[:n] = mock
     vals = np.zeros((n_pad, 3), dtype=np.float32)
-    # Centre velocities and radii roughly before the float32 cast: moments are shift-invariant.
     for j, a in enumerate(arrays):
         vals[:n, j] = a
     w = np.zeros(n_pad, dtype=np.float32)
@@ -139,7 +139,7 @@ def summarize(
         _moments_kernel(jnp.asarray(seg), jnp.asarray(vals), jnp.asarray(w), num_segments=s_pad)
     )
     out: dict[str, np.ndarray] = {"Ngal": np.asarray(count[:num_mocks]).round().astype(np.int32)}
-    out["sigv"] = np.sqrt(var1[:num_mocks, 1]).astype(np.float32)
+    out["sigv"] = np.sqrt(var1[:num_mocks, _QUANTITIES.index("v")]).astype(np.float32)
     for j, q in enumerate(_QUANTITIES):
         out[f"{q}_mean"] = mean[:num_mocks, j].astype(np.float32)
         out[f"{q}_std"] = std[:num_mocks, j].astype(np.float32)

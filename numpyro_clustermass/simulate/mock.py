@@ -195,7 +195,7 @@ def mock_catalog(
         "M200c": 10 ** log_m[mock_host],
         **cols,
         "halo_id": mock_host.astype(np.int64),
-        "los": (np.arange(n_mocks) % n_los).astype(np.int8),
+        "los": (np.arange(n_mocks) % n_los).astype(np.int16),  # FITS has no int8
         "log_mass": log_m[mock_host],
         "n_true_members": n_true.astype(np.int32),
         "n_interlopers": (cols["Ngal"] - n_true).astype(np.int32),
