@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numpyro_clustermass.cosmology import DEFAULT_COSMOLOGY, DEFAULT_Z, use_cosmology
+
 __all__ = [
     "Flat",
     "FromDistribution",
@@ -53,9 +55,6 @@ __all__ = [
 
 #: Mass range of the lecture's catalogue (Ho et al. 2019): log10 M200c in [13.5, 15.3] Msun/h.
 LOG_MASS_RANGE = (13.5, 15.3)
-
-#: Redshift of the MDPL2 snapshot used by Ho et al. 2019.
-Z_MDPL2 = 0.117
 
 # Gauss-Legendre nodes used to integrate a prior piece by piece between its breakpoints.
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(8)
@@ -160,6 +159,10 @@ class Prior:
         lo, hi = self.support
         return np.array([b for b in (lo, hi) if np.isfinite(b)], dtype=np.float64)
 
+    def _effective_range(self) -> tuple[float, float]:
+        """Finite range holding all but a negligible part of the mass (used for normalising compositions)."""
+        return self.support
+
     def __call__(self, log10_mass):
         return self.log_prob(log10_mass)
 
@@ -206,32 +209,22 @@ class Prior:
 
 
 def _integrate_log(prior_log_prob, lo: float, hi: float, breakpoints: Iterable[float]) -> float:
-    """log ∫_lo^hi exp(prior_log_prob(x)) dx.
+    """log ∫_lo^hi exp(prior_log_prob(x)) dx over a finite range.
 
-    Finite ranges: 8-point Gauss-Legendre on each piece between the union of the breakpoints and
-    ``_QUAD_PIECES`` uniform pieces (nodes are interior, so step discontinuities at breakpoints are
-    integrated exactly). Infinite ranges: scipy.integrate.quad.
+    8-point Gauss-Legendre on each piece between the union of the breakpoints and ``_QUAD_PIECES`` uniform
+    pieces; the nodes are interior, so step discontinuities at breakpoints are integrated exactly.
     """
-    if np.isfinite(lo) and np.isfinite(hi):
-        br = np.asarray(list(breakpoints), dtype=np.float64)
-        br = br[(br > lo) & (br < hi)]
-        x = np.unique(np.concatenate([np.linspace(lo, hi, _QUAD_PIECES + 1), br]))
-        a, b = x[:-1], x[1:]
-        half = 0.5 * (b - a)
-        pts = (0.5 * (a + b))[:, None] + half[:, None] * _GL_NODES[None, :]
-        lp = np.asarray(prior_log_prob(jnp.asarray(pts.ravel())), dtype=np.float64).reshape(pts.shape)
-        terms = lp + np.log(half)[:, None] + np.log(_GL_WEIGHTS)[None, :]
-        return _logsumexp_np(terms)
-    from scipy import integrate
-
-    # find a finite reference point to subtract the peak log density (avoids under/overflow)
-    probe = np.linspace(max(lo, -1e3) if np.isfinite(lo) else -50.0, min(hi, 1e3) if np.isfinite(hi) else 50.0, 4001)
-    lp = np.asarray(prior_log_prob(jnp.asarray(probe)), dtype=np.float64)
-    shift = np.max(lp[np.isfinite(lp)]) if np.any(np.isfinite(lp)) else 0.0
-    val, _ = integrate.quad(
-        lambda t: float(np.exp(float(prior_log_prob(jnp.asarray(t))) - shift)), lo, hi, limit=200
-    )
-    return float(np.log(val) + shift) if val > 0 else -np.inf
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"cannot normalise over an unbounded range [{lo}, {hi}]; truncate the prior first")
+    br = np.asarray(list(breakpoints), dtype=np.float64)
+    br = br[(br > lo) & (br < hi)]
+    x = np.unique(np.concatenate([np.linspace(lo, hi, _QUAD_PIECES + 1), br]))
+    a, b = x[:-1], x[1:]
+    half = 0.5 * (b - a)
+    pts = (0.5 * (a + b))[:, None] + half[:, None] * _GL_NODES[None, :]
+    lp = np.asarray(prior_log_prob(jnp.asarray(pts.ravel())), dtype=np.float64).reshape(pts.shape)
+    terms = lp + np.log(half)[:, None] + np.log(_GL_WEIGHTS)[None, :]
+    return _logsumexp_np(terms)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -561,39 +554,23 @@ class TrainingPrior(_Piecewise):
 
 
 @contextlib.contextmanager
-def colossus_cosmology(cosmology):
-    """Set colossus' global cosmology inside a ``with`` block and restore the previous one afterwards.
-
-    Parameters
-    ----------
-    cosmology : str or colossus Cosmology
-        A colossus cosmology name (``"planck13"``...) or object.
-
-    Examples
-    --------
-    >>> from colossus.cosmology import cosmology as cc
-    >>> with colossus_cosmology("planck13") as c:
-    ...     round(c.Om0, 4)
-    0.307
-    """
+def _colossus_cosmology(cosmology):
+    """Set colossus' global cosmology (a name or a colossus ``Cosmology``) inside a ``with`` block and
+    restore the previous one afterwards; names go through :func:`numpyro_clustermass.cosmology.use_cosmology`."""
     from colossus.cosmology import cosmology as cc
 
-    previous = cc.current_cosmo
+    if isinstance(cosmology, str):
+        with use_cosmology(cosmology) as cosmo:
+            yield cosmo
+        return
+    if not isinstance(cosmology, cc.Cosmology):
+        raise TypeError(f"cosmology must be a colossus name or Cosmology object, got {type(cosmology)}")
+    previous = getattr(cc, "current_cosmo", None)
+    cc.setCurrent(cosmology)
     try:
-        if isinstance(cosmology, str):
-            if cosmology not in cc.cosmologies:
-                raise ValueError(
-                    f"unknown colossus cosmology {cosmology!r}; valid names: {sorted(cc.cosmologies)}"
-                )
-            cosmo = cc.setCosmology(cosmology, persistence="")
-        elif isinstance(cosmology, cc.Cosmology):
-            cc.setCurrent(cosmology)
-            cosmo = cosmology
-        else:
-            raise TypeError(f"cosmology must be a colossus name or Cosmology object, got {type(cosmology)}")
-        yield cosmo
+        yield cosmology
     finally:
-        cc.setCurrent(previous)
+        cc.current_cosmo = previous
 
 
 def _mdef_allowed(model_mdefs, mdef: str) -> bool:
@@ -635,8 +612,8 @@ class MassFunction(_Piecewise):
     def __init__(
         self,
         model: str = "tinker08",
-        z: float = Z_MDPL2,
-        cosmology="planck13",
+        z: float = DEFAULT_Z,
+        cosmology=DEFAULT_COSMOLOGY,
         mdef: str = "200c",
         lo: float = LOG_MASS_RANGE[0],
         hi: float = LOG_MASS_RANGE[1],
@@ -668,7 +645,7 @@ class MassFunction(_Piecewise):
             if int(n_table) < 2:
                 raise ValueError(f"n_table must be >= 2, got {n_table}")
             nodes = np.linspace(lo, hi, int(n_table))
-            with colossus_cosmology(cosmology):
+            with _colossus_cosmology(cosmology):
                 dndlnm = np.asarray(
                     cmf.massFunction(10.0**nodes, z, q_in="M", q_out="dndlnM", mdef=mdef, model=model),
                     dtype=np.float64,
@@ -753,12 +730,37 @@ class FromDistribution(Prior):
         lo, hi = self.support
         inside = (t >= lo) & (t <= hi)
         # evaluate at a safe in-support point where outside, so no NaN leaks from log_prob
-        safe_pt = 0.0 if (lo <= 0.0 <= hi) else (lo + 1.0 if np.isfinite(lo) else hi - 1.0)
         if np.isfinite(lo) and np.isfinite(hi):
             safe_pt = 0.5 * (lo + hi)
+        elif np.isfinite(lo):
+            safe_pt = lo + 1.0
+        elif np.isfinite(hi):
+            safe_pt = hi - 1.0
+        else:
+            safe_pt = 0.0
         ts = jnp.where(inside, t, safe_pt)
         lp = self.distribution.log_prob(ts)
         return jnp.where(inside, lp, -jnp.inf)
+
+    #: half-width, in standard deviations, of the range used to normalise compositions of an unbounded
+    #: distribution (the neglected Gaussian tail mass beyond 40 sd is ~1e-350)
+    _N_SD = 40.0
+
+    def _effective_range(self) -> tuple[float, float]:
+        lo, hi = self.support
+        if np.isfinite(lo) and np.isfinite(hi):
+            return lo, hi
+        try:
+            mean = float(self.distribution.mean)
+            sd = float(jnp.sqrt(self.distribution.variance))
+        except (NotImplementedError, AttributeError, TypeError):
+            mean, sd = np.nan, np.nan
+        if not (np.isfinite(mean) and np.isfinite(sd) and sd > 0):
+            raise ValueError(
+                f"{self!r} has unbounded support and no finite mean/variance to bound it; "
+                "truncate it first with FromDistribution(...).truncate(lo, hi) on a finite range"
+            )
+        return max(lo, mean - self._N_SD * sd), min(hi, mean + self._N_SD * sd)
 
     def __repr__(self):
         return f"FromDistribution({self.distribution!r})"
@@ -793,7 +795,10 @@ class Product(Prior):
             raise ValueError(f"the factors' supports do not overlap (intersection [{lo}, {hi}])")
         self.support = (float(lo), float(hi))
         br = np.concatenate([f._breakpoints() for f in flat] + [np.array([])])
-        self._log_norm = _integrate_log(self._log_prob_unnorm, lo, hi, br)
+        ea = max(f._effective_range()[0] for f in flat)
+        eb = min(f._effective_range()[1] for f in flat)
+        self._eff = (float(ea), float(eb))
+        self._log_norm = _integrate_log(self._log_prob_unnorm, ea, eb, br) if ea < eb else -np.inf
         if not np.isfinite(self._log_norm):
             raise ValueError(f"the product of priors has no mass on its support [{lo}, {hi}]")
 
@@ -810,6 +815,9 @@ class Product(Prior):
 
     def _breakpoints(self) -> np.ndarray:
         return np.concatenate([f._breakpoints() for f in self.factors])
+
+    def _effective_range(self) -> tuple[float, float]:
+        return self._eff
 
     def __repr__(self):
         return "Product([" + ", ".join(repr(f) for f in self.factors) + "])"
@@ -842,7 +850,9 @@ class Truncated(Prior):
             raise ValueError(f"truncation range [{lo}, {hi}] does not overlap the support {prior.support}")
         self.lo, self.hi = lo, hi
         self.support = (float(a), float(b))
-        self._log_norm = _integrate_log(self._log_prob_unnorm, a, b, prior._breakpoints())
+        ea, eb = max(a, prior._effective_range()[0]), min(b, prior._effective_range()[1])
+        self._eff = (float(ea), float(eb))
+        self._log_norm = _integrate_log(self._log_prob_unnorm, ea, eb, prior._breakpoints()) if ea < eb else -np.inf
         if not np.isfinite(self._log_norm):
             raise ValueError(f"the prior has no mass inside [{lo}, {hi}]")
 
@@ -856,6 +866,9 @@ class Truncated(Prior):
 
     def _breakpoints(self) -> np.ndarray:
         return np.concatenate([self.prior._breakpoints(), np.asarray(self.support, float)])
+
+    def _effective_range(self) -> tuple[float, float]:
+        return self._eff
 
     def __repr__(self):
         return f"Truncated({self.prior!r}, {self.lo}, {self.hi})"
@@ -917,7 +930,7 @@ def evaluate_on_grid(prior: Prior, grid, check_support: bool = True):
     >>> import numpy as np
     >>> lp = evaluate_on_grid(Flat(13.5, 15.3), np.linspace(13.0, 16.0, 7))
     >>> [bool(np.isfinite(v)) for v in np.asarray(lp)]
-    [False, False, True, True, True, False, False]
+    [False, True, True, True, True, False, False]
     """
     if not isinstance(prior, Prior):
         raise TypeError(f"expected a Prior, got {type(prior)}")
