@@ -1,0 +1,178 @@
+"""Flax (linen) networks: an MLP trunk and the heads the estimators put on it.
+
+The lecture's trunk is ``Dense(128) relu -> Dense(128) relu -> Dense(64) tanh``; on top of it sit either a
+point head (one number: the standardised log-mass for the MSE regressor) or a Gaussian-mixture head (the
+Mixture Density Network of Bishop 1994: mixture logits, component means and scales). Every module takes an
+optional dropout rate; dropout is active only when the module is called with ``deterministic=False`` and a
+``"dropout"`` rng, which is how :func:`numpyro.contrib.module.flax_module` is used for MC dropout
+(``apply_rng=["dropout"]``, ``rngs={"dropout": numpyro.prng_key()}``).
+
+These are plain flax modules with no NumPyro in them; :mod:`numpyro_clustermass.models` wraps them.
+
+Example
+-------
+>>> import jax, jax.numpy as jnp
+>>> from numpyro_clustermass.nets import MDNNet
+>>> net = MDNNet(num_components=4, hidden=(32, 32))
+>>> variables = net.init(jax.random.key(0), jnp.ones((1, 14)))
+>>> logits, locs, scales = net.apply(variables, jnp.zeros((5, 14)))
+>>> logits.shape, locs.shape, bool((scales > 1e-3).all())
+((5, 4), (5, 4), True)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "DEFAULT_HIDDEN",
+    "DEFAULT_ACTIVATIONS",
+    "MIN_SCALE",
+    "MLP",
+    "PointHead",
+    "MixtureHead",
+    "RegressionNet",
+    "MDNNet",
+    "get_activation",
+]
+
+#: The lecture's trunk widths.
+DEFAULT_HIDDEN = (128, 128, 64)
+#: The lecture's trunk activations (relu, relu, then tanh on the last hidden layer).
+DEFAULT_ACTIVATIONS = ("relu", "relu", "tanh")
+#: Floor added to the softplus of the mixture scales, as in the lecture (keeps the likelihood bounded).
+MIN_SCALE = 1e-3
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "elu": nn.elu,
+    "softplus": nn.softplus,
+    "sigmoid": nn.sigmoid,
+    "leaky_relu": nn.leaky_relu,
+    "identity": lambda x: x,
+}
+
+
+def get_activation(name: str | Callable) -> Callable[[jax.Array], jax.Array]:
+    """Return the activation function for ``name`` (a callable is returned unchanged).
+
+    >>> get_activation("tanh")(0.0)
+    Array(0., dtype=float32, weak_type=True)
+    """
+    if callable(name):
+        return name
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+
+
+def default_activations(n_layers: int) -> tuple[str, ...]:
+    """The lecture's pattern for any depth: relu everywhere, tanh on the last hidden layer."""
+    if n_layers == 0:
+        return ()
+    return ("relu",) * (n_layers - 1) + ("tanh",)
+
+
+class MLP(nn.Module):
+    """Fully connected trunk: ``Dense -> activation -> (dropout)`` for each hidden width.
+
+    Parameters
+    ----------
+    hidden : sequence of int
+        Widths of the hidden layers (default the lecture's ``(128, 128, 64)``).
+    activations : sequence of str or callable, optional
+        One per layer; default relu on all but the last hidden layer, tanh on the last.
+    dropout_rate : float
+        Dropout probability after each hidden layer; 0 disables dropout.
+    """
+
+    hidden: Sequence[int] = DEFAULT_HIDDEN
+    activations: Sequence[str | Callable] | None = None
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        acts = self.activations if self.activations is not None else default_activations(len(self.hidden))
+        if len(acts) != len(self.hidden):
+            raise ValueError(
+                f"got {len(acts)} activations for {len(self.hidden)} hidden layers; give one per layer"
+            )
+        for width, act in zip(self.hidden, acts):
+            x = nn.Dense(int(width))(x)
+            x = get_activation(act)(x)
+            if self.dropout_rate > 0:
+                x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        return x
+
+
+class PointHead(nn.Module):
+    """A linear layer to one output per example; returns shape ``(batch,)``."""
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        return nn.Dense(1)(h)[..., 0]
+
+
+class MixtureHead(nn.Module):
+    """Gaussian-mixture head: returns ``(logits, locs, scales)``, each of shape ``(batch, num_components)``.
+
+    ``scales = softplus(raw) + min_scale`` as in the lecture.
+    """
+
+    num_components: int = 16
+    min_scale: float = MIN_SCALE
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        k = int(self.num_components)
+        logits = nn.Dense(k, name="logits")(h)
+        locs = nn.Dense(k, name="locs")(h)
+        scales = nn.softplus(nn.Dense(k, name="scales")(h)) + self.min_scale
+        return logits, locs, scales
+
+
+class RegressionNet(nn.Module):
+    """Trunk plus point head: the lecture's MSE regressor. Output shape ``(batch,)``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> net = RegressionNet(hidden=(8,))
+    >>> v = net.init(jax.random.key(0), jnp.ones((1, 3)))
+    >>> net.apply(v, jnp.ones((4, 3))).shape
+    (4,)
+    """
+
+    hidden: Sequence[int] = DEFAULT_HIDDEN
+    activations: Sequence[str | Callable] | None = None
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        h = MLP(self.hidden, self.activations, self.dropout_rate, name="trunk")(x, deterministic=deterministic)
+        return PointHead(name="head")(h)
+
+
+class MDNNet(nn.Module):
+    """Trunk plus Gaussian-mixture head: the lecture's Mixture Density Network.
+
+    Returns ``(logits, locs, scales)`` of shape ``(batch, num_components)`` each.
+    """
+
+    num_components: int = 16
+    hidden: Sequence[int] = DEFAULT_HIDDEN
+    activations: Sequence[str | Callable] | None = None
+    dropout_rate: float = 0.0
+    min_scale: float = MIN_SCALE
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True):
+        h = MLP(self.hidden, self.activations, self.dropout_rate, name="trunk")(x, deterministic=deterministic)
+        return MixtureHead(self.num_components, self.min_scale, name="head")(h)
