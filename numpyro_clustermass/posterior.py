@@ -1,0 +1,640 @@
+"""MassPosterior: one predictive density of log10 M per cluster, represented on a uniform grid.
+
+Every fit (point, variational, dropout, MCMC, Laplace, ensemble) gives the same object: a density
+``p(log10 M | x)`` per cluster, tabulated on a uniform grid ``grid`` of ``G`` points with spacing ``dx``, stored
+as ``log_density`` of shape ``(n, G)``, normalised so that ``exp(log_density).sum(-1) * dx == 1``. For
+Bayesian fits the density is a mixture over weight draws (or dropout masks) of the head's density, and the
+total predictive variance is split into an aleatoric part ``E_w[Var(y | x, w)]`` and an epistemic part
+``Var_w[E(y | x, w)]`` (zero for point fits).
+
+The grid representation makes every statistic exact for the stored density and cheap: the density is taken
+as constant on cells ``[g_i - dx/2, g_i + dx/2]``, so the CDF is piecewise linear and quantiles, the median,
+inverse-CDF sampling and the shortest (HPD) interval follow by interpolation. The mode is the grid maximum,
+refined by a parabola through the log-density at the maximum and its two neighbours. All statistics are
+jit-compiled, vectorised over clusters and run in chunks of ``chunk_size`` clusters, so a catalogue of 261k
+clusters at 512 grid points (535 MB of float32 densities) is processed without any larger temporary.
+
+Example
+-------
+>>> import numpy as np
+>>> from numpyro_clustermass.posterior import MassPosterior
+>>> grid = np.linspace(13.0, 16.0, 512)
+>>> post = MassPosterior.from_mixture(grid, logits=np.zeros((3, 1)), locs=np.array([[14.0], [14.5], [15.0]]),
+...                                   scales=np.full((3, 1), 0.2))
+>>> np.round(post.mean(), 3)
+array([14. , 14.5, 15. ], dtype=float32)
+>>> np.round(post.quantiles([0.16, 0.84])[:, 0], 2)
+array([13.8, 14.2], dtype=float32)
+>>> np.round(post.aleatoric_variance, 4), post.epistemic_variance
+(array([0.04, 0.04, 0.04], dtype=float32), array([0., 0., 0.], dtype=float32))
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "MassPosterior",
+    "default_grid",
+    "mixture_on_grid",
+    "normalise_log_density",
+    "DEFAULT_GRID_SIZE",
+    "DEFAULT_CHUNK_SIZE",
+]
+
+#: Default number of grid points.
+DEFAULT_GRID_SIZE = 512
+#: Default number of clusters processed per compiled call.
+DEFAULT_CHUNK_SIZE = 8192
+#: Default margin added on both sides of the data range by :func:`default_grid` (dex).
+DEFAULT_GRID_MARGIN = 0.5
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: Mixtures with more components use a vectorised logsumexp instead of the unrolled loop.
+_MAX_UNROLLED_COMPONENTS = 64
+
+
+def default_grid(log_mass, num: int = DEFAULT_GRID_SIZE, margin: float | None = None) -> np.ndarray:
+    """A uniform grid of log10 M covering ``log_mass``'s range with a margin on both sides.
+
+    The margin defaults to ``max(0.5 dex, 25% of the range)``, wide enough for the predictive tails of the
+    lightest and heaviest clusters.
+
+    >>> g = default_grid(np.array([13.5, 15.3]))
+    >>> g.shape, round(float(g[0]), 2), round(float(g[-1]), 2)
+    ((512,), 13.0, 15.8)
+    """
+    log_mass = np.asarray(log_mass, dtype=np.float64)
+    if log_mass.size == 0 or not np.isfinite(log_mass).all():
+        raise ValueError("default_grid needs a non-empty array of finite log-masses")
+    lo, hi = float(log_mass.min()), float(log_mass.max())
+    if margin is None:
+        margin = max(DEFAULT_GRID_MARGIN, 0.25 * (hi - lo))
+    if num < 3:
+        raise ValueError(f"a grid needs at least 3 points; got {num}")
+    return np.linspace(lo - margin, hi + margin, int(num))
+
+
+def _check_grid(grid) -> np.ndarray:
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size < 3:
+        raise ValueError(f"grid must be 1-D with at least 3 points; got shape {grid.shape}")
+    d = np.diff(grid)
+    if not (d > 0).all() or not np.allclose(d, d[0], rtol=1e-4, atol=0):
+        raise ValueError("grid must be uniform and increasing")
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+def normalise_log_density(log_density: jax.Array, dx) -> jax.Array:
+    """Normalise rows of an unnormalised log-density on a uniform grid so ``exp(.).sum(-1) * dx == 1``."""
+    return log_density - jax.nn.logsumexp(log_density, axis=-1, keepdims=True) - jnp.log(dx)
+
+
+def _mixture_log_density_one(z, logits, locs, scales):
+    """log p(z) of a 1-D Gaussian mixture for grid ``z`` (G,) and parameters (c, K): returns (c, G).
+
+    The components are unrolled so that XLA fuses one loop over (c, G) (a max pass, then an exp pass):
+    8x faster on CPU than a logsumexp over a trailing axis of K, and exact in the far tails.
+    """
+    logw = jax.nn.log_softmax(logits, axis=-1)  # (c, K)
+    inv = 1.0 / scales
+    a = logw - jnp.log(scales) - _HALF_LOG_2PI  # (c, K)
+    num_components = locs.shape[-1]
+    if num_components > _MAX_UNROLLED_COMPONENTS:
+        t = (z[None, None, :] - locs[:, :, None]) * inv[:, :, None]  # (c, K, G)
+        return jax.nn.logsumexp(a[:, :, None] - 0.5 * t * t, axis=1)
+
+    def term(k):
+        return a[:, k, None] - 0.5 * jnp.square((z[None, :] - locs[:, k, None]) * inv[:, k, None])
+
+    m = term(0)
+    for k in range(1, num_components):
+        m = jnp.maximum(m, term(k))
+    total = jnp.exp(term(0) - m)
+    for k in range(1, num_components):
+        total = total + jnp.exp(term(k) - m)
+    return m + jnp.log(total)
+
+
+def _mixture_moments(logits, locs, scales):
+    w = jax.nn.softmax(logits, axis=-1)
+    mean = jnp.sum(w * locs, axis=-1)
+    second = jnp.sum(w * (scales * scales + locs * locs), axis=-1)
+    return mean, jnp.maximum(second - mean * mean, 0.0)
+
+
+def mixture_on_grid(grid, logits, locs, scales, keep_draws: bool = False):
+    """Density on ``grid`` of a Gaussian mixture, averaged over draws; jittable, no chunking.
+
+    Parameters
+    ----------
+    grid : array (G,)
+        Uniform grid (log10 M).
+    logits, locs, scales : arrays (S, c, K)
+        Mixture parameters per draw ``S`` (weight draw, dropout mask, ...) and cluster ``c``, in log10 M units.
+    keep_draws : bool
+        Also return the per-draw normalised log-densities ``(S, c, G)``.
+
+    Returns
+    -------
+    log_density : (c, G), normalised on the grid
+    aleatoric : (c,)  ``E_s[Var(y | s)]``
+    epistemic : (c,)  ``Var_s[E(y | s)]``
+    draws : (S, c, G) or None
+    """
+    grid = jnp.asarray(grid)
+    dx = grid[1] - grid[0]
+    num_draws = logits.shape[0]
+
+    def body(acc, params):
+        lg, lc, sc = params
+        ld = _mixture_log_density_one(grid, lg, lc, sc)
+        return jnp.logaddexp(acc, ld), (ld if keep_draws else None)
+
+    init = jnp.full((logits.shape[1], grid.shape[0]), -jnp.inf, dtype=locs.dtype)
+    acc, per_draw = jax.lax.scan(body, init, (logits, locs, scales))
+    log_density = normalise_log_density(acc, dx)
+    means, variances = jax.vmap(_mixture_moments)(logits, locs, scales)  # (S, c)
+    aleatoric = jnp.mean(variances, axis=0)
+    epistemic = jnp.var(means, axis=0) if num_draws > 1 else jnp.zeros_like(aleatoric)
+    draws = normalise_log_density(per_draw, dx) if keep_draws else None
+    return log_density, aleatoric, epistemic, draws
+
+
+def _cumsum_last(a, block: int = 16):
+    """Cumulative sum over the last axis as two small triangular matmuls (4x faster than cumsum on CPU)."""
+    c, num = a.shape
+    if num % block:
+        return jnp.cumsum(a.T, axis=0).T
+    hi = jax.lax.Precision.HIGHEST  # no TF32 on GPUs
+    tri = jnp.triu(jnp.ones((block, block), a.dtype))
+    inner = jnp.matmul(a.reshape(c, num // block, block), tri, precision=hi)
+    strict = jnp.triu(jnp.ones((num // block, num // block), a.dtype), 1)
+    offsets = jnp.matmul(inner[..., -1], strict, precision=hi)
+    return (inner + offsets[..., None]).reshape(c, num)
+
+
+def _cdf_edges(log_density, dx):
+    """CDF at the cell edges, (c, G + 1), starting at 0 and ending at exactly 1, plus cell masses (c, G)."""
+    mass = jnp.exp(log_density)
+    mass = mass / jnp.sum(mass, axis=-1, keepdims=True)
+    cdf = _cumsum_last(mass)
+    cdf = jnp.minimum(cdf / cdf[:, -1:], 1.0)
+    return jnp.concatenate([jnp.zeros_like(cdf[:, :1]), cdf], axis=-1), mass
+
+
+def _positions(cdf, mass, idx, u, g0, dx):
+    """Position where the CDF reaches ``u`` inside cell ``idx`` (linear interpolation of the CDF)."""
+    idx = jnp.clip(idx, 0, mass.shape[-1] - 1)
+    lo = jnp.take_along_axis(cdf, idx, axis=-1)
+    m = jnp.take_along_axis(mass, idx, axis=-1)
+    frac = jnp.where(m > 0, (u - lo) / jnp.where(m > 0, m, 1.0), 0.5)
+    return g0 - 0.5 * dx + (idx + jnp.clip(frac, 0.0, 1.0)) * dx
+
+
+def _invert_cdf(cdf, mass, u, g0, dx):
+    """Positions where the piecewise-linear CDF reaches ``u``; cdf (c, G+1), u (c, Q) -> (c, Q).
+
+    Few levels (Q <= 8): count the cell ends below each level (one fused pass). Many: binary search.
+    """
+    if u.shape[-1] <= 8:
+        idx = jnp.sum(cdf[:, 1:, None] < u[:, None, :], axis=1)
+    else:
+        idx = jax.vmap(lambda c, q: jnp.searchsorted(c[1:], q, side="left", method="scan"))(cdf, u)
+    return _positions(cdf, mass, idx, u, g0, dx)
+
+
+@jax.jit
+def _k_mean(log_density, grid):
+    dx = grid[1] - grid[0]
+    centre = grid[grid.shape[0] // 2]
+    p = jnp.exp(log_density)
+    p = p / jnp.sum(p, axis=-1, keepdims=True)
+    return centre + jnp.sum(p * (grid - centre), axis=-1)
+
+
+@jax.jit
+def _k_moments(log_density, grid):
+    centre = grid[grid.shape[0] // 2]
+    p = jnp.exp(log_density)
+    p = p / jnp.sum(p, axis=-1, keepdims=True)
+    d = grid - centre
+    m1 = jnp.sum(p * d, axis=-1)
+    m2 = jnp.sum(p * d * d, axis=-1)
+    return centre + m1, jnp.maximum(m2 - m1 * m1, 0.0)
+
+
+@jax.jit
+def _k_mode(log_density, grid):
+    dx = grid[1] - grid[0]
+    num = grid.shape[0]
+    i = jnp.argmax(log_density, axis=-1)
+    im = jnp.clip(i - 1, 0, num - 1)
+    ip = jnp.clip(i + 1, 0, num - 1)
+    take = lambda j: jnp.take_along_axis(log_density, j[:, None], axis=-1)[:, 0]  # noqa: E731
+    y0, ym, yp = take(i), take(im), take(ip)
+    curv = ym - 2.0 * y0 + yp
+    interior = (i > 0) & (i < num - 1) & jnp.isfinite(ym) & jnp.isfinite(yp) & (curv < 0)
+    offset = jnp.where(interior, 0.5 * (ym - yp) / jnp.where(interior, curv, -1.0), 0.0)
+    return grid[0] + (i + jnp.clip(offset, -0.5, 0.5)) * dx
+
+
+@jax.jit
+def _k_quantiles(log_density, grid, qs):
+    dx = grid[1] - grid[0]
+    cdf, mass = _cdf_edges(log_density, dx)
+    u = jnp.broadcast_to(qs[None, :], (log_density.shape[0], qs.shape[0]))
+    return _invert_cdf(cdf, mass, u, grid[0], dx).T
+
+
+@jax.jit
+def _k_hpdi(log_density, grid, prob):
+    """Shortest interval of mass ``prob`` whose lower end is a cell edge (upper end interpolated).
+
+    A two-pointer sweep over the edges, vectorised over clusters: the lower edge ``i`` and the cell ``j``
+    where ``CDF = CDF[i] + prob`` both only move up, so ``2 G + 1`` steps of a ``lax.scan`` visit every
+    candidate interval, keeping the shortest. Exact to within one grid spacing.
+    """
+    dx = grid[1] - grid[0]
+    num = grid.shape[0]
+    cdf, _ = _cdf_edges(log_density, dx)  # (c, G + 1)
+    c = cdf.shape[0]
+    g_lo = grid[0] - 0.5 * dx
+    take = lambda k: jnp.take_along_axis(cdf, k[:, None], axis=-1)[:, 0]  # noqa: E731
+
+    def body(carry, _):
+        i, j, best, lower, upper = carry
+        ci, cj = take(i), take(j)
+        target = ci + prob
+        valid = target <= 1.0 + 1e-6
+        move_j = (cj < target) & (j < num) & valid
+        cprev = take(jnp.maximum(j - 1, 0))
+        step = jnp.where(cj > cprev, cj - cprev, 1.0)
+        up = g_lo + (j - 1 + jnp.clip((target - cprev) / step, 0.0, 1.0)) * dx
+        lo = g_lo + i * dx
+        width = jnp.where(j > 0, up - lo, 0.0)
+        record = (~move_j) & valid & (i <= num)
+        better = record & (width < best)
+        best = jnp.where(better, width, best)
+        lower = jnp.where(better, lo, lower)
+        upper = jnp.where(better, up, upper)
+        i = jnp.where(record, i + 1, i)
+        j = jnp.where(move_j, j + 1, j)
+        return (i, j, best, lower, upper), None
+
+    zeros_i = jnp.zeros(c, jnp.int32)
+    init = (zeros_i, zeros_i, jnp.full(c, jnp.inf, cdf.dtype), jnp.zeros(c, cdf.dtype), jnp.zeros(c, cdf.dtype))
+    (_, _, _, lower, upper), _ = jax.lax.scan(body, init, None, length=2 * num + 2)
+    return jnp.stack([lower, upper])
+
+
+@jax.jit
+def _k_sample(log_density, grid, u):
+    dx = grid[1] - grid[0]
+    cdf, mass = _cdf_edges(log_density, dx)
+    return _invert_cdf(cdf, mass, u.T, grid[0], dx).T
+
+
+@jax.jit
+def _k_log_prob(log_density, grid, y):
+    """Linear interpolation of the log-density at ``y`` (k, c); -inf outside the grid."""
+    dx = grid[1] - grid[0]
+    num = grid.shape[0]
+    t = (y - grid[0]) / dx  # (k, c)
+    i = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, num - 2)
+    frac = t - i
+    ld = log_density.T  # (G, c)
+    cols = jnp.arange(log_density.shape[0])[None, :]
+    a = ld[i, cols]
+    b = ld[i + 1, cols]
+    val = jnp.where(frac <= 0, a, jnp.where(frac >= 1, b, (1.0 - frac) * a + frac * b))
+    inside = (t >= -1e-4) & (t <= num - 1 + 1e-4)
+    return jnp.where(inside, val, -jnp.inf)
+
+
+@partial(jax.jit, static_argnames="keep_draws")
+def _k_mixture(grid, logits, locs, scales, keep_draws=False):
+    return mixture_on_grid(grid, logits, locs, scales, keep_draws=keep_draws)
+
+
+# ---------------------------------------------------------------------------------------------- chunking
+def _chunks(n: int, chunk_size: int):
+    for start in range(0, n, chunk_size):
+        yield start, min(start + chunk_size, n)
+
+
+def _padded(a: jax.Array, start: int, stop: int, size: int, axis: int = 0):
+    """Rows ``start:stop`` of ``a`` along ``axis``, padded (edge rows repeated) to ``size`` rows."""
+    part = jax.lax.slice_in_dim(a, start, stop, axis=axis)
+    pad = size - (stop - start)
+    if pad:
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, pad)
+        part = jnp.pad(part, widths, mode="edge")
+    return part
+
+
+# ---------------------------------------------------------------------------------------------- the class
+class MassPosterior:
+    """Per-cluster predictive densities of log10 M on a uniform grid.
+
+    Parameters
+    ----------
+    grid : array (G,)
+        Uniform, increasing grid of log10 M [Msun/h].
+    log_density : array (n, G)
+        Log-densities per unit log10 M, normalised so that ``exp(log_density).sum(-1) * dx == 1`` (use
+        :meth:`from_log_density` to normalise an arbitrary one).
+    aleatoric_variance, epistemic_variance : array (n,), optional
+        Split of the predictive variance (dex^2); default: the grid variance and zero.
+    training_log_mass : array, optional
+        log10 M of the training set, the implicit prior of the fit (used by reweighting).
+    draws_log_density : array (S, n, G), optional
+        Normalised per-draw densities for Bayesian fits (weight draws, dropout masks), when kept.
+    chunk_size : int
+        Clusters per compiled call of the statistics.
+
+    Attributes
+    ----------
+    grid, log_density, aleatoric_variance, epistemic_variance, training_log_mass, draws_log_density
+    dx : float
+        Grid spacing.
+    """
+
+    def __init__(
+        self,
+        grid,
+        log_density,
+        aleatoric_variance=None,
+        epistemic_variance=None,
+        training_log_mass=None,
+        draws_log_density=None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        meta: dict | None = None,
+    ):
+        grid = _check_grid(grid)
+        log_density = jnp.asarray(log_density, dtype=jnp.float32)
+        if log_density.ndim != 2 or log_density.shape[1] != grid.size:
+            raise ValueError(
+                f"log_density must have shape (n_clusters, {grid.size}) to match the grid; got {log_density.shape}"
+            )
+        self.grid = grid
+        self._grid32 = jnp.asarray(grid, dtype=jnp.float32)
+        self.log_density = log_density
+        self.chunk_size = int(chunk_size)
+        n = log_density.shape[0]
+        if aleatoric_variance is None:
+            aleatoric_variance = self._grid_variance()
+        self.aleatoric_variance = np.asarray(aleatoric_variance, dtype=np.float32).reshape(n)
+        if epistemic_variance is None:
+            epistemic_variance = np.zeros(n, dtype=np.float32)
+        self.epistemic_variance = np.asarray(epistemic_variance, dtype=np.float32).reshape(n)
+        self.training_log_mass = None if training_log_mass is None else np.asarray(training_log_mass)
+        if draws_log_density is not None:
+            draws_log_density = jnp.asarray(draws_log_density, dtype=jnp.float32)
+            if draws_log_density.ndim != 3 or draws_log_density.shape[1:] != log_density.shape:
+                raise ValueError(
+                    f"draws_log_density must have shape (S, {n}, {grid.size}); got {draws_log_density.shape}"
+                )
+        self.draws_log_density = draws_log_density
+        self.meta = dict(meta or {})
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_log_density(cls, grid, log_density, **kwargs) -> "MassPosterior":
+        """Build from unnormalised log-densities (n, G), or per-draw ones (S, n, G) that are averaged.
+
+        >>> g = np.linspace(0.0, 1.0, 11)
+        >>> p = MassPosterior.from_log_density(g, np.zeros((2, 11)))
+        >>> float(np.exp(p.log_density).sum(-1)[0] * p.dx)
+        1.0
+        """
+        grid = _check_grid(grid)
+        dx = float(grid[1] - grid[0])
+        ld = jnp.asarray(log_density, dtype=jnp.float32)
+        if ld.ndim == 3:
+            per_draw = normalise_log_density(ld, dx)
+            ld = jax.nn.logsumexp(per_draw, axis=0) - math.log(ld.shape[0])
+        return cls(grid, normalise_log_density(ld, dx), **kwargs)
+
+    @classmethod
+    def from_mixture(
+        cls,
+        grid,
+        logits,
+        locs,
+        scales,
+        training_log_mass=None,
+        keep_draws: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> "MassPosterior":
+        """Build from Gaussian-mixture parameters in log10 M units.
+
+        Parameters
+        ----------
+        grid : array (G,)
+        logits, locs, scales : arrays (n, K) for a point fit, or (S, n, K) for ``S`` draws (weight samples,
+            dropout masks, ensemble members). The density is the average over draws; the aleatoric variance is
+            ``E_s[Var(y | x, s)]`` and the epistemic variance ``Var_s[E(y | x, s)]``.
+        training_log_mass : array, optional
+        keep_draws : bool
+            Keep the per-draw densities in ``draws_log_density`` (memory ``S * n * G`` floats).
+        chunk_size : int
+            Clusters per compiled call.
+
+        Example
+        -------
+        >>> g = np.linspace(13.0, 16.0, 256)
+        >>> locs = np.array([[[14.0]], [[14.2]]])  # two draws, one cluster, one component
+        >>> p = MassPosterior.from_mixture(g, np.zeros_like(locs), locs, np.full_like(locs, 0.1))
+        >>> np.round(p.epistemic_variance, 4), np.round(p.aleatoric_variance, 4)
+        (array([0.01], dtype=float32), array([0.01], dtype=float32))
+        """
+        grid = _check_grid(grid)
+        arrs = [jnp.asarray(a, dtype=jnp.float32) for a in (logits, locs, scales)]
+        shapes = {a.shape for a in arrs}
+        if len(shapes) != 1 or arrs[0].ndim not in (2, 3):
+            raise ValueError(
+                f"logits, locs and scales must share a shape (n, K) or (S, n, K); got {[a.shape for a in arrs]}"
+            )
+        if arrs[0].ndim == 2:
+            arrs = [a[None] for a in arrs]
+        n = arrs[0].shape[1]
+        grid32 = jnp.asarray(grid, dtype=jnp.float32)
+        size = min(int(chunk_size), n) if n else 1
+        outs = []
+        for start, stop in _chunks(n, size):
+            parts = [_padded(a, start, stop, size, axis=1) for a in arrs]
+            ld, ale, epi, draws = _k_mixture(grid32, *parts, keep_draws=keep_draws)
+            k = stop - start
+            outs.append((ld[:k], ale[:k], epi[:k], None if draws is None else draws[:, :k]))
+        if not outs:
+            return cls(grid, jnp.zeros((0, grid.size)), training_log_mass=training_log_mass)
+        ld = jnp.concatenate([o[0] for o in outs])
+        ale = np.concatenate([np.asarray(o[1]) for o in outs])
+        epi = np.concatenate([np.asarray(o[2]) for o in outs])
+        draws = jnp.concatenate([o[3] for o in outs], axis=1) if keep_draws else None
+        return cls(grid, ld, ale, epi, training_log_mass=training_log_mass, draws_log_density=draws,
+                   chunk_size=chunk_size)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def dx(self) -> float:
+        """Grid spacing (dex)."""
+        return float(self.grid[1] - self.grid[0])
+
+    def __len__(self) -> int:
+        return int(self.log_density.shape[0])
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self)
+
+    @property
+    def total_variance(self) -> np.ndarray:
+        """``aleatoric_variance + epistemic_variance`` (dex^2)."""
+        return self.aleatoric_variance + self.epistemic_variance
+
+    def __repr__(self) -> str:
+        draws = "" if self.draws_log_density is None else f", {self.draws_log_density.shape[0]} draws"
+        return (f"MassPosterior({len(self)} clusters, grid {self.grid[0]:.3f}..{self.grid[-1]:.3f} "
+                f"[{self.grid.size} points]{draws})")
+
+    def select(self, rows) -> "MassPosterior":
+        """A posterior with the given clusters (boolean mask or integer indices).
+
+        >>> g = np.linspace(0.0, 1.0, 11)
+        >>> len(MassPosterior.from_log_density(g, np.zeros((4, 11))).select([0, 2]))
+        2
+        """
+        rows = np.asarray(rows)
+        idx = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        jidx = jnp.asarray(idx)
+        draws = None if self.draws_log_density is None else self.draws_log_density[:, jidx]
+        return type(self)(
+            self.grid,
+            self.log_density[jidx],
+            self.aleatoric_variance[idx],
+            self.epistemic_variance[idx],
+            training_log_mass=self.training_log_mass,
+            draws_log_density=draws,
+            chunk_size=self.chunk_size,
+            meta=self.meta,
+        )
+
+    def density(self) -> np.ndarray:
+        """``exp(log_density)`` as a NumPy array (n, G)."""
+        return np.exp(np.asarray(self.log_density))
+
+    # ------------------------------------------------------------------ chunked evaluation
+    def _map(self, kernel, *extra, per_cluster=(), out_axis: int = 0, **static):
+        """Apply ``kernel(ld_chunk, grid, *extra, *per_cluster_chunks)`` chunk by chunk; concatenate."""
+        n = len(self)
+        if n == 0:
+            raise ValueError("this posterior holds no clusters")
+        size = min(self.chunk_size, n)
+        outs = []
+        for start, stop in _chunks(n, size):
+            ld = _padded(self.log_density, start, stop, size)
+            pcs = [_padded(a, start, stop, size, axis=ax) for a, ax in per_cluster]
+            out = kernel(ld, self._grid32, *extra, *pcs, **static)
+            outs.append(jax.lax.slice_in_dim(out, 0, stop - start, axis=out_axis))
+        return np.asarray(jnp.concatenate(outs, axis=out_axis))
+
+    def _grid_variance(self) -> np.ndarray:
+        if len(self) == 0:
+            return np.zeros(0, np.float32)
+        return self._map(lambda ld, g: _k_moments(ld, g)[1])
+
+    # ------------------------------------------------------------------ statistics
+    def mean(self) -> np.ndarray:
+        """Posterior mean of log10 M per cluster, shape (n,)."""
+        return self._map(_k_mean)
+
+    def variance(self) -> np.ndarray:
+        """Variance of the tabulated density per cluster (dex^2), shape (n,)."""
+        return self._grid_variance()
+
+    def std(self) -> np.ndarray:
+        """Standard deviation of the tabulated density (dex), shape (n,)."""
+        return np.sqrt(self.variance())
+
+    def mode(self) -> np.ndarray:
+        """Posterior mode per cluster (grid maximum refined by a parabola in log-density), shape (n,)."""
+        return self._map(_k_mode)
+
+    def quantiles(self, qs: Sequence[float]) -> np.ndarray:
+        """Quantiles by inverting the piecewise-linear CDF; shape ``(len(qs), n)``.
+
+        >>> g = np.linspace(-5.0, 5.0, 1001)
+        >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
+        >>> np.round(p.quantiles([0.1587, 0.5, 0.8413])[:, 0], 3)
+        array([-1.,  0.,  1.], dtype=float32)
+        """
+        qs = np.atleast_1d(np.asarray(qs, dtype=np.float64))
+        if qs.ndim != 1 or not ((qs >= 0) & (qs <= 1)).all():
+            raise ValueError(f"quantile levels must be a 1-D sequence in [0, 1]; got {qs}")
+        return self._map(_k_quantiles, jnp.asarray(qs, jnp.float32), out_axis=1)
+
+    def median(self) -> np.ndarray:
+        """Posterior median per cluster, shape (n,)."""
+        return self.quantiles([0.5])[0]
+
+    def hpdi(self, prob: float = 0.68) -> np.ndarray:
+        """Shortest interval holding probability ``prob`` per cluster; shape ``(2, n)`` (lower, upper).
+
+        The lower end lies on a grid-cell edge, so the interval is the shortest to within one grid spacing.
+
+        >>> g = np.linspace(-5.0, 5.0, 1001)
+        >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
+        >>> np.round(p.hpdi(0.6827)[:, 0], 2)
+        array([-1.,  1.], dtype=float32)
+        """
+        prob = float(prob)
+        if not 0.0 < prob < 1.0:
+            raise ValueError(f"hpdi probability must be in (0, 1); got {prob}")
+        return self._map(_k_hpdi, jnp.asarray(prob, jnp.float32), out_axis=1)
+
+    def sample(self, rng_key, num_samples: int) -> np.ndarray:
+        """Draw ``num_samples`` log-masses per cluster by inverse-CDF sampling; shape ``(num_samples, n)``.
+
+        >>> import jax
+        >>> g = np.linspace(-5.0, 5.0, 1001)
+        >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
+        >>> s = p.sample(jax.random.key(0), 20000)
+        >>> s.shape, bool(abs(s.mean()) < 0.03), bool(abs(s.std() - 1.0) < 0.03)
+        ((20000, 1), True, True)
+        """
+        if isinstance(rng_key, int):
+            rng_key = jax.random.key(rng_key)
+        num_samples = int(num_samples)
+        u = jax.random.uniform(rng_key, (num_samples, len(self)), dtype=jnp.float32)
+        return self._map(_k_sample, per_cluster=[(u, 1)], out_axis=1)
+
+    def log_prob(self, log10_mass) -> np.ndarray:
+        """Log-density (per unit log10 M) of the given log-masses, interpolated on the grid.
+
+        ``log10_mass`` has shape (n,) (one value per cluster) or (k, n); the result has the same shape.
+        Values outside the grid get ``-inf``.
+
+        >>> g = np.linspace(-5.0, 5.0, 1001)
+        >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
+        >>> np.round(p.log_prob(np.array([0.0])), 3)  # -0.5 log(2 pi)
+        array([-0.919], dtype=float32)
+        """
+        y = np.asarray(log10_mass, dtype=np.float32)
+        squeeze = y.ndim == 1
+        y2 = np.atleast_2d(y)
+        if y2.ndim != 2 or y2.shape[-1] != len(self):
+            raise ValueError(
+                f"log_prob needs one log-mass per cluster: shape ({len(self)},) or (k, {len(self)}); got {y.shape}"
+            )
+        out = self._map(_k_log_prob, per_cluster=[(jnp.asarray(y2), 1)], out_axis=1)
+        return out[0] if squeeze else out
