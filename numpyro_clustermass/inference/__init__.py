@@ -1,0 +1,40 @@
+"""Inference: one entry point, :func:`fit`, and a registry of methods (one file per method family).
+
+Registered here: ``"map"`` (:mod:`numpyro_clustermass.inference.svi`). A new method is one new module that
+builds an :class:`InferenceMethod` and calls :func:`register_method`; import it below to register it.
+
+Example
+-------
+>>> from numpyro_clustermass.inference import available_methods
+>>> "map" in available_methods()
+True
+"""
+
+from numpyro_clustermass.inference.base import (
+    Fit,
+    FitDivergedError,
+    InferenceMethod,
+    RunResult,
+    TrainingData,
+    TrainingPlan,
+    available_methods,
+    fit,
+    get_method,
+    register_method,
+    standardize_model,
+)
+from numpyro_clustermass.inference import svi  # noqa: F401  (registers "map")
+
+__all__ = [
+    "Fit",
+    "FitDivergedError",
+    "InferenceMethod",
+    "RunResult",
+    "TrainingData",
+    "TrainingPlan",
+    "available_methods",
+    "fit",
+    "get_method",
+    "register_method",
+    "standardize_model",
+]

@@ -1,0 +1,710 @@
+"""The one inference interface: the method protocol, the method registry, :func:`fit` and :class:`Fit`.
+
+A *method* ("map", "bbb", "mc_dropout", "nuts", "laplace", ...) is an :class:`InferenceMethod`: a NamedTuple
+of pure functions in the style of Optax's ``GradientTransformation`` and BlackJAX's algorithms::
+
+    init(rng_key, x_batch, y_batch) -> state
+    step(state, x_batch, y_batch) -> (state, loss)          # loss: full-data objective of the minibatch
+    evaluate(state, x, y) -> loss per datum                  # held-out loss for early stopping
+    get_params(state) -> dict of site values                 # constrained params (+ mutable state)
+    sample(rng_key, state, num_draws) -> draws               # dict of site values, leading axis S
+
+A method is built by a *factory* ``factory(model, plan, **options) -> InferenceMethod`` that closes the pure
+functions over the model and the :class:`TrainingPlan` (data size, batch size, steps). Factories are
+registered by name with :func:`register_method`; ``fit`` looks them up with :func:`get_method`, so adding a
+method is one new file that calls ``register_method``.
+
+:func:`fit` only orchestrates: it validates and standardises the data (scalers fitted on the training side),
+splits off a validation set by ``halo_id``, builds the method, and runs whole epochs as one jit-compiled
+``lax.scan`` over device-side shuffled batches, with early stopping on the validation loss, a tqdm bar and a
+divergence check. A method that does not train by epochs (NUTS, Laplace) provides ``run`` instead and the
+epoch driver is skipped.
+
+Example
+-------
+>>> import numpy as np
+>>> from numpyro_clustermass.estimators import MDN
+>>> from numpyro_clustermass.inference import fit
+>>> rng = np.random.default_rng(0)
+>>> y = rng.uniform(13.5, 15.0, 2000); x = y[:, None] + 0.1 * rng.normal(size=(2000, 3))
+>>> f = fit(MDN(num_components=2, hidden=(16,), feature_names=("a", "b", "c")), (x, y),
+...         num_epochs=5, batch_size=256, progress_bar=False)
+>>> post = f.posterior(x[:10])
+>>> post.quantiles([0.16, 0.84]).shape
+(2, 10)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from numpyro import handlers
+
+from numpyro_clustermass.catalog import Catalog, CatalogError, StandardScaler, validate_features
+from numpyro_clustermass.estimators import Estimator, as_estimator
+from numpyro_clustermass.posterior import (
+    DEFAULT_GRID_SIZE,
+    MassPosterior,
+    _check_grid,
+    default_grid,
+    mixture_on_grid,
+    normalise_log_density,
+)
+
+__all__ = [
+    "InferenceMethod",
+    "TrainingPlan",
+    "TrainingData",
+    "RunResult",
+    "Fit",
+    "FitDivergedError",
+    "fit",
+    "register_method",
+    "get_method",
+    "available_methods",
+    "standardize_model",
+]
+
+#: Default number of clusters per compiled call when building a posterior.
+POSTERIOR_CHUNK_SIZE = 4096
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+class TrainingPlan(NamedTuple):
+    """What a method factory needs to know about the training run.
+
+    Attributes
+    ----------
+    num_data : int
+        Number of training examples (the likelihood of a minibatch is scaled by ``num_data / batch_size``).
+    batch_size : int
+    steps_per_epoch : int
+    num_epochs : int
+        Maximum number of epochs (early stopping may end sooner).
+    num_features : int
+    """
+
+    num_data: int
+    batch_size: int
+    steps_per_epoch: int
+    num_epochs: int
+    num_features: int
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps_per_epoch * self.num_epochs
+
+
+class TrainingData(NamedTuple):
+    """Standardised float32 device arrays handed to a method's ``run``."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_val: jax.Array | None
+    y_val: jax.Array | None
+
+
+class RunResult(NamedTuple):
+    """What a method's ``run`` returns: its final state and a history of scalars per iteration/epoch."""
+
+    state: Any
+    history: dict
+    info: dict
+
+
+class InferenceMethod(NamedTuple):
+    """An inference method: pure functions closed over one model (see the module docstring).
+
+    Attributes
+    ----------
+    init, step, evaluate, get_params, sample : callables
+        The protocol; ``init``/``step``/``evaluate`` may be ``None`` when ``run`` is given.
+    run : callable, optional
+        ``run(rng_key, data: TrainingData, plan, progress_bar) -> RunResult``; opts out of the epoch driver.
+    predict_kwargs : dict
+        Keyword arguments for the model at prediction time (``{"deterministic": True}`` switches dropout
+        off for point fits; MC dropout leaves it on).
+    num_draws : int
+        Default number of predictive draws for :meth:`Fit.posterior` (1 for point fits).
+    name : str
+    """
+
+    init: Callable | None
+    step: Callable | None
+    evaluate: Callable | None
+    get_params: Callable
+    sample: Callable
+    run: Callable | None = None
+    predict_kwargs: dict = {}
+    num_draws: int = 1
+    name: str = ""
+
+
+_REGISTRY: dict[str, Callable[..., InferenceMethod]] = {}
+
+
+def register_method(name: str, factory: Callable[..., InferenceMethod], overwrite: bool = False) -> None:
+    """Register ``factory(model, plan, **options) -> InferenceMethod`` under ``name``.
+
+    >>> "map" in available_methods()
+    True
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("a method name must be a non-empty string")
+    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not factory:
+        raise ValueError(f"an inference method named {name!r} is already registered; pass overwrite=True")
+    _REGISTRY[name] = factory
+
+
+def available_methods() -> list[str]:
+    """Names of the registered inference methods."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> Callable[..., InferenceMethod]:
+    """The factory registered under ``name``; unknown names raise a ValueError listing the registered ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown inference method {name!r}; registered methods are {available_methods()}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------- models
+def _accepted_kwargs(fn) -> tuple[set[str], bool]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return set(), True
+    names = {p.name for p in sig.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    return names, var_kw
+
+
+def standardize_model(model: Callable) -> Callable:
+    """Give any model function the package's signature ``model(x, y=None, num_data=None, **kwargs)``.
+
+    Keyword arguments the model does not accept are dropped; if it does not accept ``num_data``, the whole
+    model is scaled by ``num_data / batch`` (the same objective for a model without priors).
+    """
+    names, var_kw = _accepted_kwargs(model)
+    if var_kw or {"num_data", "deterministic"} <= names:
+        return model
+
+    def wrapped(x, y=None, num_data=None, **kwargs):
+        kw = {k: v for k, v in kwargs.items() if k in names}
+        if "num_data" in names:
+            return model(x, y, num_data=num_data, **kw)
+        if num_data is None:
+            return model(x, y, **kw)
+        with handlers.scale(scale=num_data / x.shape[0]):
+            return model(x, y, **kw)
+
+    wrapped.__name__ = getattr(model, "__name__", "model")
+    return wrapped
+
+
+def _unwrap(fn):
+    while isinstance(fn, (dist.ExpandedDistribution, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def _mixture_params(fn, batch_shape):
+    """(logits, locs, scales) of shape (c, K) if ``fn`` is a Normal or a Normal mixture, else None."""
+    fn = _unwrap(fn)
+    if isinstance(fn, dist.Normal):
+        loc = jnp.broadcast_to(fn.loc, batch_shape)[:, None]
+        scale = jnp.broadcast_to(fn.scale, batch_shape)[:, None]
+        return jnp.zeros_like(loc), loc, scale
+    if isinstance(fn, dist.MixtureSameFamily):
+        comp = _unwrap(fn.component_distribution)
+        mix = fn.mixing_distribution
+        if isinstance(comp, dist.Normal):
+            if isinstance(mix, dist.CategoricalLogits):
+                logits = mix.logits
+            elif isinstance(mix, dist.CategoricalProbs):
+                logits = jnp.log(mix.probs)
+            else:
+                return None
+            shape = batch_shape + (fn.mixture_size,)
+            return (jnp.broadcast_to(logits, shape), jnp.broadcast_to(comp.loc, shape),
+                    jnp.broadcast_to(comp.scale, shape))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- data
+class FitDivergedError(FloatingPointError):
+    """Training produced a non-finite loss. ``error.fit`` holds a :class:`Fit` with the last finite state."""
+
+    def __init__(self, message: str, fit: "Fit | None" = None):
+        super().__init__(message)
+        self.fit = fit
+
+
+def _as_xy(data, feature_names, where: str):
+    """Return float64 ``x`` (n, d), ``y`` (n,) or None, groups or None; with clear errors."""
+    groups = None
+    if isinstance(data, Catalog):
+        names = tuple(feature_names) if feature_names is not None else None
+        if names is None:
+            raise CatalogError(f"{where}: this estimator has no feature_names; pass an (x, y) tuple instead")
+        missing = [n for n in names if n not in ("LogNgal", "Logsigv") and n not in data]
+        if missing:
+            raise CatalogError(
+                f"{where}: catalogue of {len(data)} rows lacks feature columns {missing}; the model uses {list(names)}"
+            )
+        x = data.features(names)
+        y = data.log_mass if ("M200c" in data or "log_mass" in data) else None
+        if "halo_id" in data:
+            groups = np.asarray(data["halo_id"])
+        return x, y, groups, names
+    if isinstance(data, tuple | list) and len(data) in (2, 3):
+        x = np.asarray(data[0], dtype=np.float64)
+        y = None if data[1] is None else np.asarray(data[1], dtype=np.float64)
+        groups = None if len(data) == 2 or data[2] is None else np.asarray(data[2])
+    else:
+        x, y = np.asarray(data, dtype=np.float64), None
+    names = tuple(feature_names) if feature_names is not None else None
+    if x.ndim != 2:
+        raise CatalogError(f"{where}: features must be a 2-D array (clusters, features); got shape {x.shape}")
+    if names is not None and x.shape[1] != len(names):
+        raise CatalogError(
+            f"{where}: expected {len(names)} features per cluster ({', '.join(names)}), got {x.shape[1]} "
+            f"(array of shape {x.shape}); pass the same feature columns the model uses"
+        )
+    validate_features(x, names)
+    if y is not None:
+        if y.shape != (x.shape[0],):
+            raise CatalogError(f"{where}: log-masses must have shape ({x.shape[0]},) to match the features; "
+                               f"got {y.shape}")
+        bad = ~np.isfinite(y)
+        if bad.any():
+            raise CatalogError(f"{where}: {int(bad.sum())} of {y.size} log-masses are NaN or infinite "
+                               f"(first rows: {np.flatnonzero(bad)[:5].tolist()}); remove those rows")
+    if groups is not None and groups.shape != (x.shape[0],):
+        raise CatalogError(f"{where}: groups must have shape ({x.shape[0]},); got {groups.shape}")
+    return x, y, groups, names
+
+
+def _validation_split(n: int, fraction: float, groups, seed: int) -> np.ndarray:
+    """Boolean mask of validation rows, grouped by ``groups`` (halo_id) when given."""
+    if fraction <= 0:
+        return np.zeros(n, dtype=bool)
+    if not fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1); got {fraction}")
+    rng = np.random.default_rng([seed, 0x5A11D])
+    if groups is not None:
+        uniq, inverse = np.unique(groups, return_inverse=True)
+        is_val_group = rng.permutation(uniq.size) < round(fraction * uniq.size)
+        return is_val_group[inverse]
+    return rng.permutation(n) < round(fraction * n)
+
+
+# ---------------------------------------------------------------------------------------------- Fit
+@dataclass
+class Fit:
+    """A trained estimator: what every inference method returns.
+
+    Attributes
+    ----------
+    estimator : Estimator
+    method : str
+        Registered method name.
+    config : dict
+        The training settings and method options used (JSON-able).
+    seed : int
+    params : dict
+        Constrained parameter values (and mutable state, e.g. batch statistics) by site name; the values
+        to substitute into the model for a point prediction.
+    state : object
+        The method's final state (e.g. ``SVIState``), needed to draw from a Bayesian method's posterior.
+    x_scaler, y_scaler : StandardScaler
+        Feature and target standardisation, fitted on the training side only.
+    training_log_mass : np.ndarray
+        log10 M of the training catalogue (the implicit prior of the fit).
+    history : dict of np.ndarray
+        ``train_loss`` and ``val_loss`` per epoch (per datum), ``epoch_time`` (s).
+    grid : np.ndarray
+        Default log10 M grid of posteriors.
+    info : dict
+        Run facts: sizes, epochs run, best epoch, early stop, number of traces of the epoch function, time.
+    feature_names : tuple of str or None
+    """
+
+    estimator: Estimator
+    method: str
+    config: dict
+    seed: int
+    params: dict
+    state: Any
+    x_scaler: StandardScaler
+    y_scaler: StandardScaler
+    training_log_mass: np.ndarray
+    history: dict
+    grid: np.ndarray
+    info: dict
+    feature_names: tuple | None
+    num_features: int
+    _method: InferenceMethod = field(repr=False, default=None)
+    _model: Callable = field(repr=False, default=None)
+    _cache: dict = field(repr=False, default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"Fit({self.estimator.name!r}, method={self.method!r}, epochs={self.info.get('epochs_run')}, "
+                f"best val loss={self.info.get('best_val_loss')})")
+
+    # ------------------------------------------------------------------ prediction
+    def features(self, data) -> np.ndarray:
+        """Validated, standardised float32 features of ``data`` (Catalog, array, or (x, y) tuple)."""
+        x, _, _, _ = _as_xy(data, self.feature_names, "posterior")
+        if x.shape[1] != self.num_features:
+            raise CatalogError(
+                f"posterior: expected {self.num_features} features per cluster (as in training), got {x.shape[1]}"
+            )
+        return np.asarray(self.x_scaler.transform(x), dtype=np.float32)
+
+    def _chunk_fn(self, num_draws: int, keep_draws: bool):
+        key = (num_draws, keep_draws)
+        if key in self._cache:
+            return self._cache[key]
+        model = self._model
+        obs_site = self.estimator.obs_site
+        predict_kwargs = dict(self._method.predict_kwargs)
+        y_mean = float(np.asarray(self.y_scaler.mean).reshape(()))
+        y_scale = float(np.asarray(self.y_scaler.scale).reshape(()))
+
+        def one_draw(draw, rng_key, x, grid):
+            c = x.shape[0]
+            conditioned = handlers.condition(model, data={obs_site: jnp.zeros(c, x.dtype)})
+            seeded = handlers.seed(handlers.substitute(conditioned, data=draw), rng_key)
+            tr = handlers.trace(seeded).get_trace(x, None, **predict_kwargs)
+            if obs_site not in tr:
+                raise KeyError(f"the model has no sample site {obs_site!r}; name its likelihood {obs_site!r}")
+            fn = tr[obs_site]["fn"]
+            mix = _mixture_params(fn, (c,))
+            if mix is not None:
+                logits, locs, scales = mix
+                return ("mixture", logits, locs * y_scale + y_mean, scales * y_scale)
+            z = (grid - y_mean) / y_scale
+            ld = jax.vmap(fn.log_prob)(jnp.broadcast_to(z[:, None], (grid.shape[0], c))).T - math.log(y_scale)
+            try:
+                mean, var = fn.mean * y_scale + y_mean, fn.variance * y_scale**2
+            except NotImplementedError:
+                dx = grid[1] - grid[0]
+                p = jnp.exp(normalise_log_density(ld, dx)) * dx
+                mean = jnp.sum(p * grid, -1)
+                var = jnp.sum(p * (grid - mean[:, None]) ** 2, -1)
+            return ("grid", ld, jnp.broadcast_to(mean, (c,)), jnp.broadcast_to(var, (c,)))
+
+        kind_box = {}
+
+        def chunk(draws, keys, x, grid):
+            def heads(args):
+                draw, rng_key = args
+                kind, *arrays = one_draw(draw, rng_key, x, grid)
+                kind_box["kind"] = kind
+                return tuple(arrays)
+
+            a, b, c = jax.lax.map(heads, (draws, keys))  # one compiled body for any number of draws
+            if kind_box["kind"] == "mixture":
+                return mixture_on_grid(grid, a, b, c, keep_draws=keep_draws)
+            dx = grid[1] - grid[0]
+            per_draw = normalise_log_density(a, dx)
+            ld = normalise_log_density(jax.nn.logsumexp(per_draw, axis=0), dx)
+            epi = jnp.var(b, axis=0) if num_draws > 1 else jnp.zeros_like(b[0])
+            return ld, jnp.mean(c, axis=0), epi, (per_draw if keep_draws else None)
+
+        fn = jax.jit(chunk)
+        self._cache[key] = fn
+        return fn
+
+    def posterior(
+        self,
+        data,
+        num_draws: int | None = None,
+        seed: int | None = None,
+        grid=None,
+        keep_draws: bool = False,
+        chunk_size: int = POSTERIOR_CHUNK_SIZE,
+    ) -> MassPosterior:
+        """Per-cluster predictive densities of log10 M for ``data`` (Catalog, feature array or (x, y)).
+
+        Parameters
+        ----------
+        data : Catalog, array (n, n_features) or tuple
+        num_draws : int, optional
+            Predictive draws (weight samples, dropout masks); default the method's (1 for point fits).
+        seed : int, optional
+            Seed of the draws (default the fit's seed).
+        grid : array, optional
+            Uniform log10 M grid; default ``fit.grid`` (the training range with a margin, 512 points).
+        keep_draws : bool
+            Keep per-draw densities in ``MassPosterior.draws_log_density``.
+        chunk_size : int
+            Clusters per compiled call.
+
+        Returns
+        -------
+        MassPosterior
+        """
+        x = self.features(data)
+        grid = self.grid if grid is None else _check_grid(grid)
+        num_draws = self._method.num_draws if num_draws is None else int(num_draws)
+        if num_draws < 1:
+            raise ValueError(f"num_draws must be >= 1; got {num_draws}")
+        key = jax.random.key(self.seed if seed is None else seed)
+        k_draws, k_pred = jax.random.split(key)
+        draws = self._method.sample(k_draws, self.state, num_draws)
+        num_draws = int(jax.tree.leaves(draws)[0].shape[0])
+        keys = jax.random.split(k_pred, num_draws)
+        fn = self._chunk_fn(num_draws, keep_draws)
+        n = x.shape[0]
+        grid32 = jnp.asarray(grid, jnp.float32)
+        size = max(1, min(int(chunk_size), n))
+        lds, ales, epis, dls = [], [], [], []
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            xc = x[start:stop]
+            if stop - start < size:
+                xc = np.concatenate([xc, np.repeat(xc[-1:], size - (stop - start), axis=0)])
+            ld, ale, epi, dl = fn(draws, keys, jnp.asarray(xc), grid32)
+            k = stop - start
+            lds.append(ld[:k])
+            ales.append(np.asarray(ale[:k]))
+            epis.append(np.asarray(epi[:k]))
+            if keep_draws:
+                dls.append(dl[:, :k])
+        return MassPosterior(
+            grid,
+            jnp.concatenate(lds) if lds else jnp.zeros((0, grid.size)),
+            np.concatenate(ales) if ales else np.zeros(0),
+            np.concatenate(epis) if epis else np.zeros(0),
+            training_log_mass=self.training_log_mass,
+            draws_log_density=jnp.concatenate(dls, axis=1) if keep_draws and dls else None,
+            meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws},
+        )
+
+    def predict(self, data) -> np.ndarray:
+        """Posterior mean of log10 M per cluster (shorthand for ``fit.posterior(data).mean()``)."""
+        return self.posterior(data).mean()
+
+
+# ---------------------------------------------------------------------------------------------- fit
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (tuple, list)) and all(isinstance(e, (int, float, str, bool)) for e in v):
+            out[k] = list(v)
+        else:
+            out[k] = repr(v)
+    return out
+
+
+def fit(
+    estimator,
+    data,
+    method: str = "map",
+    seed: int = 0,
+    *,
+    num_epochs: int = 150,
+    batch_size: int = 512,
+    validation_fraction: float = 0.1,
+    patience: int | None = 20,
+    min_delta: float = 1e-4,
+    progress_bar: bool = True,
+    grid=None,
+    grid_size: int = DEFAULT_GRID_SIZE,
+    **method_options,
+) -> Fit:
+    """Train ``estimator`` on ``data`` with the inference ``method``; return a :class:`Fit`.
+
+    Parameters
+    ----------
+    estimator : Estimator or callable
+        :class:`~numpyro_clustermass.estimators.MSE`, :class:`~numpyro_clustermass.estimators.MDN`, or a NumPyro
+        model function ``model(x, y=None, ...)`` with likelihood site ``"obs"``.
+    data : Catalog or tuple
+        A catalogue (features from ``estimator.feature_names``, target ``log_mass``, grouped validation split
+        by ``halo_id``), or ``(x, y)`` / ``(x, y, groups)`` arrays.
+    method : str
+        A registered method name (see :func:`available_methods`; ``"map"`` is SVI with point parameters).
+    seed : int
+        Seeds the validation split, initialisation, shuffling and posterior draws.
+    num_epochs : int
+        Maximum number of epochs.
+    batch_size : int
+        Minibatch size (capped at the number of training rows).
+    validation_fraction : float
+        Fraction of halos held out for early stopping (0: none, train for ``num_epochs``).
+    patience : int or None
+        Stop after this many epochs without a validation improvement larger than ``min_delta``; the best
+        state is kept. None: never stop early (the best state is still kept).
+    min_delta : float
+        Smallest improvement of the per-datum validation loss that counts.
+    progress_bar : bool
+        Show a tqdm bar with the losses.
+    grid, grid_size
+        Default grid of posteriors (default: training range with a margin, ``grid_size`` points).
+    **method_options
+        Passed to the method factory (for ``"map"``: ``learning_rate``, ``schedule``, ``warmup_steps``, ...).
+
+    Returns
+    -------
+    Fit
+
+    Raises
+    ------
+    CatalogError
+        Wrong feature count, NaN or infinite inputs.
+    ValueError
+        Unknown method (the message lists the registered ones) or bad settings.
+    FitDivergedError
+        A non-finite loss; ``error.fit`` holds the fit at the last finite state.
+    """
+    t_start = time.perf_counter()
+    est = as_estimator(estimator)
+    factory = get_method(method)
+    x, y, groups, names = _as_xy(data, est.feature_names, "fit")
+    if y is None:
+        raise CatalogError("fit: the training data has no target log-masses (M200c or log_mass)")
+    n = x.shape[0]
+    if n < 2:
+        raise CatalogError(f"fit: need at least 2 training rows; got {n}")
+    if int(batch_size) < 1 or int(num_epochs) < 1:
+        raise ValueError(f"batch_size and num_epochs must be >= 1; got {batch_size}, {num_epochs}")
+
+    is_val = _validation_split(n, float(validation_fraction), groups, seed)
+    if is_val.all() or (~is_val).sum() < 2:
+        raise ValueError(f"validation_fraction={validation_fraction} leaves no training rows")
+    x_tr, y_tr = x[~is_val], y[~is_val]
+    x_scaler = StandardScaler.fit(x_tr)
+    y_scaler = StandardScaler.fit(y_tr)
+    x_train = jnp.asarray(x_scaler.transform(x_tr), jnp.float32)
+    y_train = jnp.asarray(y_scaler.transform(y_tr), jnp.float32)
+    has_val = bool(is_val.any())
+    x_val = jnp.asarray(x_scaler.transform(x[is_val]), jnp.float32) if has_val else None
+    y_val = jnp.asarray(y_scaler.transform(y[is_val]), jnp.float32) if has_val else None
+
+    n_train = int(x_train.shape[0])
+    bsz = min(int(batch_size), n_train)
+    steps = n_train // bsz
+    plan = TrainingPlan(num_data=n_train, batch_size=bsz, steps_per_epoch=steps, num_epochs=int(num_epochs),
+                        num_features=int(x.shape[1]))
+    model = standardize_model(est.model)
+    impl = factory(model, plan, **method_options)
+    key = jax.random.key(seed)
+    k_init, k_epochs = jax.random.split(key)
+
+    config = _jsonable(dict(num_epochs=int(num_epochs), batch_size=bsz, validation_fraction=float(validation_fraction),
+                            patience=patience, min_delta=float(min_delta), **method_options))
+    info = dict(n_rows=n, n_train=n_train, n_val=int(is_val.sum()), steps_per_epoch=steps)
+
+    def make_fit(state, history, extra):
+        return Fit(
+            estimator=est, method=method, config=config, seed=int(seed),
+            params=impl.get_params(state), state=state, x_scaler=x_scaler, y_scaler=y_scaler,
+            training_log_mass=np.asarray(y), history=history,
+            grid=default_grid(y, grid_size) if grid is None else _check_grid(grid),
+            info={**info, **extra, "time_s": time.perf_counter() - t_start},
+            feature_names=names, num_features=int(x.shape[1]), _method=impl, _model=model,
+        )
+
+    if impl.run is not None:
+        res = impl.run(k_init, TrainingData(x_train, y_train, x_val, y_val), plan, progress_bar)
+        history = {k: np.asarray(v) for k, v in res.history.items()}
+        return make_fit(res.state, history, dict(res.info))
+
+    return _epoch_driver(impl, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
+                         progress_bar, make_fit, f"{method} {est.name}")
+
+
+def _epoch_driver(impl, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
+                  progress_bar, make_fit, desc):
+    """Whole epochs as one jit-compiled ``lax.scan``; early stopping, divergence check, progress bar."""
+    from tqdm.auto import tqdm
+
+    n, bsz, steps = plan.num_data, plan.batch_size, plan.steps_per_epoch
+    traces = {"epoch": 0, "evaluate": 0}
+
+    def epoch(state, rng_key, x, y):
+        traces["epoch"] += 1  # runs at trace time only
+        perm = jax.random.permutation(rng_key, n)[: steps * bsz]
+        xb = jnp.take(x, perm, axis=0).reshape(steps, bsz, x.shape[-1])
+        yb = jnp.take(y, perm, axis=0).reshape(steps, bsz)
+
+        def body(s, batch):
+            return impl.step(s, *batch)
+
+        state, losses = jax.lax.scan(body, state, (xb, yb))
+        return state, jnp.mean(losses) / n
+
+    def evaluate(state, x, y):
+        traces["evaluate"] += 1
+        return impl.evaluate(state, x, y)
+
+    epoch_jit = jax.jit(epoch)
+    evaluate_jit = jax.jit(evaluate)
+    state = impl.init(k_init, x_train[:bsz], y_train[:bsz])
+    has_val = x_val is not None
+    history = {"train_loss": [], "val_loss": [], "epoch_time": []}
+    best = (math.inf, state, -1)
+    wait = 0
+    stopped_early = False
+    epoch_keys = jax.random.split(k_epochs, plan.num_epochs)
+
+    def hist():
+        return {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
+
+    bar = tqdm(range(plan.num_epochs), desc=desc, unit="epoch", disable=not progress_bar, leave=False)
+    try:
+        for ep in bar:
+            t0 = time.perf_counter()
+            new_state, train_loss = epoch_jit(state, epoch_keys[ep], x_train, y_train)
+            train_loss = float(train_loss)
+            val_loss = float(evaluate_jit(new_state, x_val, y_val)) if has_val else train_loss
+            history["epoch_time"].append(time.perf_counter() - t0)
+            history["train_loss"].append(train_loss)
+            history["val_loss"].append(val_loss if has_val else math.nan)
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                what = "training" if not math.isfinite(train_loss) else "validation"
+                last = best[1] if ep == 0 else state
+                err_fit = make_fit(last, hist(), dict(epochs_run=ep, best_epoch=ep - 1, diverged_at_epoch=ep,
+                                                      traces=dict(traces), best_val_loss=best[0]))
+                raise FitDivergedError(
+                    f"non-finite {what} loss ({train_loss if what == 'training' else val_loss}) at epoch {ep}: "
+                    f"training stopped. The parameters after epoch {ep - 1} (the last finite ones"
+                    f"{'; the initial parameters' if ep == 0 else ''}) are kept in error.fit. Lower the "
+                    f"learning rate or check the inputs.",
+                    fit=err_fit,
+                )
+            state = new_state
+            bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}" if has_val else "-")
+            if val_loss < best[0] - min_delta:
+                best, wait = (val_loss, state, ep), 0
+            else:
+                wait += 1
+                if val_loss < best[0]:
+                    best = (val_loss, state, ep)
+                if patience is not None and wait >= patience:
+                    stopped_early = True
+                    break
+    finally:
+        bar.close()
+    epochs_run = len(history["train_loss"])
+    final_state = best[1] if has_val else state
+    return make_fit(final_state, hist(), dict(
+        epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=stopped_early,
+        best_val_loss=best[0] if has_val else None, traces=dict(traces),
+    ))
