@@ -54,6 +54,7 @@ from numpyro_clustermass.posterior import (
     DEFAULT_GRID_SIZE,
     MassPosterior,
     _check_grid,
+    _spacing,
     default_grid,
     mixture_on_grid,
     normalise_log_density,
@@ -400,7 +401,7 @@ class Fit:
             try:
                 mean, var = fn.mean * y_scale + y_mean, fn.variance * y_scale**2
             except NotImplementedError:
-                dx = grid[1] - grid[0]
+                dx = _spacing(grid)
                 p = jnp.exp(normalise_log_density(ld, dx)) * dx
                 mean = jnp.sum(p * grid, -1)
                 var = jnp.sum(p * (grid - mean[:, None]) ** 2, -1)
@@ -418,7 +419,7 @@ class Fit:
             a, b, c = jax.lax.map(heads, (draws, keys))  # one compiled body for any number of draws
             if kind_box["kind"] == "mixture":
                 return mixture_on_grid(grid, a, b, c, keep_draws=keep_draws)
-            dx = grid[1] - grid[0]
+            dx = _spacing(grid)
             per_draw = normalise_log_density(a, dx)
             ld = normalise_log_density(jax.nn.logsumexp(per_draw, axis=0), dx)
             epi = jnp.var(b, axis=0) if num_draws > 1 else jnp.zeros_like(b[0])
@@ -658,6 +659,7 @@ def _epoch_driver(impl, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, 
     evaluate_jit = jax.jit(evaluate)
     state = impl.init(k_init, x_train[:bsz], y_train[:bsz])
     has_val = x_val is not None
+    x_check, y_check = (x_val, y_val) if has_val else (x_train[:bsz], y_train[:bsz])
     history = {"train_loss": [], "val_loss": [], "epoch_time": []}
     best = (math.inf, state, -1)
     wait = 0
@@ -673,23 +675,28 @@ def _epoch_driver(impl, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, 
             t0 = time.perf_counter()
             new_state, train_loss = epoch_jit(state, epoch_keys[ep], x_train, y_train)
             train_loss = float(train_loss)
-            val_loss = float(evaluate_jit(new_state, x_val, y_val)) if has_val else train_loss
+            # the loss of the new state: on the validation set, or on one training batch without one, so that
+            # the state we keep is always one whose loss was seen to be finite
+            val_loss = float(evaluate_jit(new_state, x_check, y_check))
             history["epoch_time"].append(time.perf_counter() - t0)
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss if has_val else math.nan)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 what = "training" if not math.isfinite(train_loss) else "validation"
-                last = best[1] if ep == 0 else state
-                err_fit = make_fit(last, hist(), dict(epochs_run=ep, best_epoch=ep - 1, diverged_at_epoch=ep,
-                                                      traces=dict(traces), best_val_loss=best[0]))
+                bad = train_loss if what == "training" else val_loss
+                kept = "the initial parameters" if ep == 0 else f"the parameters after epoch {ep - 1}"
+                err_fit = make_fit(state, hist(), dict(epochs_run=ep, best_epoch=ep - 1, diverged_at_epoch=ep,
+                                                       stopped_early=False, traces=dict(traces),
+                                                       best_val_loss=best[0] if has_val else None))
                 raise FitDivergedError(
-                    f"non-finite {what} loss ({train_loss if what == 'training' else val_loss}) at epoch {ep}: "
-                    f"training stopped. The parameters after epoch {ep - 1} (the last finite ones"
-                    f"{'; the initial parameters' if ep == 0 else ''}) are kept in error.fit. Lower the "
-                    f"learning rate or check the inputs.",
+                    f"non-finite {what} loss ({bad}) in epoch {ep}: training stopped (diverged). The last finite "
+                    f"state, {kept}, is kept in error.fit. Lower the learning rate, clip gradients "
+                    f"(clip_norm=...) or check the inputs.",
                     fit=err_fit,
                 )
             state = new_state
+            if not has_val:
+                val_loss = train_loss
             bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}" if has_val else "-")
             if val_loss < best[0] - min_delta:
                 best, wait = (val_loss, state, ep), 0

@@ -1,0 +1,189 @@
+"""Tests for numpyro_clustermass.posterior: normalisation, statistics against exact references, draws."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from numpyro_clustermass.posterior import MassPosterior, default_grid
+
+GRID = np.linspace(12.5, 16.5, 801)  # dx = 0.005 dex
+DX = GRID[1] - GRID[0]
+
+
+def _norm_logpdf(x, mu, s):
+    return -0.5 * ((x - mu) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+
+
+def _gaussians(n=5):
+    mu = np.linspace(13.8, 15.0, n)
+    s = np.linspace(0.1, 0.3, n)
+    post = MassPosterior.from_mixture(GRID, np.zeros((n, 1)), mu[:, None], s[:, None])
+    return post, mu, s
+
+
+def _bimodal():
+    # weights 0.3 / 0.7, modes at 13.9 and 14.8: mean, median, HPD interval are all non-trivial
+    logits = np.log(np.array([[0.3, 0.7], [0.6, 0.4]]))
+    locs = np.array([[13.9, 14.8], [14.0, 14.5]])
+    scales = np.array([[0.1, 0.15], [0.08, 0.2]])
+    return MassPosterior.from_mixture(GRID, logits, locs, scales), logits, locs, scales
+
+
+def _ref_density(logits, locs, scales):
+    w = np.exp(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))
+    p = (w[:, None, :] * np.exp(_norm_logpdf(GRID[None, :, None], locs[:, None, :], scales[:, None, :]))).sum(-1)
+    return p / (p.sum(-1, keepdims=True) * DX)
+
+
+def _ref_quantile(p, q):
+    # piecewise-constant density on cells: the CDF is linear inside each cell
+    edges = np.concatenate([[GRID[0] - DX / 2], GRID + DX / 2])
+    cdf = np.concatenate([[0.0], np.cumsum(p) * DX])
+    return np.interp(q, cdf, edges)
+
+
+def _ref_hpdi(p, prob):
+    # brute force over all lower edges, upper end interpolated (as documented)
+    edges = np.concatenate([[GRID[0] - DX / 2], GRID + DX / 2])
+    cdf = np.concatenate([[0.0], np.cumsum(p) * DX])
+    cdf /= cdf[-1]
+    best = (np.inf, None)
+    for i in range(len(edges)):
+        if cdf[i] + prob > 1:
+            break
+        up = np.interp(cdf[i] + prob, cdf, edges)
+        if up - edges[i] < best[0]:
+            best = (up - edges[i], (edges[i], up))
+    return best[1]
+
+
+def test_density_is_normalised_and_matches_the_mixture():
+    post, logits, locs, scales = _bimodal()
+    assert post.log_density.shape == (2, GRID.size) and len(post) == 2
+    np.testing.assert_allclose(np.exp(np.asarray(post.log_density, np.float64)).sum(-1) * DX, 1.0, atol=1e-5)
+    np.testing.assert_allclose(post.density(), _ref_density(logits, locs, scales), rtol=2e-4, atol=1e-6)
+
+
+def test_gaussian_statistics_are_exact_to_grid_precision():
+    post, mu, s = _gaussians()
+    np.testing.assert_allclose(post.mean(), mu, atol=1e-4)
+    np.testing.assert_allclose(post.median(), mu, atol=1e-4)
+    np.testing.assert_allclose(post.mode(), mu, atol=1e-4)  # the parabola is exact for a Gaussian
+    q = post.quantiles([0.15865525, 0.84134475])
+    assert q.shape == (2, 5)
+    np.testing.assert_allclose(q, np.stack([mu - s, mu + s]), atol=2e-4)
+    np.testing.assert_allclose(post.hpdi(0.6826895), np.stack([mu - s, mu + s]), atol=DX)
+    np.testing.assert_allclose(post.aleatoric_variance, s**2, rtol=1e-5)
+    np.testing.assert_array_equal(post.epistemic_variance, 0.0)
+    np.testing.assert_allclose(post.variance(), s**2, rtol=1e-3)
+
+
+def test_bimodal_statistics_match_numpy_references():
+    post, logits, locs, scales = _bimodal()
+    p = _ref_density(logits, locs, scales)
+    w = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(post.mean(), (w * locs).sum(-1), atol=2e-4)
+    qs = [0.05, 0.16, 0.5, 0.84, 0.95]
+    ref_q = np.stack([[_ref_quantile(p[i], q) for i in range(2)] for q in qs])
+    np.testing.assert_allclose(post.quantiles(qs), ref_q, atol=2e-4)
+    np.testing.assert_allclose(post.mode(), GRID[np.argmax(p, -1)], atol=DX)
+    assert abs(post.mode()[0] - 14.8) < 0.02  # the taller peak, not the first
+    for prob in (0.5, 0.68, 0.9):
+        ref = np.array([_ref_hpdi(p[i], prob) for i in range(2)]).T
+        got = post.hpdi(prob)
+        np.testing.assert_allclose(got, ref, atol=2e-4)
+        # the interval holds the asked probability
+        for i in range(2):
+            inside = (GRID >= got[0, i]) & (GRID <= got[1, i])
+            assert abs(p[i][inside].sum() * DX - prob) < 2 * p[i].max() * DX
+
+
+def test_sample_follows_the_density():
+    post, logits, locs, scales = _bimodal()
+    s = post.sample(jax.random.key(0), 40000)
+    assert s.shape == (40000, 2)
+    np.testing.assert_allclose(s.mean(0), post.mean(), atol=0.01)
+    # empirical CDF at the reference quantiles
+    p = _ref_density(logits, locs, scales)
+    for q in (0.1, 0.5, 0.9):
+        x = np.array([_ref_quantile(p[i], q) for i in range(2)])
+        np.testing.assert_allclose((s < x).mean(0), q, atol=0.01)
+    s2 = post.sample(jax.random.key(0), 40000)
+    np.testing.assert_array_equal(s, s2)
+
+
+def test_log_prob_interpolates_and_is_minus_inf_outside():
+    post, mu, s = _gaussians()
+    y = mu + 0.37 * s
+    np.testing.assert_allclose(post.log_prob(y), _norm_logpdf(y, mu, s), atol=2e-3)
+    y2 = np.stack([mu, mu - s])
+    assert post.log_prob(y2).shape == (2, 5)
+    out = post.log_prob(np.full(5, 17.0))
+    assert np.all(np.isneginf(out))
+    with pytest.raises(ValueError, match="one log-mass per cluster"):
+        post.log_prob(np.zeros(3))
+
+
+def test_chunking_and_padding_do_not_change_results():
+    rng = np.random.default_rng(1)
+    n, k = 23, 3
+    args = (rng.normal(size=(n, k)), rng.uniform(13.6, 15.0, (n, k)), rng.uniform(0.05, 0.3, (n, k)))
+    big = MassPosterior.from_mixture(GRID, *args)
+    small = MassPosterior.from_mixture(GRID, *args, chunk_size=5)
+    np.testing.assert_allclose(np.asarray(small.log_density), np.asarray(big.log_density), rtol=1e-6, atol=1e-5)
+    for stat in (lambda p: p.mean(), lambda p: p.mode(), lambda p: p.quantiles([0.2, 0.7]),
+                 lambda p: p.log_prob(args[1][:, 0])):
+        np.testing.assert_allclose(stat(small), stat(big), atol=1e-5)
+    # HPD intervals: equal widths; near-ties between candidate intervals may shift the ends by one cell
+    h_small, h_big = small.hpdi(0.68), big.hpdi(0.68)
+    np.testing.assert_allclose(np.diff(h_small, axis=0), np.diff(h_big, axis=0), atol=1e-5)
+    np.testing.assert_allclose(h_small, h_big, atol=DX + 1e-5)
+    np.testing.assert_allclose(small.sample(jax.random.key(3), 7), big.sample(jax.random.key(3), 7), atol=1e-5)
+
+
+def test_draws_give_the_variance_split_and_the_average_density():
+    rng = np.random.default_rng(2)
+    S, n, k = 6, 4, 2
+    logits = rng.normal(size=(S, n, k))
+    locs = rng.uniform(14.0, 14.6, (S, n, k))
+    scales = rng.uniform(0.05, 0.2, (S, n, k))
+    post = MassPosterior.from_mixture(GRID, logits, locs, scales, keep_draws=True)
+    w = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    means = (w * locs).sum(-1)
+    variances = (w * (scales**2 + locs**2)).sum(-1) - means**2
+    np.testing.assert_allclose(post.epistemic_variance, means.var(0), rtol=1e-4)
+    np.testing.assert_allclose(post.aleatoric_variance, variances.mean(0), rtol=1e-4)
+    ref = np.mean([_ref_density(logits[s], locs[s], scales[s]) for s in range(S)], axis=0)
+    np.testing.assert_allclose(post.density(), ref, rtol=5e-4, atol=1e-6)
+    assert post.draws_log_density.shape == (S, n, GRID.size)
+    np.testing.assert_allclose(post.mean(), means.mean(0), atol=2e-4)
+    np.testing.assert_allclose(post.variance(), post.total_variance, rtol=2e-3)
+
+
+def test_select_and_from_log_density():
+    post, mu, s = _gaussians()
+    sub = post.select([4, 0])
+    np.testing.assert_allclose(sub.mean(), mu[[4, 0]], atol=1e-4)
+    np.testing.assert_allclose(post.select(mu > 14.5).mean(), mu[mu > 14.5], atol=1e-4)
+    raw = _norm_logpdf(GRID[None, :], mu[:, None], s[:, None]) + 3.0  # unnormalised
+    again = MassPosterior.from_log_density(GRID, raw)
+    np.testing.assert_allclose(np.asarray(again.log_density), np.asarray(post.log_density), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(again.aleatoric_variance, s**2, rtol=1e-3)  # default: the grid variance
+    stacked = MassPosterior.from_log_density(GRID, np.stack([raw, raw]))  # (S, n, G) averages draws
+    np.testing.assert_allclose(np.asarray(stacked.log_density), np.asarray(post.log_density), rtol=1e-5, atol=1e-4)
+
+
+def test_default_grid_and_bad_inputs():
+    g = default_grid(np.array([13.5, 14.0, 15.3]))
+    assert g.size == 512 and math.isclose(g[0], 13.0) and math.isclose(g[-1], 15.8)
+    with pytest.raises(ValueError, match="uniform"):
+        MassPosterior(np.array([1.0, 2.0, 4.0]), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        MassPosterior(GRID, np.zeros((2, 5)))
+    post, _, _ = _gaussians()
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        post.hpdi(1.5)
+    with pytest.raises(ValueError, match="quantile levels"):
+        post.quantiles([0.5, 2.0])
