@@ -450,7 +450,8 @@ def binned(
     pandas.DataFrame
         One row per bin (empty bins included with ``n = 0`` and NaN statistics): ``bin_lo``, ``bin_hi``,
         ``bin_mid``, ``n``, ``bias_median``, ``bias_mean``, ``scatter_std``, ``scatter_68``,
-        ``pred_pXX`` for each percentile; for posteriors also ``cov_central_XX`` and ``cov_hpd_XX`` (the
+        ``pred_pXX`` and ``resid_pXX`` (percentiles of the predictions and of the residuals) for each
+        percentile; for posteriors also ``cov_central_XX`` and ``cov_hpd_XX`` (the
         fraction of truths inside the XX% intervals), ``crps`` and ``log_score`` (bin means) and
         ``pit_mean``. ``df.attrs`` records ``estimator``, ``n_total`` and ``n_outside`` (truths outside
         the bins, counted, not used).
@@ -502,6 +503,8 @@ def binned(
         row.update(st)
         for q, v in zip(pcts, _percentiles(pred[sel], pcts)):
             row[f"pred_p{_pct(q / 100)}"] = v
+        for q, v in zip(pcts, _percentiles(resid[sel], pcts)):
+            row[f"resid_p{_pct(q / 100)}"] = v
         for name, vals in extra.items():
             row[name] = float(np.mean(vals[sel])) if sel.any() else np.nan
         rows.append(row)

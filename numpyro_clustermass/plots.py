@@ -1,0 +1,362 @@
+"""Figures of the lecture and of calibration: binned predictions, training prior, posterior examples,
+PIT histogram and coverage curve.
+
+Every function builds on :class:`matplotlib.figure.Figure` directly (no ``pyplot`` state, so it is safe
+under the Agg backend, in threads and in tests), returns the Figure, draws into ``ax`` when one is given,
+and writes the figure atomically to ``path`` when one is given (the format follows the extension).
+
+References
+----------
+Ho, M., Rau, M. M., Ntampaka, M., et al. 2019, ApJ 887, 25 (arXiv:1902.05950), figs. 4–6: the binned
+prediction plot (median and 5–95 / 15–85 percentile bands of predicted against true mass, residuals below).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from numpyro_clustermass import metrics as _metrics
+from numpyro_clustermass import priors as _priors
+
+__all__ = [
+    "binned_predictions",
+    "coverage_curve",
+    "pit_histogram",
+    "posterior_examples",
+    "save_figure",
+    "training_prior",
+]
+
+#: Axis range of the lecture's plots (log10 M200c [Msun/h]).
+AXIS_RANGE = _metrics.LOG_MASS_RANGE
+LOG_MASS_LABEL = r"$\log_{10}\,M_{200c}\ [M_\odot/h]$"
+_COLORS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"]
+
+
+def save_figure(fig: Figure, path, dpi: int = 120) -> None:
+    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _finish(fig, path):
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _new_axes(ax, figsize, nrows=1, ncols=1, **kw):
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(nrows, ncols, **kw)
+    return fig, axes
+
+
+# --------------------------------------------------------------------------------------------------------
+def binned_predictions(
+    estimates,
+    truth_log_mass,
+    *,
+    estimator: str = "mode",
+    edges=None,
+    bands: bool = True,
+    ax=None,
+    path=None,
+    title: str | None = None,
+) -> Figure:
+    """The lecture's binned plot: median prediction per bin of true mass with 5–95 and 15–85 percentile
+    bands, the 1:1 line, and the residuals (predicted − true) in a panel below; axes 13.5–15.3.
+
+    Parameters
+    ----------
+    estimates : MassPosterior, array_like (n,), or mapping label -> either
+        One or several estimators to overlay (each gets a colour and a legend entry). A posterior gives
+        its ``estimator`` point estimate; a value may also be a ``(posterior, "mean")`` pair.
+    truth_log_mass : array_like (n,) or Catalog
+    estimator : {"mode", "mean", "median"}
+        Default point estimate of posteriors.
+    edges : array_like, optional
+        Bin edges (default 0.1 dex over 13.5–15.3).
+    bands : bool
+        Draw the percentile bands (the median line is always drawn).
+    ax : Axes or (Axes, Axes), optional
+        Draw into these: a pair (main, residual), or a single Axes (main panel only).
+    path : str or PathLike, optional
+        Write the figure there.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.random.default_rng(0).uniform(13.5, 15.3, 2000)
+    >>> fig = binned_predictions({"biased": 0.8 * y + 2.9, "good": y + 0.05}, y)
+    >>> len(fig.axes), [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    (2, ['1:1', 'biased', 'good'])
+    """
+    if not isinstance(estimates, Mapping):
+        estimates = {"prediction" if not _metrics._is_posterior(estimates) else estimator: estimates}
+    if len(estimates) == 0:
+        raise ValueError("no estimates to plot")
+    if ax is None:
+        fig = Figure(figsize=(6.0, 6.5), layout="constrained")
+        main, resid = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    elif isinstance(ax, (tuple, list, np.ndarray)):
+        main, resid = ax
+        fig = main.figure
+    else:
+        main, resid = ax, None
+        fig = main.figure
+    lo, hi = AXIS_RANGE
+    main.plot([lo, hi], [lo, hi], color="k", ls="--", lw=1, label="1:1")
+    if resid is not None:
+        resid.axhline(0.0, color="k", ls="--", lw=1)
+    for k, (label, value) in enumerate(estimates.items()):
+        est = estimator
+        if isinstance(value, tuple):
+            value, est = value
+        df = _metrics.binned(value, truth_log_mass, estimator=est, edges=edges)
+        ok = df.n > 0
+        x = df.bin_mid[ok].to_numpy()
+        c = _COLORS[k % len(_COLORS)]
+        main.plot(x, df.pred_p50[ok], color=c, lw=2, label=str(label))
+        if bands:
+            main.fill_between(x, df.pred_p05[ok], df.pred_p95[ok], color=c, alpha=0.15, lw=0)
+            main.fill_between(x, df.pred_p15[ok], df.pred_p85[ok], color=c, alpha=0.3, lw=0)
+        if resid is not None:
+            resid.plot(x, df.resid_p50[ok], color=c, lw=2)
+            if bands:
+                resid.fill_between(x, df.resid_p05[ok], df.resid_p95[ok], color=c, alpha=0.15, lw=0)
+                resid.fill_between(x, df.resid_p15[ok], df.resid_p85[ok], color=c, alpha=0.3, lw=0)
+    main.set_xlim(lo, hi)
+    main.set_ylim(lo, hi)
+    main.set_ylabel("predicted " + LOG_MASS_LABEL)
+    main.legend(loc="upper left", frameon=False)
+    if title:
+        main.set_title(title)
+    if resid is not None:
+        resid.set_xlim(lo, hi)
+        resid.set_xlabel("true " + LOG_MASS_LABEL)
+        resid.set_ylabel("pred. − true [dex]")
+    else:
+        main.set_xlabel("true " + LOG_MASS_LABEL)
+    return _finish(fig, path)
+
+
+def training_prior(
+    log_masses,
+    prior=None,
+    *,
+    bins: int = 64,
+    range=None,  # noqa: A002 - as numpy.histogram
+    ax=None,
+    path=None,
+) -> Figure:
+    """Histogram (density) of the training set's log10 masses with a fitted prior's curve over it.
+
+    Parameters
+    ----------
+    log_masses : array_like (N,) or Catalog
+    prior : Prior, optional
+        Default ``TrainingPrior.from_samples(log_masses, bins, range)``.
+    bins, range
+        Histogram binning.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fig = training_prior(np.random.default_rng(0).uniform(13.5, 15.3, 5000))
+    >>> len(fig.axes[0].lines)
+    1
+    """
+    x = _metrics._truth(log_masses)
+    if range is None:
+        range = (float(x.min()), float(x.max()))
+    if prior is None:
+        prior = _priors.TrainingPrior.from_samples(x, bins=bins, range=range)
+    fig, a = _new_axes(ax, (6.0, 4.0))
+    a.hist(x, bins=bins, range=range, density=True, color="0.75", label=f"training set (N={x.size})")
+    lo, hi = prior.support
+    lo = range[0] - 0.05 * (range[1] - range[0]) if not np.isfinite(lo) else lo
+    hi = range[1] + 0.05 * (range[1] - range[0]) if not np.isfinite(hi) else hi
+    t = np.linspace(lo, hi, 1000)
+    a.plot(t, np.exp(np.asarray(prior.log_prob(t), dtype=np.float64)), color="C3", lw=2, label=type(prior).__name__)
+    a.set_xlabel(LOG_MASS_LABEL)
+    a.set_ylabel(r"density [dex$^{-1}$]")
+    a.legend(frameon=False)
+    return _finish(fig, path)
+
+
+def posterior_examples(
+    post,
+    truth_log_mass=None,
+    *,
+    reweighted=None,
+    indices: Sequence[int] | None = None,
+    n: int = 4,
+    labels: tuple[str, str] = ("before reweighting", "after reweighting"),
+    ax=None,
+    path=None,
+) -> Figure:
+    """Example posteriors, before and (optionally) after reweighting, with the true mass marked.
+
+    Parameters
+    ----------
+    post : MassPosterior
+    truth_log_mass : array_like (n_clusters,) or Catalog, optional
+        Drawn as a vertical line in each panel.
+    reweighted : MassPosterior, optional
+        Same clusters after reweighting, overlaid.
+    indices : sequence of int, optional
+        Clusters to show; default ``n`` clusters spread evenly over the catalogue.
+    ax : array of Axes, optional
+        One Axes per example.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numpyro_clustermass.posterior import MassPosterior
+    >>> g = np.linspace(13.0, 16.0, 256)
+    >>> p = MassPosterior.from_mixture(g, np.zeros((3, 1)), np.array([[14.0], [14.5], [15.0]]), np.full((3, 1), 0.2))
+    >>> fig = posterior_examples(p, [14.1, 14.4, 15.2], n=3)
+    >>> len(fig.axes)
+    3
+    """
+    total = int(np.shape(post.log_density)[0])
+    if indices is None:
+        indices = np.unique(np.linspace(0, total - 1, min(int(n), total)).round().astype(int))
+    indices = [int(i) for i in indices]
+    if any(i < 0 or i >= total for i in indices):
+        raise ValueError(f"indices must lie in [0, {total}), got {indices}")
+    y = None if truth_log_mass is None else _metrics._truth(truth_log_mass, total)
+    if reweighted is not None and np.shape(reweighted.log_density)[0] != total:
+        raise ValueError("reweighted must hold the same clusters as post")
+    if ax is None:
+        ncol = min(len(indices), 4)
+        nrow = -(-len(indices) // ncol)
+        fig = Figure(figsize=(3.2 * ncol, 2.6 * nrow), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+        for extra in axes[len(indices):]:
+            fig.delaxes(extra)
+        axes = axes[: len(indices)]
+    else:
+        axes = np.atleast_1d(np.asarray(ax, dtype=object)).ravel()
+        if axes.size < len(indices):
+            raise ValueError(f"need {len(indices)} axes, got {axes.size}")
+        fig = axes[0].figure
+    grid = np.asarray(post.grid, dtype=np.float64)
+    dens = np.exp(np.asarray(post.log_density[np.asarray(indices)], dtype=np.float64))
+    dens_rw = None
+    if reweighted is not None:
+        dens_rw = np.exp(np.asarray(reweighted.log_density[np.asarray(indices)], dtype=np.float64))
+        grid_rw = np.asarray(reweighted.grid, dtype=np.float64)
+    for k, (a, i) in enumerate(zip(axes, indices)):
+        a.plot(grid, dens[k], color="C0", lw=1.5, label=labels[0])
+        if dens_rw is not None:
+            a.plot(grid_rw, dens_rw[k], color="C1", lw=1.5, label=labels[1])
+        if y is not None:
+            a.axvline(y[i], color="k", ls="--", lw=1, label="truth")
+        a.set_title(f"cluster {i}", fontsize="small")
+        a.set_xlabel(LOG_MASS_LABEL)
+        a.set_xlim(grid[0], grid[-1])
+    axes[0].set_ylabel(r"$p(\log_{10} M\,|\,x)$")
+    axes[0].legend(frameon=False, fontsize="small")
+    return _finish(fig, path)
+
+
+def pit_histogram(post_or_pit, truth_log_mass=None, *, bins: int = 10, ax=None, path=None) -> Figure:
+    """Histogram of PIT values with the uniform level and its ±1σ (binomial) band; the KS and
+    chi-square p-values in the title.
+
+    Parameters
+    ----------
+    post_or_pit : MassPosterior or array_like
+        A posterior (then ``truth_log_mass`` is required) or PIT values in [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fig = pit_histogram(np.random.default_rng(0).uniform(size=1000))
+    >>> len(fig.axes[0].patches) >= 10
+    True
+    """
+    if _metrics._is_posterior(post_or_pit):
+        if truth_log_mass is None:
+            raise ValueError("pit_histogram of a posterior needs truth_log_mass")
+        u = _metrics.pit(post_or_pit, truth_log_mass)
+    else:
+        u = np.asarray(post_or_pit, dtype=np.float64)
+    t = _metrics.pit_uniformity(u, bins=bins)
+    fig, a = _new_axes(ax, (5.0, 3.6))
+    a.hist(u, bins=bins, range=(0.0, 1.0), density=True, color="C0", alpha=0.7, label="PIT")
+    p = 1.0 / bins
+    err = np.sqrt(p * (1 - p) / t.n) / p  # in density units (level 1)
+    a.axhline(1.0, color="k", lw=1, label="uniform")
+    a.axhspan(1 - err, 1 + err, color="0.8", alpha=0.6, lw=0, label=r"$\pm1\sigma$")
+    a.set_xlim(0, 1)
+    a.set_xlabel("PIT")
+    a.set_ylabel("density")
+    a.set_title(f"KS p = {t.ks_pvalue:.3g}, $\\chi^2$ p = {t.chi2_pvalue:.3g} (n = {t.n})", fontsize="small")
+    a.legend(frameon=False, fontsize="small")
+    return _finish(fig, path)
+
+
+def coverage_curve(
+    post,
+    truth_log_mass,
+    *,
+    kinds: Sequence[str] = ("central", "hpd"),
+    probs=None,
+    ax=None,
+    path=None,
+) -> Figure:
+    """Empirical against nominal coverage of credible intervals (central and/or HPD), with the diagonal
+    and a ±2σ binomial band around it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numpyro_clustermass.posterior import MassPosterior
+    >>> rng = np.random.default_rng(0); mu = rng.uniform(14, 15, 300)
+    >>> p = MassPosterior.from_mixture(np.linspace(13, 16, 256), np.zeros((300, 1)), mu[:, None], np.full((300, 1), 0.2))
+    >>> fig = coverage_curve(p, mu + 0.2 * rng.standard_normal(300))
+    >>> len(fig.axes[0].lines)
+    3
+    """
+    fig, a = _new_axes(ax, (4.5, 4.5))
+    a.plot([0, 1], [0, 1], color="k", ls="--", lw=1, label="ideal")
+    first = None
+    for k, kind in enumerate(kinds):
+        cc = _metrics.coverage_curve(post, truth_log_mass, probs=probs, kind=kind)
+        a.plot(cc.nominal, cc.empirical, marker="o", ms=3, color=_COLORS[k % len(_COLORS)], label=kind)
+        first = cc if first is None else first
+    if first is not None:
+        nom = np.linspace(0.0, 1.0, 101)
+        err = 2 * np.sqrt(nom * (1 - nom) / int(first.n.iloc[0]))
+        a.fill_between(nom, nom - err, nom + err, color="0.85", lw=0, label=r"$\pm2\sigma$")
+    a.set_xlim(0, 1)
+    a.set_ylim(0, 1)
+    a.set_aspect("equal")
+    a.set_xlabel("nominal coverage")
+    a.set_ylabel("empirical coverage")
+    a.legend(frameon=False, loc="upper left")
+    return _finish(fig, path)
