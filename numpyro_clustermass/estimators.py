@@ -175,9 +175,10 @@ class ModelEstimator(Estimator):
     """Wrap a user's NumPyro model function ``model(x, y=None, ...)``.
 
     The model should name its likelihood site ``obs_site`` (default ``"obs"``) with batch shape
-    ``(batch,)``. If it accepts ``num_data``, minibatches are scaled by ``num_data / batch`` inside the model
-    (priors counted once); otherwise :func:`fit` scales the whole model, which is the same for models
-    without priors.
+    ``(batch,)``. ``feature_names=None`` reads the lecture's 14 features from a catalogue and accepts
+    arrays of any width (the width seen at fit time is then required at prediction time). If the model
+    accepts ``num_data``, minibatches are scaled by ``num_data / batch`` inside it (priors counted once);
+    otherwise :func:`fit` scales the whole model, which is the same for models without priors.
 
     Example
     -------
@@ -187,7 +188,7 @@ class ModelEstimator(Estimator):
     """
 
     model_fn: Callable = None
-    feature_names: tuple[str, ...] | None = FEATURE_NAMES
+    feature_names: tuple[str, ...] | None = None
     obs_site: str = OBS_SITE
     name: str = ""
 

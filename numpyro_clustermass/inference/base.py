@@ -48,7 +48,7 @@ import numpy as np
 import numpyro.distributions as dist
 from numpyro import handlers
 
-from numpyro_clustermass.catalog import Catalog, CatalogError, StandardScaler, validate_features
+from numpyro_clustermass.catalog import FEATURE_NAMES, Catalog, CatalogError, StandardScaler, validate_features
 from numpyro_clustermass.estimators import Estimator, as_estimator
 from numpyro_clustermass.posterior import (
     DEFAULT_GRID_SIZE,
@@ -136,6 +136,9 @@ class InferenceMethod(NamedTuple):
     num_draws : int
         Default number of predictive draws for :meth:`Fit.posterior` (1 for point fits).
     name : str
+    model : callable, optional
+        The model :meth:`Fit.posterior` substitutes the draws into, when it is not the estimator's model (a
+        Bayesian twin, a net with dropout added); default None: the estimator's model.
     """
 
     init: Callable | None
@@ -147,6 +150,7 @@ class InferenceMethod(NamedTuple):
     predict_kwargs: dict = {}
     num_draws: int = 1
     name: str = ""
+    model: Callable | None = None
 
 
 _REGISTRY: dict[str, Callable[..., InferenceMethod]] = {}
@@ -256,9 +260,7 @@ def _as_xy(data, feature_names, where: str):
     """Return float64 ``x`` (n, d), ``y`` (n,) or None, groups or None; with clear errors."""
     groups = None
     if isinstance(data, Catalog):
-        names = tuple(feature_names) if feature_names is not None else None
-        if names is None:
-            raise CatalogError(f"{where}: this estimator has no feature_names; pass an (x, y) tuple instead")
+        names = tuple(feature_names) if feature_names is not None else FEATURE_NAMES
         missing = [n for n in names if n not in ("LogNgal", "Logsigv") and n not in data]
         if missing:
             raise CatalogError(
@@ -375,16 +377,14 @@ class Fit:
         return np.asarray(self.x_scaler.transform(x), dtype=np.float32)
 
     def _chunk_fn(self, num_draws: int, keep_draws: bool):
-        key = (num_draws, keep_draws)
+        obs_site = self.estimator.obs_site
+        predict_kwargs = dict(self._method.predict_kwargs)
+        key = ("posterior", num_draws, keep_draws, obs_site, tuple(sorted(predict_kwargs.items())))
         if key in self._cache:
             return self._cache[key]
         model = self._model
-        obs_site = self.estimator.obs_site
-        predict_kwargs = dict(self._method.predict_kwargs)
-        y_mean = float(np.asarray(self.y_scaler.mean).reshape(()))
-        y_scale = float(np.asarray(self.y_scaler.scale).reshape(()))
 
-        def one_draw(draw, rng_key, x, grid):
+        def one_draw(draw, rng_key, x, grid, y_mean, y_scale):
             c = x.shape[0]
             conditioned = handlers.condition(model, data={obs_site: jnp.zeros(c, x.dtype)})
             seeded = handlers.seed(handlers.substitute(conditioned, data=draw), rng_key)
@@ -397,7 +397,7 @@ class Fit:
                 logits, locs, scales = mix
                 return ("mixture", logits, locs * y_scale + y_mean, scales * y_scale)
             z = (grid - y_mean) / y_scale
-            ld = jax.vmap(fn.log_prob)(jnp.broadcast_to(z[:, None], (grid.shape[0], c))).T - math.log(y_scale)
+            ld = jax.vmap(fn.log_prob)(jnp.broadcast_to(z[:, None], (grid.shape[0], c))).T - jnp.log(y_scale)
             try:
                 mean, var = fn.mean * y_scale + y_mean, fn.variance * y_scale**2
             except NotImplementedError:
@@ -409,10 +409,10 @@ class Fit:
 
         kind_box = {}
 
-        def chunk(draws, keys, x, grid):
+        def chunk(draws, keys, x, grid, y_mean, y_scale):
             def heads(args):
                 draw, rng_key = args
-                kind, *arrays = one_draw(draw, rng_key, x, grid)
+                kind, *arrays = one_draw(draw, rng_key, x, grid, y_mean, y_scale)
                 kind_box["kind"] = kind
                 return tuple(arrays)
 
@@ -471,6 +471,8 @@ class Fit:
         fn = self._chunk_fn(num_draws, keep_draws)
         n = x.shape[0]
         grid32 = jnp.asarray(grid, jnp.float32)
+        y_mean = jnp.asarray(np.asarray(self.y_scaler.mean).reshape(()), jnp.float32)
+        y_scale = jnp.asarray(np.asarray(self.y_scaler.scale).reshape(()), jnp.float32)
         size = max(1, min(int(chunk_size), n))
         lds, ales, epis, dls = [], [], [], []
         for start in range(0, n, size):
@@ -478,7 +480,7 @@ class Fit:
             xc = x[start:stop]
             if stop - start < size:
                 xc = np.concatenate([xc, np.repeat(xc[-1:], size - (stop - start), axis=0)])
-            ld, ale, epi, dl = fn(draws, keys, jnp.asarray(xc), grid32)
+            ld, ale, epi, dl = fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale)
             k = stop - start
             lds.append(ld[:k])
             ales.append(np.asarray(ale[:k]))
@@ -603,8 +605,15 @@ def fit(
     steps = n_train // bsz
     plan = TrainingPlan(num_data=n_train, batch_size=bsz, steps_per_epoch=steps, num_epochs=int(num_epochs),
                         num_features=int(x.shape[1]))
-    model = standardize_model(est.model)
-    impl = factory(model, plan, **method_options)
+    cache_key = _cache_key(est, method, method_options, plan)
+    compiled = _COMPILED.get(cache_key) if cache_key is not None else None
+    if compiled is None:
+        model = standardize_model(est.model)
+        impl = factory(model, plan, **method_options)
+        compiled = _Compiled(model, impl, plan)
+        if cache_key is not None:
+            _COMPILED.put(cache_key, compiled)
+    model, impl = compiled.model, compiled.impl
     key = jax.random.key(seed)
     k_init, k_epochs = jax.random.split(key)
 
@@ -619,7 +628,9 @@ def fit(
             training_log_mass=np.asarray(y), history=history,
             grid=default_grid(y, grid_size) if grid is None else _check_grid(grid),
             info={**info, **extra, "time_s": time.perf_counter() - t_start},
-            feature_names=names, num_features=int(x.shape[1]), _method=impl, _model=model,
+            feature_names=names, num_features=int(x.shape[1]), _method=impl,
+            _model=model if impl.model is None else impl.model,
+            _cache=compiled.predict_cache,
         )
 
     if impl.run is not None:
@@ -627,36 +638,92 @@ def fit(
         history = {k: np.asarray(v) for k, v in res.history.items()}
         return make_fit(res.state, history, dict(res.info))
 
-    return _epoch_driver(impl, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
+    return _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
                          progress_bar, make_fit, f"{method} {est.name}")
 
 
-def _epoch_driver(impl, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
+class _Compiled:
+    """A method built for one (estimator, method, options, plan) with its jit-compiled epoch and evaluation.
+
+    Kept in a small LRU cache so that repeated fits of the same configuration (ensembles, benchmarks,
+    tests) compile once; every fit still traces its epoch function at most once.
+    """
+
+    def __init__(self, model, impl: InferenceMethod, plan: TrainingPlan):
+        self.model, self.impl, self.plan = model, impl, plan
+        self.traces = {"epoch": 0, "evaluate": 0}
+        self.predict_cache: dict = {}  # compiled posterior functions, shared by the fits of this entry
+        n, bsz, steps = plan.num_data, plan.batch_size, plan.steps_per_epoch
+
+        def epoch(state, rng_key, x, y):
+            self.traces["epoch"] += 1  # runs at trace time only
+            perm = jax.random.permutation(rng_key, n)[: steps * bsz]
+            xb = jnp.take(x, perm, axis=0).reshape(steps, bsz, x.shape[-1])
+            yb = jnp.take(y, perm, axis=0).reshape(steps, bsz)
+
+            def body(s, batch):
+                return impl.step(s, *batch)
+
+            state, losses = jax.lax.scan(body, state, (xb, yb))
+            return state, jnp.mean(losses) / n
+
+        def evaluate(state, x, y):
+            self.traces["evaluate"] += 1
+            return impl.evaluate(state, x, y)
+
+        self.epoch = jax.jit(epoch) if impl.step is not None else None
+        self.evaluate = jax.jit(evaluate) if impl.evaluate is not None else None
+
+
+class _LRU:
+    def __init__(self, size: int):
+        self.size, self.data = size, {}
+
+    def get(self, key):
+        if key in self.data:
+            self.data[key] = self.data.pop(key)
+            return self.data[key]
+        return None
+
+    def put(self, key, value):
+        self.data[key] = value
+        while len(self.data) > self.size:
+            self.data.pop(next(iter(self.data)))
+
+    def clear(self):
+        self.data.clear()
+
+
+_COMPILED = _LRU(8)
+
+
+def clear_cache() -> None:
+    """Forget the compiled training functions kept for repeated fits of the same configuration."""
+    _COMPILED.clear()
+
+
+def _cache_key(est, method, options, plan):
+    try:
+        key = (est, method, tuple(sorted(options.items())), plan)
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
                   progress_bar, make_fit, desc):
     """Whole epochs as one jit-compiled ``lax.scan``; early stopping, divergence check, progress bar."""
     from tqdm.auto import tqdm
 
-    n, bsz, steps = plan.num_data, plan.batch_size, plan.steps_per_epoch
-    traces = {"epoch": 0, "evaluate": 0}
+    impl = compiled.impl
+    bsz = plan.batch_size
+    traces_before = dict(compiled.traces)
 
-    def epoch(state, rng_key, x, y):
-        traces["epoch"] += 1  # runs at trace time only
-        perm = jax.random.permutation(rng_key, n)[: steps * bsz]
-        xb = jnp.take(x, perm, axis=0).reshape(steps, bsz, x.shape[-1])
-        yb = jnp.take(y, perm, axis=0).reshape(steps, bsz)
+    def traces():
+        return {k: v - traces_before[k] for k, v in compiled.traces.items()}
 
-        def body(s, batch):
-            return impl.step(s, *batch)
-
-        state, losses = jax.lax.scan(body, state, (xb, yb))
-        return state, jnp.mean(losses) / n
-
-    def evaluate(state, x, y):
-        traces["evaluate"] += 1
-        return impl.evaluate(state, x, y)
-
-    epoch_jit = jax.jit(epoch)
-    evaluate_jit = jax.jit(evaluate)
+    epoch_jit, evaluate_jit = compiled.epoch, compiled.evaluate
     state = impl.init(k_init, x_train[:bsz], y_train[:bsz])
     has_val = x_val is not None
     x_check, y_check = (x_val, y_val) if has_val else (x_train[:bsz], y_train[:bsz])
@@ -686,7 +753,7 @@ def _epoch_driver(impl, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, 
                 bad = train_loss if what == "training" else val_loss
                 kept = "the initial parameters" if ep == 0 else f"the parameters after epoch {ep - 1}"
                 err_fit = make_fit(state, hist(), dict(epochs_run=ep, best_epoch=ep - 1, diverged_at_epoch=ep,
-                                                       stopped_early=False, traces=dict(traces),
+                                                       stopped_early=False, traces=traces(),
                                                        best_val_loss=best[0] if has_val else None))
                 raise FitDivergedError(
                     f"non-finite {what} loss ({bad}) in epoch {ep}: training stopped (diverged). The last finite "
@@ -713,5 +780,5 @@ def _epoch_driver(impl, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, 
     final_state = best[1] if has_val else state
     return make_fit(final_state, hist(), dict(
         epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=stopped_early,
-        best_val_loss=best[0] if has_val else None, traces=dict(traces),
+        best_val_loss=best[0] if has_val else None, traces=traces(),
     ))

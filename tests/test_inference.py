@@ -1,0 +1,217 @@
+"""Tests for numpyro_clustermass.inference: fit(), the map method, the registry, errors, the lecture's bias."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from numpyro_clustermass.catalog import CatalogError
+from numpyro_clustermass.estimators import MDN, MSE
+from numpyro_clustermass.inference import (
+    Fit,
+    FitDivergedError,
+    InferenceMethod,
+    RunResult,
+    available_methods,
+    clear_cache,
+    fit,
+    get_method,
+    register_method,
+)
+from numpyro_clustermass.posterior import MassPosterior
+
+NAMES = ("a", "b", "c")
+
+
+def _synthetic(n=3000, seed=0, noise=0.15):
+    """Masses from a steep power law, features = noisy functions of log M (plus a halo id per 3 rows)."""
+    rng = np.random.default_rng(seed)
+    y = 13.5 - np.log10(rng.uniform(1e-3, 1.0, n)) / 1.7  # dN/dlogM ~ M^-1.7, like a mass function
+    y = np.minimum(y, 15.3)
+    x = np.stack([y + noise * rng.normal(size=n), np.sin(2 * y) + noise * rng.normal(size=n),
+                  rng.normal(size=n)], axis=1)
+    return x, y, np.arange(n) // 3
+
+
+SMALL_MDN = MDN(num_components=3, hidden=(32, 32), feature_names=NAMES)
+SMALL_MSE = MSE(hidden=(32, 32), feature_names=NAMES)
+
+
+@pytest.fixture(scope="module")
+def small_fit():
+    x, y, g = _synthetic()
+    clear_cache()  # compiled functions are shared between fits of one configuration: start cold
+    return fit(SMALL_MDN, (x, y, g), num_epochs=8, batch_size=256, progress_bar=False, seed=3), (x, y, g)
+
+
+def test_fit_records_everything_and_traces_once(small_fit):
+    f, (x, y, g) = small_fit
+    assert isinstance(f, Fit) and f.method == "map" and f.seed == 3 and f.estimator is SMALL_MDN
+    # the epoch function and the evaluation are each compiled once for the whole fit (8 epochs)
+    assert f.info["traces"] == {"epoch": 1, "evaluate": 1}
+    assert f.info["epochs_run"] == 8 and len(f.history["train_loss"]) == len(f.history["val_loss"]) == 8
+    assert f.history["val_loss"][-1] < f.history["val_loss"][0]
+    # grouped validation split: about 10% of halos, never a halo on both sides
+    assert f.info["n_val"] + f.info["n_train"] == len(y) and abs(f.info["n_val"] - 300) <= 3
+    np.testing.assert_array_equal(f.training_log_mass, y)
+    assert f.x_scaler.mean.shape == (3,) and np.ndim(f.y_scaler.mean) == 0
+    assert "nn$params" in f.params and f.config["batch_size"] == 256
+    assert f.grid.size == 512 and f.grid[0] < y.min() and f.grid[-1] > y.max()
+
+
+def test_posterior_of_a_point_fit(small_fit):
+    f, (x, y, _) = small_fit
+    post = f.posterior(x[:700], chunk_size=256)  # chunked, with a padded last chunk
+    assert isinstance(post, MassPosterior) and len(post) == 700
+    np.testing.assert_allclose(np.exp(np.asarray(post.log_density, np.float64)).sum(-1) * post.dx, 1.0, atol=1e-4)
+    np.testing.assert_array_equal(post.epistemic_variance, 0.0)
+    assert np.all(post.aleatoric_variance > 0)
+    np.testing.assert_array_equal(post.training_log_mass, y)
+    # the grid mean agrees with the mixture mean of the head (MAP: one draw, no dropout)
+    big = f.posterior(x[:700])
+    np.testing.assert_allclose(post.mean(), big.mean(), atol=1e-5)
+    assert np.sqrt(np.mean((post.mean() - y[:700]) ** 2)) < 0.2
+    # the grid variance is the head's analytic mixture variance, except where the grid truncates a tail
+    ratio = post.variance() / post.aleatoric_variance
+    assert np.all(ratio < 1.0 + 1e-3) and np.median(ratio) > 0.995
+
+
+def test_same_seed_same_fit_bitwise_and_a_repeated_configuration_is_not_retraced():
+    x, y, g = _synthetic(n=1200)
+    kw = dict(num_epochs=2, batch_size=128, progress_bar=False)
+    f1 = fit(SMALL_MSE, (x, y, g), seed=5, **kw)
+    f2 = fit(SMALL_MSE, (x, y, g), seed=5, **kw)
+    assert f2.info["traces"] == {"epoch": 0, "evaluate": 0}
+    f3 = fit(SMALL_MSE, (x, y, g), seed=6, **kw)
+    assert f3.info["traces"] == {"epoch": 0, "evaluate": 0}
+    assert not np.array_equal(f3.params["sigma"], f1.params["sigma"])
+    for a, b in zip(jax.tree.leaves(f1.params), jax.tree.leaves(f2.params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(f1.posterior(x[:50]).log_density, f2.posterior(x[:50]).log_density)
+
+
+def test_early_stopping_keeps_the_best_state():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 3))
+    y = 14.0 + 0.3 * rng.normal(size=1500)  # no signal: the validation loss stops improving at once
+    f = fit(MSE(hidden=(64, 64), feature_names=NAMES), (x, y), num_epochs=200, batch_size=64, patience=3,
+            learning_rate=3e-3, schedule="constant", progress_bar=False)
+    assert f.info["stopped_early"] and f.info["epochs_run"] < 200
+    assert f.info["epochs_run"] >= f.info["best_epoch"] + 4
+    assert f.info["best_val_loss"] == pytest.approx(np.min(f.history["val_loss"]), abs=1e-4)
+    # the kept parameters are those of the best epoch: re-evaluating them gives the best validation loss
+    assert f.info["best_val_loss"] < f.history["val_loss"][-1]
+
+
+def test_wrong_feature_count_and_nan_inputs_are_clear_errors(small_fit):
+    f, (x, y, _) = small_fit
+    with pytest.raises(CatalogError, match="expected 3 features per cluster .*got 2"):
+        fit(SMALL_MDN, (x[:, :2], y), num_epochs=1, progress_bar=False)
+    with pytest.raises(CatalogError, match="expected 3 features per cluster .*got 4"):
+        f.posterior(np.concatenate([x[:5], x[:5, :1]], axis=1))
+    bad = x.copy()
+    bad[[3, 9], 1] = np.nan
+    with pytest.raises(CatalogError, match=r"non-finite .*'b' \(2 rows\)"):
+        fit(SMALL_MDN, (bad, y), num_epochs=1, progress_bar=False)
+    with pytest.raises(CatalogError, match=r"non-finite .*'b' \(2 rows\)"):
+        f.posterior(bad[:20])
+    ybad = y.copy()
+    ybad[7] = np.inf
+    with pytest.raises(CatalogError, match="1 of 3000 log-masses are NaN or infinite"):
+        fit(SMALL_MDN, (x, ybad), num_epochs=1, progress_bar=False)
+
+
+def test_unknown_method_lists_the_registered_ones():
+    with pytest.raises(ValueError, match=r"unknown inference method 'hmc'; registered methods are \[.*'map'"):
+        fit(SMALL_MDN, _synthetic(200)[:2], method="hmc", progress_bar=False)
+    assert "map" in available_methods() and callable(get_method("map"))
+
+
+def _diverging_model(x, y=None, num_data=None):
+    # the scale 5 - w crosses zero when Adam (constant lr 3) pushes w up toward the data's scale of 1
+    w = numpyro.param("w", jnp.zeros(()))
+    with numpyro.plate("data", x.shape[0]), numpyro.handlers.scale(scale=1.0 if num_data is None else num_data / x.shape[0]):
+        numpyro.sample("obs", dist.Normal(0.0, 5.0 - w), obs=y)
+
+
+def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_finite_state():
+    x, y, _ = _synthetic(400)
+    with pytest.raises(FitDivergedError, match="non-finite .* loss .*diverged") as err:
+        fit(_diverging_model, (x, y), num_epochs=20, batch_size=400, validation_fraction=0.0, patience=None,
+            learning_rate=3.0, schedule="constant", progress_bar=False)
+    kept = err.value.fit
+    assert isinstance(kept, Fit)
+    w = float(kept.params["w"])
+    assert math.isfinite(w) and w < 5.0  # the last state whose loss was finite
+    assert kept.info["diverged_at_epoch"] >= 1 and np.isfinite(kept.history["train_loss"][:-1]).all()
+
+
+def test_user_model_function_and_kwargs_it_lacks():
+    # a user model without num_data / deterministic: fit scales it and drops what it does not accept
+    def my_model(x, y=None):
+        net = numpyro.contrib.module.flax_module(
+            "nn", __import__("numpyro_clustermass.nets", fromlist=["x"]).RegressionNet(hidden=(16,)),
+            input_shape=(1, x.shape[-1]))
+        mu = net(x)
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("obs", dist.Normal(mu, 0.5), obs=y)
+
+    x, y, _ = _synthetic(1000)
+    f = fit(my_model, (x, y), num_epochs=3, batch_size=128, progress_bar=False)
+    assert f.estimator.name == "my_model" and f.feature_names is None
+    post = f.posterior(x[:10])
+    np.testing.assert_allclose(post.aleatoric_variance, (0.5 * f.y_scaler.scale) ** 2, rtol=1e-5)
+
+
+def test_a_new_method_is_one_registration(small_fit):
+    """A method that opts out of the epoch driver (like NUTS or Laplace will) plugs in without touching fit."""
+    f0, (x, y, g) = small_fit
+
+    def frozen_factory(model, plan, params=None):
+        def run(rng_key, data, plan_, progress_bar):
+            return RunResult(state=params, history={"loss": [0.0]}, info={"ran": True, "n": int(data.x_train.shape[0])})
+
+        return InferenceMethod(init=None, step=None, evaluate=None, get_params=lambda s: s,
+                               sample=lambda k, s, n: jax.tree.map(lambda a: jnp.stack([a] * n), s),
+                               run=run, predict_kwargs={"deterministic": True}, num_draws=4, name="frozen")
+
+    register_method("frozen_test", frozen_factory, overwrite=True)
+    f = fit(SMALL_MDN, (x, y, g), method="frozen_test", params=f0.params, progress_bar=False, seed=3)
+    assert f.info["ran"] and f.method == "frozen_test"
+    post = f.posterior(x[:20])  # 4 identical draws: zero epistemic variance, same density as the MAP fit
+    np.testing.assert_allclose(post.epistemic_variance, 0.0, atol=1e-6)
+    np.testing.assert_allclose(post.mean(), f0.posterior(x[:20]).mean(), atol=1e-4)
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("map", frozen_factory)
+
+
+# ---------------------------------------------------------------------------------------------- the lecture
+@pytest.fixture(scope="module")
+def mock_fits():
+    from numpyro_clustermass.simulate import mock_catalog
+
+    cat = mock_catalog(volume=0.05, mass_sampling="natural", seed=11)
+    train, test = cat.split(test_fraction=0.25, seed=2)
+    kw = dict(num_epochs=40, progress_bar=False, seed=0)
+    return fit(MSE(), train, **kw), fit(MDN(), train, **kw), test
+
+
+def _binned_bias(pred, truth, n_bins=5):
+    edges = np.quantile(truth, np.linspace(0, 1, n_bins + 1))
+    idx = np.clip(np.searchsorted(edges, truth, side="right") - 1, 0, n_bins - 1)
+    return np.array([np.mean(pred[idx == b] - truth[idx == b]) for b in range(n_bins)])
+
+
+def test_mdn_log_score_beats_mse_and_both_are_biased_toward_the_centre(mock_fits):
+    mse, mdn, test = mock_fits
+    y = test.log_mass
+    post_mse, post_mdn = mse.posterior(test), mdn.posterior(test)
+    score_mse, score_mdn = np.mean(post_mse.log_prob(y)), np.mean(post_mdn.log_prob(y))
+    assert score_mdn > score_mse + 0.1, (score_mdn, score_mse)
+    for post in (post_mse, post_mdn):
+        bias = _binned_bias(post.mean(), y)
+        assert bias[0] > 0.02 and bias[-1] < -0.02, bias  # the lecture's pull toward the centre
