@@ -961,62 +961,100 @@ def _as_log_prior(p, grid, name):
 
 
 @jax.jit
-def _reweight_core(log_density, log_target, log_source, log_dx):
-    """Jitted kernel: (normalised log density, empty mask over leading axes, #NaN, #+inf in the input).
-
-    log_w = log_target - log_source where both are finite and -inf elsewhere (zero target, or a source of
-    zero density: outside the training support the likelihood is not identified, so no mass goes there).
-    Empty rows (no overlap) come back as log_w normalised on the grid (uniform if log_w is -inf
-    everywhere) and are flagged in the mask. NaN inputs are counted (the caller raises) and treated as -inf.
-    """
+def _log_weight(log_target, log_source):
+    """log(target/source): -inf where either is zero (outside the training support the likelihood is not
+    identified, so reweighting puts no mass there instead of dividing by zero)."""
     ok = jnp.isfinite(log_target) & jnp.isfinite(log_source)
-    log_w = jnp.where(ok, jnp.where(ok, log_target, 0.0) - jnp.where(ok, log_source, 0.0), -jnp.inf)
-    bad_nan = jnp.isnan(log_density)
-    bad_inf = log_density == jnp.inf
-    new = jnp.where(bad_nan | bad_inf, -jnp.inf, log_density) + log_w  # only finite or -inf terms
+    return jnp.where(ok, jnp.where(ok, log_target, 0.0) - jnp.where(ok, log_source, 0.0), -jnp.inf)
+
+
+@jax.jit
+def _reweight_rows(log_density, log_w, log_dx):
+    """The hot loop, rows (r, G): a plain row-wise log-softmax of ``log_density + log_w``.
+
+    Kept in exactly this form so that XLA fuses it into one pass over the rows (on CPU a single YNN
+    fusion: 0.12 s for 61k x 512 on 2 cores, against 0.4-0.9 s for variants with extra outputs or
+    per-row ``where``). A row with no mass (all ``-inf``), or with NaN/+inf input, comes out entirely NaN
+    and a valid row never contains NaN, so column 0 flags the bad rows; the caller handles them.
+    """
+    new = log_density + log_w
     m = jnp.max(new, axis=-1, keepdims=True)
-    empty = ~jnp.isfinite(m[..., 0])
-    ms = jnp.where(jnp.isfinite(m), m, 0.0)
-    log_z = jnp.log(jnp.sum(jnp.exp(new - ms), axis=-1, keepdims=True)) + ms + log_dx
-    out = new - jnp.where(jnp.isfinite(log_z), log_z, 0.0)
-    # fallback for empty rows, computed on log_w's own (small) shape
+    return new - (jnp.log(jnp.sum(jnp.exp(new - m), axis=-1, keepdims=True)) + m + log_dx)
+
+
+@jax.jit
+def _normalised_weight(log_w, log_dx):
+    """Fallback rows: log_w normalised on the grid (uniform where log_w is -inf everywhere)."""
     fm = jnp.max(log_w, axis=-1, keepdims=True)
-    fb = jnp.where(jnp.isfinite(fm), log_w, 0.0)
-    fm = jnp.where(jnp.isfinite(fm), fm, 0.0)
-    fb = fb - (jnp.log(jnp.sum(jnp.exp(fb - fm), axis=-1, keepdims=True)) + fm + log_dx)
-    out = jnp.where(empty[..., None], fb, out)
-    return out, empty, jnp.sum(bad_nan), jnp.sum(bad_inf)
+    fin = jnp.isfinite(fm)
+    fb = jnp.where(fin, log_w, 0.0)
+    fm = jnp.where(fin, fm, 0.0)
+    return fb - (jnp.log(jnp.sum(jnp.exp(fb - fm), axis=-1, keepdims=True)) + fm + log_dx)
 
 
-def _check_counts(n_nan, n_pinf, size, name):
-    if isinstance(n_nan, jax.core.Tracer):
-        return
-    n_nan, n_pinf = int(n_nan), int(n_pinf)
-    if n_nan or n_pinf:
+def _prepare(grid, log_density, log_target, log_source, name, min_ndim):
+    g = check_grid(grid)
+    ld = jnp.asarray(log_density)
+    if ld.ndim < min_ndim or ld.shape[-1] != g.shape[0]:
         raise ValueError(
-            f"{name} has {n_nan} NaN and {n_pinf} +inf value(s) out of {size}; "
-            "use -inf for zero density and finite values elsewhere"
+            f"{name} must have at least {min_ndim} axes and a last axis of length {g.shape[0]} (the grid), "
+            f"got shape {ld.shape}"
         )
+    if not jnp.issubdtype(ld.dtype, jnp.floating):
+        ld = ld.astype(jnp.float32)
+    gj = jnp.asarray(grid, dtype=ld.dtype)
+    lt = _as_log_prior(log_target, gj, "log_target").astype(ld.dtype)
+    ls = _as_log_prior(log_source, gj, "log_source").astype(ld.dtype)
+    log_w = _log_weight(lt, ls)
+    if not isinstance(log_w, jax.core.Tracer) and not bool(jnp.any(jnp.isfinite(log_w))):
+        raise ValueError(
+            "the target and source priors have no common support on the grid "
+            f"[{g[0]:.4g}, {g[-1]:.4g}]: target/source is zero everywhere"
+        )
+    log_dx = jnp.asarray(np.log((g[-1] - g[0]) / (g.shape[0] - 1)), dtype=ld.dtype)
+    return ld, log_w, log_dx
 
 
-def _report_empty(empty, on_empty, what):
+def _reweight_checked(ld, log_w, log_dx, on_empty, what):
+    """Reweight rows of ``ld`` (..., G) by ``log_w``; detect and handle bad rows (see on_empty)."""
     if on_empty not in ("raise", "warn"):
         raise ValueError(f"on_empty must be 'raise' or 'warn', got {on_empty!r}")
-    if isinstance(empty, jax.core.Tracer):
-        return  # inside a user's jit: cannot raise; rows are filled as documented
-    n_empty = int(jnp.sum(empty))
-    if n_empty:
-        idx = np.flatnonzero(np.asarray(empty).ravel())[:10].tolist()
+    shape = jnp.broadcast_shapes(ld.shape, log_w.shape)
+    gsize = shape[-1]
+    ld2 = jnp.broadcast_to(ld, shape).reshape(-1, gsize)
+    w2 = log_w if log_w.ndim == 1 else jnp.broadcast_to(log_w, shape).reshape(-1, gsize)
+    out = _reweight_rows(ld2, w2, log_dx)
+    fb = _normalised_weight(w2, log_dx)
+    if isinstance(out, jax.core.Tracer):
+        # inside a user's jit: no raise possible; bad rows become the normalised weight (documented)
+        out = jnp.where(jnp.isnan(out[:, :1]), jnp.broadcast_to(fb, out.shape), out)
+        return out.reshape(shape)
+    bad = np.asarray(jnp.isnan(out[:, 0]))
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        rows_in = ld2[jnp.asarray(idx)]
+        invalid = np.asarray(jnp.any(jnp.isnan(rows_in) | (rows_in == jnp.inf), axis=-1))
+        if invalid.any():
+            n_nan = int(jnp.sum(jnp.isnan(rows_in)))
+            n_pinf = int(jnp.sum(rows_in == jnp.inf))
+            raise ValueError(
+                f"log density has {n_nan} NaN and {n_pinf} +inf value(s) in {int(invalid.sum())} of "
+                f"{ld2.shape[0]} {what}; use -inf for zero density and finite values elsewhere"
+            )
         msg = (
-            f"{n_empty} of {empty.size} {what} have no posterior mass where target/source > 0 on the grid "
-            f"(first flat indices: {idx}); the reweighted posterior is undefined there. Check that the target "
-            "prior overlaps the training prior's support and the posteriors."
+            f"{idx.size} of {ld2.shape[0]} {what} have no posterior mass where target/source > 0 on the grid "
+            f"(first flat indices: {idx[:10].tolist()}); the reweighted posterior is undefined there. Check that "
+            "the target prior overlaps the training prior's support and the posteriors."
         )
         if on_empty == "raise":
             raise ValueError(msg + " Pass on_empty='warn' to continue (those rows become the normalised "
                              "target/source ratio on the grid).")
         warnings.warn(msg + " Those rows were replaced by the normalised target/source ratio.",
                       RuntimeWarning, stacklevel=3)
+        jidx = jnp.asarray(idx)
+        fill = fb[jidx] if fb.shape[0] == ld2.shape[0] else jnp.broadcast_to(fb, (idx.size, gsize))
+        out = out.at[jidx].set(fill)
+    return out.reshape(shape)
 
 
 def reweight_log_density(grid, log_density, log_target, log_source, *, on_empty: str = "raise"):
@@ -1064,32 +1102,15 @@ def reweight_log_density(grid, log_density, log_target, log_source, *, on_empty:
     >>> np.allclose(np.exp(np.asarray(out)).sum(-1) * dx, 1.0, atol=1e-5)
     True
     """
-    g = check_grid(grid)
-    ld = jnp.asarray(log_density)
-    if ld.ndim < 1 or ld.shape[-1] != g.shape[0]:
-        raise ValueError(f"log_density must have last axis of length {g.shape[0]} (the grid), got {ld.shape}")
-    if not jnp.issubdtype(ld.dtype, jnp.floating):
-        ld = ld.astype(jnp.float32)
-    gj = jnp.asarray(grid, dtype=ld.dtype)
-    lt = _as_log_prior(log_target, gj, "log_target").astype(ld.dtype)
-    ls = _as_log_prior(log_source, gj, "log_source").astype(ld.dtype)
-    log_dx = jnp.asarray(np.log((g[-1] - g[0]) / (g.shape[0] - 1)), dtype=ld.dtype)
-    out, empty, n_nan, n_pinf = _reweight_core(ld, lt, ls, log_dx)
-    _check_counts(n_nan, n_pinf, ld.size, "log_density")
-    _report_empty(empty, on_empty, "clusters")
-    return out
+    ld, log_w, log_dx = _prepare(grid, log_density, log_target, log_source, "log_density", 1)
+    return _reweight_checked(ld, log_w, log_dx, on_empty, "clusters")
 
 
 @jax.jit
-def _mix_core(log_density_draws, log_target, log_source, log_dx, log_draw_weights):
-    per_draw, empty, n_nan, n_pinf = _reweight_core(log_density_draws, log_target, log_source, log_dx)
-    # mixture over the draw axis (axis 0) with normalised log weights
+def _mix(per_draw, log_draw_weights):
+    """log Σ_s w_s exp(per_draw[s]) over axis 0, with normalised log weights."""
     lw = log_draw_weights.reshape((-1,) + (1,) * (per_draw.ndim - 1))
-    a = per_draw + lw
-    m = jnp.max(a, axis=0)
-    ms = jnp.where(jnp.isfinite(m), m, 0.0)
-    mixed = jnp.log(jnp.sum(jnp.exp(a - ms), axis=0)) + ms
-    return mixed, empty, n_nan, n_pinf
+    return jax.nn.logsumexp(per_draw + lw, axis=0)
 
 
 def reweight_mixture_log_density(
@@ -1131,15 +1152,7 @@ def reweight_mixture_log_density(
     >>> out.shape
     (1, 121)
     """
-    g = check_grid(grid)
-    ld = jnp.asarray(log_density_draws)
-    if ld.ndim < 2 or ld.shape[-1] != g.shape[0]:
-        raise ValueError(f"log_density_draws must have shape (S, ..., {g.shape[0]}), got {ld.shape}")
-    if not jnp.issubdtype(ld.dtype, jnp.floating):
-        ld = ld.astype(jnp.float32)
-    gj = jnp.asarray(grid, dtype=ld.dtype)
-    lt = _as_log_prior(log_target, gj, "log_target").astype(ld.dtype)
-    ls = _as_log_prior(log_source, gj, "log_source").astype(ld.dtype)
+    ld, log_w, log_dx = _prepare(grid, log_density_draws, log_target, log_source, "log_density_draws", 2)
     s = ld.shape[0]
     if draw_weights is None:
         lw = jnp.full((s,), -np.log(s), dtype=ld.dtype)
@@ -1149,8 +1162,5 @@ def reweight_mixture_log_density(
             raise ValueError(f"draw_weights must be {s} finite non-negative numbers, not all zero")
         with np.errstate(divide="ignore"):
             lw = jnp.asarray(np.log(w / w.sum()), dtype=ld.dtype)
-    log_dx = jnp.asarray(np.log((g[-1] - g[0]) / (g.shape[0] - 1)), dtype=ld.dtype)
-    out, empty, n_nan, n_pinf = _mix_core(ld, lt, ls, log_dx, lw)
-    _check_counts(n_nan, n_pinf, ld.size, "log_density_draws")
-    _report_empty(empty, on_empty, "(draw, cluster) pairs")
-    return out
+    per_draw = _reweight_checked(ld, log_w, log_dx, on_empty, "(draw, cluster) pairs")
+    return _mix(per_draw, lw)
