@@ -210,7 +210,7 @@ def _invert_cdf(cdf, mass, u, g0, dx):
     Few levels (Q <= 8): count the cell ends below each level (one fused pass). Many: binary search.
     """
     if u.shape[-1] <= 8:
-        idx = jnp.sum(cdf[:, 1:, None] < u[:, None, :], axis=1)
+        idx = jnp.sum(jnp.where(cdf[:, 1:, None] < u[:, None, :], 1.0, 0.0), axis=1).astype(jnp.int32)
     else:
         idx = jax.vmap(lambda c, q: jnp.searchsorted(c[1:], q, side="left", method="scan"))(cdf, u)
     return _positions(cdf, mass, idx, u, g0, dx)
