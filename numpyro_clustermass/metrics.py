@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from numpyro_clustermass.priors import LOG_MASS_RANGE
+
 __all__ = [
     "BIN_WIDTH",
     "LOG_MASS_RANGE",
@@ -53,8 +55,7 @@ __all__ = [
     "summary",
 ]
 
-#: Mass range and bin width of Ho et al. 2019's binned statistics (log10 M200c [Msun/h]).
-LOG_MASS_RANGE = (13.5, 15.3)
+#: Bin width of Ho et al. 2019's binned statistics (dex); the range is priors.LOG_MASS_RANGE (13.5-15.3).
 BIN_WIDTH = 0.1
 #: Percentiles of the predictions drawn as bands in the lecture's binned plot.
 BAND_PERCENTILES = (5, 15, 50, 85, 95)
@@ -182,7 +183,7 @@ def _pit_crps_kernel(log_density, y, e0, dx):
 
 def _pit_crps(post, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     grid = np.asarray(post.grid, dtype=np.float64)
-    dx = float(grid[1] - grid[0])
+    dx = float((grid[-1] - grid[0]) / (grid.size - 1))  # mean spacing, as in posterior.py
     e0 = float(grid[0] - 0.5 * dx)
     ld = jnp.asarray(post.log_density, dtype=jnp.float32)
     n = ld.shape[0]
@@ -254,7 +255,12 @@ def crps(post, truth_log_mass) -> np.ndarray:
 
 
 def log_score(post, truth_log_mass) -> np.ndarray:
-    """Log predictive density log p_i(y_i) per unit log10 M (``post.log_prob``); ``-inf`` off the grid."""
+    """Log predictive density log p_i(y_i) per unit log10 M (``post.log_prob``); ``-inf`` off the grid.
+
+    ``post.log_prob`` interpolates the log density linearly between grid points, so a truth within one
+    grid cell of a hard prior edge (e.g. the 13.5 lower bound of a reweighted posterior) also scores
+    ``-inf``; :func:`summary` counts non-finite scores in ``n_off_grid``.
+    """
     y = _truth(truth_log_mass, _n(post))
     return np.asarray(post.log_prob(y.astype(np.float32)), dtype=np.float64)
 
@@ -541,9 +547,11 @@ def summary(
 
     Keys: ``n``; ``coverage_central_XX``, ``coverage_hpd_XX`` and ``coverage_stderr_XX`` for each
     probability; ``pit_ks_statistic``, ``pit_ks_pvalue``, ``pit_chi2``, ``pit_chi2_pvalue``, ``pit_dof``;
-    ``crps_mean``; ``log_score_mean`` (``-inf`` if a truth is off the grid; ``n_off_grid`` counts them);
+    ``crps_mean``; ``log_score_mean`` (``-inf`` if a truth has zero density, e.g. off the grid;
+    ``n_off_grid`` counts them);
     and for the ``estimator`` point prediction of the clusters with ``lo <= y <= hi``: ``bias_median``,
-    ``bias_mean``, ``scatter_std``, ``scatter_68`` and ``n_in_range``.
+    ``bias_mean``, ``scatter_std``, ``scatter_68`` and ``n_in_range``; ``estimator`` names the point
+    estimate used.
 
     Examples
     --------
