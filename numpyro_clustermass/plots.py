@@ -25,6 +25,7 @@ from numpyro_clustermass import priors as _priors
 
 __all__ = [
     "binned_predictions",
+    "catalog_overview",
     "coverage_curve",
     "pit_histogram",
     "posterior_examples",
@@ -359,4 +360,59 @@ def coverage_curve(
     a.set_xlabel("nominal coverage")
     a.set_ylabel("empirical coverage")
     a.legend(frameon=False, loc="upper left")
+    return _finish(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------------
+def catalog_overview(cat, *, bins: int = 45, max_points: int = 20_000, seed: int = 0, path=None) -> Figure:
+    """The lecture's look at the data: the mass histogram, and log Ngal and log σ_v against log M.
+
+    Parameters
+    ----------
+    cat : Catalog
+        Any catalogue with ``M200c``, ``Ngal`` and ``sigv`` (mock or the lecture's file).
+    bins : int
+        Histogram bins over 13.5–15.3.
+    max_points : int
+        Scatter panels show at most this many mocks (a random subset), with the binned median on top.
+    path : str or PathLike, optional
+        Write the figure there.
+
+    Examples
+    --------
+    >>> from numpyro_clustermass.simulate import mock_catalog
+    >>> fig = catalog_overview(mock_catalog(volume=0.005, seed=0))
+    >>> [ax.get_ylabel() for ax in fig.axes]
+    ['mocks per bin', '$\\\\log_{10} N_{\\\\rm gal}$', '$\\\\log_{10}\\\\,\\\\sigma_v$ [km/s]']
+    """
+    log_m = np.asarray(cat["log_mass"], dtype=np.float64)
+    log_n = np.asarray(cat["LogNgal"], dtype=np.float64)
+    log_s = np.asarray(cat["Logsigv"], dtype=np.float64)
+    fig, axes = _new_axes(None, (13, 3.8), 1, 3)
+    edges = np.linspace(AXIS_RANGE[0], AXIS_RANGE[1], bins + 1)
+    axes[0].hist(log_m, edges, color="C0")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("mocks per bin")
+    axes[0].set_title(f"{len(cat)} mocks")
+    rng = np.random.default_rng(seed)
+    show = rng.permutation(log_m.size)[:max_points]
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    idx = np.clip(np.searchsorted(edges, log_m) - 1, 0, bins - 1)
+    for ax, values, label in (
+        (axes[1], log_n, r"$\log_{10} N_{\rm gal}$"),
+        (axes[2], log_s, r"$\log_{10}\,\sigma_v$ [km/s]"),
+    ):
+        ax.scatter(log_m[show], values[show], s=1, alpha=0.15, color="C0", rasterized=True)
+        med = np.array([np.median(values[idx == b]) if np.any(idx == b) else np.nan for b in range(bins)])
+        ax.plot(centres, med, color="C3", lw=2, label="binned median")
+        ax.set_ylabel(label)
+        ax.legend(loc="upper left")
+    if "sigv_members" in cat:
+        pure = np.log10(np.asarray(cat["sigv_members"], dtype=np.float64))
+        med = np.array([np.nanmedian(pure[idx == b]) if np.any(idx == b) else np.nan for b in range(bins)])
+        axes[2].plot(centres, med, color="C2", lw=2, ls="--", label="true members only")
+        axes[2].legend(loc="upper left")
+    for ax in axes:
+        ax.set_xlim(*AXIS_RANGE)
+        ax.set_xlabel(LOG_MASS_LABEL)
     return _finish(fig, path)
