@@ -127,8 +127,9 @@ def main(argv=None) -> int:
         fit_call.append(samples_per_epoch * args.epochs / wall)
         et = f.history["epoch_time"][1:]
         fit_epochs.append(samples_per_epoch * len(et) / et.sum())
+        overhead = wall - f.history["epoch_time"].sum()
         print(f"round {r}: reference {ref_epochs[-1]:9.0f} samples/s | fit() call {fit_call[-1]:9.0f} samples/s"
-              f" | fit epochs {fit_epochs[-1]:9.0f} samples/s")
+              f" | fit epochs {fit_epochs[-1]:9.0f} samples/s | fit outside epochs {1e3 * overhead:.1f} ms")
 
     ref, call, epochs = max(ref_epochs), max(fit_call), max(fit_epochs)
     ratio = call / ref

@@ -655,8 +655,15 @@ class _Compiled:
         self.predict_cache: dict = {}  # compiled posterior functions, shared by the fits of this entry
         n, bsz, steps = plan.num_data, plan.batch_size, plan.steps_per_epoch
 
-        def epoch(state, rng_key, x, y):
+        def evaluate(state, x, y):
+            self.traces["evaluate"] += 1
+            return impl.evaluate(state, x, y)
+
+        def epoch(state, base_key, index, x, y, x_check, y_check):
+            """One epoch of steps over shuffled minibatches, then the loss of the new state on the check set
+            (validation data, or one training batch), all in one compiled call with one result to fetch."""
             self.traces["epoch"] += 1  # runs at trace time only
+            rng_key = jax.random.fold_in(base_key, index)
             perm = jax.random.permutation(rng_key, n)[: steps * bsz]
             xb = jnp.take(x, perm, axis=0).reshape(steps, bsz, x.shape[-1])
             yb = jnp.take(y, perm, axis=0).reshape(steps, bsz)
@@ -665,14 +672,9 @@ class _Compiled:
                 return impl.step(s, *batch)
 
             state, losses = jax.lax.scan(body, state, (xb, yb))
-            return state, jnp.mean(losses) / n
-
-        def evaluate(state, x, y):
-            self.traces["evaluate"] += 1
-            return impl.evaluate(state, x, y)
+            return state, jnp.mean(losses) / n, evaluate(state, x_check, y_check)
 
         self.epoch = jax.jit(epoch) if impl.step is not None else None
-        self.evaluate = jax.jit(evaluate) if impl.evaluate is not None else None
 
 
 class _LRU:
@@ -723,7 +725,7 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
     def traces():
         return {k: v - traces_before[k] for k, v in compiled.traces.items()}
 
-    epoch_jit, evaluate_jit = compiled.epoch, compiled.evaluate
+    epoch_jit = compiled.epoch
     state = impl.init(k_init, x_train[:bsz], y_train[:bsz])
     has_val = x_val is not None
     x_check, y_check = (x_val, y_val) if has_val else (x_train[:bsz], y_train[:bsz])
@@ -731,7 +733,6 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
     best = (math.inf, state, -1)
     wait = 0
     stopped_early = False
-    epoch_keys = jax.random.split(k_epochs, plan.num_epochs)
 
     def hist():
         return {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
@@ -740,11 +741,10 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
     try:
         for ep in bar:
             t0 = time.perf_counter()
-            new_state, train_loss = epoch_jit(state, epoch_keys[ep], x_train, y_train)
-            train_loss = float(train_loss)
-            # the loss of the new state: on the validation set, or on one training batch without one, so that
-            # the state we keep is always one whose loss was seen to be finite
-            val_loss = float(evaluate_jit(new_state, x_check, y_check))
+            # the loss of the new state is evaluated on the validation set, or on one training batch without
+            # one, so that the state we keep is always one whose loss was seen to be finite
+            new_state, train_loss, val_loss = epoch_jit(state, k_epochs, ep, x_train, y_train, x_check, y_check)
+            train_loss, val_loss = (float(v) for v in jax.device_get((train_loss, val_loss)))
             history["epoch_time"].append(time.perf_counter() - t0)
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss if has_val else math.nan)
