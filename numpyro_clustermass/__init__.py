@@ -1,20 +1,61 @@
 """numpyro_clustermass: galaxy-cluster dynamical masses with probabilistic neural networks in NumPyro.
 
 The data flow is one way: simulate (or load) -> catalog -> features -> fit -> MassPosterior -> reweight ->
-metrics, plots, ArviZ. See ``docs/`` and the README for the lecture this package grows from.
+metrics, plots, ArviZ.
+
+Example
+-------
+>>> import numpyro_clustermass as ncm
+>>> cat = ncm.simulate.mock_catalog(volume=0.02, seed=0)                       # doctest: +SKIP
+>>> train, test = cat.split(test_fraction=0.2, seed=1)                          # doctest: +SKIP
+>>> fit = ncm.fit(ncm.MDN(num_components=16, hidden=(128, 128, 64)), train)    # doctest: +SKIP
+>>> post = fit.posterior(test).reweight(ncm.priors.Flat(13.5, 15.3))           # doctest: +SKIP
+>>> ncm.metrics.binned(post, test)                                              # doctest: +SKIP
 """
 
-from numpyro_clustermass import catalog, features, simulate
+from numpyro_clustermass import (
+    catalog,
+    diagnostics,
+    features,
+    inference,
+    metrics,
+    plots,
+    posterior,
+    priors,
+    scaling,
+    simulate,
+)
 from numpyro_clustermass.catalog import Catalog, CatalogError, read_catalog, write_catalog
+from numpyro_clustermass.estimators import MDN, MSE, ModelEstimator
+from numpyro_clustermass.inference import Fit, FitDivergedError, available_methods, fit, register_method
+from numpyro_clustermass.posterior import MassPosterior
+from numpyro_clustermass.scaling import MassObservableRelation
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MDN",
+    "MSE",
     "Catalog",
     "CatalogError",
+    "Fit",
+    "FitDivergedError",
+    "MassObservableRelation",
+    "MassPosterior",
+    "ModelEstimator",
+    "available_methods",
     "catalog",
+    "diagnostics",
     "features",
+    "fit",
+    "inference",
+    "metrics",
+    "plots",
+    "posterior",
+    "priors",
     "read_catalog",
+    "register_method",
+    "scaling",
     "simulate",
     "write_catalog",
 ]
