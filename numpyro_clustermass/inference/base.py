@@ -366,6 +366,11 @@ class Fit:
         return (f"Fit({self.estimator.name!r}, method={self.method!r}, epochs={self.info.get('epochs_run')}, "
                 f"best val loss={self.info.get('best_val_loss')})")
 
+    @property
+    def mutable_state(self) -> dict | None:
+        """Mutable network state (e.g. batch-norm statistics) of the fit, if any; also merged into ``params``."""
+        return getattr(self.state, "mutable_state", None)
+
     # ------------------------------------------------------------------ prediction
     def features(self, data) -> np.ndarray:
         """Validated, standardised float32 features of ``data`` (Catalog, array, or (x, y) tuple)."""
