@@ -227,11 +227,13 @@ def test_validation_split_is_grouped_by_halo():
     assert val_halos and not (val_halos & train_halos)
 
 
-def test_progress_bar_shows_the_losses(capsys):
+def test_progress_bar_shows_the_losses_and_no_validation_means_no_early_stop(capsys):
     x, y, _ = _synthetic(600)
-    fit(SMALL_MSE, (x, y), num_epochs=2, batch_size=128, progress_bar=True)
+    f = fit(SMALL_MSE, (x, y), num_epochs=3, batch_size=128, validation_fraction=0.0, patience=1,
+            learning_rate=1e-6, progress_bar=True)
     err = capsys.readouterr().err
     assert "loss=" in err and "val=" in err
+    assert f.info["epochs_run"] == 3 and not f.info["stopped_early"] and f.info["n_val"] == 0
 
 
 @pytest.mark.slow

@@ -776,7 +776,7 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
                 wait += 1
                 if val_loss < best[0]:
                     best = (val_loss, state, ep)
-                if patience is not None and wait >= patience:
+                if has_val and patience is not None and wait >= patience:
                     stopped_early = True
                     break
     finally:
