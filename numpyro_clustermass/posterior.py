@@ -51,7 +51,7 @@ __all__ = [
 #: Default number of grid points.
 DEFAULT_GRID_SIZE = 512
 #: Default number of clusters processed per compiled call.
-DEFAULT_CHUNK_SIZE = 8192
+DEFAULT_CHUNK_SIZE = 2048
 #: Default margin added on both sides of the data range by :func:`default_grid` (dex).
 DEFAULT_GRID_MARGIN = 0.5
 
