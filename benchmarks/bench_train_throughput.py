@@ -16,7 +16,7 @@ Two throughputs are measured for ``fit``:
 The reference is timed over the same number of epochs. Rounds alternate between the two (these machines
 are shared and noisy); the best round of each is compared. The ratio printed last is the target figure.
 
-Run:  python3 benchmarks/bench_train_throughput.py  [--volume 0.25] [--epochs 5] [--rounds 3] [--strict]
+Run:  python3 benchmarks/bench_train_throughput.py  [--volume 0.25] [--epochs 5] [--rounds 5] [--strict]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--volume", type=float, default=0.25, help="mock volume in (Gpc/h)^3 (0.25: ~68k mocks)")
     ap.add_argument("--epochs", type=int, default=5, help="epochs per timed run")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--strict", action="store_true", help="exit 1 if the ratio misses the target")
     args = ap.parse_args(argv)
