@@ -1,0 +1,333 @@
+"""The ``"bbb"`` method: Bayes by Backprop, mean-field variational inference over the network's weights.
+
+Bayes by Backprop (Blundell et al. 2015) fits a factorised Normal ``q(w) = prod_i N(w_i | m_i, s_i^2)`` to the
+posterior of the weights of the estimator's *Bayesian twin* (:mod:`numpyro_clustermass.bnn`) by maximising the
+ELBO with reparameterised gradients. Here it is NumPyro SVI with an
+:class:`~numpyro.infer.autoguide.AutoNormal` guide and :class:`~numpyro.infer.TraceMeanField_ELBO`, which uses
+the closed-form KL(q || prior) for every weight site (Normal against Normal), so only the likelihood term is
+estimated by sampling.
+
+Minibatch scaling: the model scales the likelihood of a batch of ``B`` clusters by ``N / B`` and counts the
+prior (the KL) once, so each step's loss is an unbiased estimate of the full-data negative ELBO, the
+``pi_i = 1/M`` weighting of Blundell et al. Training runs in the package's jit-compiled ``lax.scan`` epochs,
+like ``"map"``, at nearly its throughput (``benchmarks/bench_bbb_throughput.py``).
+
+The guide starts with small scales (``init_scale``) around the network's usual (flax) initial weights, or around
+a MAP fit: ``init="map"`` trains one first with the registered ``"map"`` method, ``init=<Fit>`` reuses one.
+Parameters that are not Bayesian (the trunk of a last-layer BNN, the MSE model's scatter) are optimised as
+points (type-II maximum likelihood).
+
+Example
+-------
+>>> import numpy as np, numpyro.distributions as dist
+>>> from numpyro_clustermass.estimators import MDN
+>>> from numpyro_clustermass.inference import fit
+>>> rng = np.random.default_rng(0)
+>>> y = rng.uniform(13.5, 15.0, 800); x = y[:, None] + 0.1 * rng.normal(size=(800, 3))
+>>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="bbb", num_epochs=5,
+...         weight_prior=dist.Normal(0, 1), progress_bar=False)
+>>> post = f.posterior(x[:20])
+>>> bool((post.epistemic_variance > 0).all())
+True
+
+References
+----------
+Blundell, C., Cornebise, J., Kavukcuoglu, K., Wierstra, D. (2015). Weight uncertainty in neural networks.
+ICML, arXiv:1505.05424.
+Kingma, D. P., Welling, M. (2014). Auto-encoding variational Bayes. ICLR.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer import SVI, TraceMeanField_ELBO
+from numpyro.infer.autoguide import AutoNormal
+from numpyro.infer.initialization import init_to_median, init_to_value
+from numpyro.optim import optax_to_numpyro
+
+from numpyro_clustermass.inference._bayes import (
+    bayesian_model,
+    copy_tree,
+    det_model_of,
+    drive_epochs,
+    initial_params,
+    map_params_from,
+    net_site_values,
+    point_params,
+    require_latents,
+    tile,
+)
+from numpyro_clustermass.inference.base import (
+    Fit,
+    InferenceMethod,
+    RunResult,
+    TrainingData,
+    TrainingPlan,
+    register_method,
+)
+from numpyro_clustermass.inference.svi import make_optimizer, make_schedule
+
+__all__ = ["bbb_method", "MeanFieldGuide", "DEFAULT_INIT_SCALE", "DEFAULT_NUM_DRAWS"]
+
+#: Initial standard deviation of every weight in the guide: small, so that training starts close to the
+#: deterministic net (Blundell et al. 2015 start their softplus(rho) scales at a few 1e-3 to 1e-2).
+DEFAULT_INIT_SCALE = 0.01
+#: Default number of weight draws per posterior.
+DEFAULT_NUM_DRAWS = 100
+
+
+class _NormalAt(dist.Normal):
+    """``Normal(loc, scale)`` whose draw is a value computed beforehand (``loc + scale * eps``).
+
+    Lets :class:`MeanFieldGuide` draw the noise of all weights with one random call and still expose one Normal
+    sample site per weight tensor, so that ``TraceMeanField_ELBO`` finds its closed-form KL (Normal, Normal).
+    """
+
+    pytree_data_fields = ("value",)
+
+    def __init__(self, loc, scale, value, *, validate_args=None):
+        self.value = value
+        super().__init__(loc, scale, validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        return jnp.broadcast_to(self.value, sample_shape + self.batch_shape)
+
+    def rsample(self, key, sample_shape=()):
+        return self.sample(key, sample_shape)
+
+
+def _inv_softplus(s: float) -> float:
+    return float(s + math.log(-math.expm1(-s)))
+
+
+class MeanFieldGuide:
+    """Bayes by Backprop's guide: ``w_i ~ Normal(m_i, softplus(rho_i))`` independently for every weight.
+
+    All means and all ``rho`` live in two flat param sites (``"bbb$loc"``, ``"bbb$rho"``) and the noise of all
+    weights is one draw, which keeps a training step close to a MAP step; each weight tensor is still its own
+    Normal sample site, named as in the model (``"nn/trunk.Dense_0.kernel"``), so that
+    :class:`~numpyro.infer.TraceMeanField_ELBO` uses the analytic KL against the model's prior. Equivalent to
+    :class:`~numpyro.infer.autoguide.AutoNormal` with the scale parameterised as in Blundell et al. (2015).
+
+    Parameters
+    ----------
+    shapes : dict
+        ``{site name: shape}`` of the latent weight sites.
+    init_values : dict, optional
+        Initial means by site (default zeros).
+    init_scale : float
+        Initial standard deviation of every weight.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro import handlers
+    >>> g = MeanFieldGuide({"a": (2, 3), "b": (3,)}, init_scale=0.01)
+    >>> tr = handlers.trace(handlers.seed(g, 0)).get_trace()
+    >>> tr["a"]["value"].shape, tr["bbb$rho"]["value"].shape
+    ((2, 3), (9,))
+    >>> s = g.sample_posterior(jax.random.key(1), {"bbb$loc": jnp.zeros(9), "bbb$rho": jnp.zeros(9)}, (4,))
+    >>> s["b"].shape
+    (4, 3)
+    """
+
+    def __init__(self, shapes, init_values=None, init_scale: float = DEFAULT_INIT_SCALE):
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.layout = []
+        start = 0
+        for k, shp in self.shapes.items():
+            size = int(np.prod(shp, dtype=np.int64))
+            self.layout.append((k, start, start + size, shp))
+            start += size
+        self.size = start
+        init_values = init_values or {}
+        loc = [jnp.reshape(jnp.asarray(init_values[k], jnp.float32), (-1,)) if k in init_values
+               else jnp.zeros(e - b, jnp.float32) for k, b, e, _ in self.layout]
+        self.init_loc = jnp.concatenate(loc) if loc else jnp.zeros(0, jnp.float32)
+        self.init_rho = jnp.full(self.size, _inv_softplus(float(init_scale)), jnp.float32)
+
+    def _split(self, flat):
+        lead = flat.shape[:-1]
+        return {k: flat[..., b:e].reshape(lead + shp) for k, b, e, shp in self.layout}
+
+    def __call__(self, *args, **kwargs):
+        loc = numpyro.param("bbb$loc", self.init_loc)
+        scale = jax.nn.softplus(numpyro.param("bbb$rho", self.init_rho))
+        key = numpyro.prng_key()
+        eps = jax.random.normal(key, (self.size,)) if key is not None else jnp.zeros(self.size)
+        w = loc + scale * eps
+        locs, scales, values = self._split(loc), self._split(scale), self._split(w)
+        for k, shp in self.shapes.items():
+            numpyro.sample(k, _NormalAt(locs[k], scales[k], values[k]).to_event(len(shp)))
+
+    def median(self, params):
+        """Posterior means (= medians) of the weights by site."""
+        return self._split(params["bbb$loc"])
+
+    def scales(self, params):
+        """Posterior standard deviations of the weights by site."""
+        return self._split(jax.nn.softplus(params["bbb$rho"]))
+
+    def sample_posterior(self, rng_key, params, sample_shape=()):
+        """Draws of all weight sites, each with leading shape ``sample_shape``."""
+        eps = jax.random.normal(rng_key, tuple(sample_shape) + (self.size,))
+        return self._split(params["bbb$loc"] + jax.nn.softplus(params["bbb$rho"]) * eps)
+
+
+def bbb_method(
+    model: Callable,
+    plan: TrainingPlan,
+    *,
+    weight_prior=None,
+    bayesian_layers=None,
+    init: str | Fit = "net",
+    init_scale: float = DEFAULT_INIT_SCALE,
+    num_draws: int = DEFAULT_NUM_DRAWS,
+    num_particles: int = 1,
+    eval_particles: int = 8,
+    learning_rate: float = 1e-3,
+    schedule: str | Callable = "cosine",
+    warmup_steps: int | None = None,
+    final_lr_fraction: float = 0.01,
+    clip_norm: float | None = None,
+    patience: int | None = 20,
+    min_delta: float = 1e-4,
+    map_options: Mapping | None = None,
+) -> InferenceMethod:
+    """Build the ``"bbb"`` method (Bayes by Backprop: AutoNormal guide, analytic-KL ELBO).
+
+    Parameters
+    ----------
+    model : callable
+        The estimator's (deterministic) model; its Bayesian twin is built here. A user's own model with
+        latent sample sites is used as it is.
+    plan : TrainingPlan
+    weight_prior : Distribution, dict or callable, optional
+        Prior on the Bayesian weights (:mod:`numpyro_clustermass.bnn`); default ``Normal(0, 1)``.
+    bayesian_layers : "all", "last", str or sequence, optional
+        Which weights are Bayesian (default ``"all"``).
+    init : {"net", "map"} or Fit
+        Guide means at the flax initial weights (``"net"``), at a MAP fit trained first with the ``"map"``
+        method (``"map"``), or at a given MAP :class:`Fit` of the same data.
+    init_scale : float
+        Initial guide standard deviation of every weight.
+    num_draws : int
+        Default number of weight draws per posterior.
+    num_particles : int
+        Monte Carlo samples of the likelihood term per step.
+    eval_particles : int
+        Samples of the held-out ELBO used for early stopping.
+    learning_rate, schedule, warmup_steps, final_lr_fraction, clip_norm
+        Optax Adam with a schedule, as for ``"map"``.
+    patience, min_delta
+        Early stopping of the BBB epochs when ``init="map"`` (which runs its own loop; otherwise the
+        :func:`fit` settings apply).
+    map_options : dict, optional
+        Options of the internal MAP fit (``num_epochs``, ``patience``, ``learning_rate``, ...).
+
+    Returns
+    -------
+    InferenceMethod
+    """
+    if not init_scale > 0:
+        raise ValueError(f"init_scale must be > 0; got {init_scale}")
+    if isinstance(init, str) and init not in ("net", "map"):
+        raise ValueError(f"init must be 'net', 'map' or a MAP Fit; got {init!r}")
+    twin, is_twin = bayesian_model(model, weight_prior, bayesian_layers, "all", plan.num_features)
+    sched = make_schedule(learning_rate, plan.num_steps, schedule, warmup_steps, final_lr_fraction)
+    optim = optax_to_numpyro(make_optimizer(sched, clip_norm=clip_norm))
+    num_data = plan.num_data
+    box = {}  # the guide, built at init with the initial locations
+
+    def make_svi(start_params, shapes):
+        if is_twin:
+            guide = MeanFieldGuide(shapes, start_params, init_scale=float(init_scale))
+        else:  # a user's model: any latent sites, with their constraints
+            loc_fn = init_to_median(num_samples=15) if start_params is None else init_to_value(values=start_params)
+            guide = AutoNormal(twin, init_loc_fn=loc_fn, init_scale=float(init_scale))
+        box["guide"] = guide
+        box["elbo"] = TraceMeanField_ELBO(num_particles=int(num_particles))
+        box["svi"] = SVI(twin, guide, optim, box["elbo"])
+        box["eval_elbo"] = TraceMeanField_ELBO(num_particles=int(eval_particles))
+        return box["svi"]
+
+    def start_values(rng_key, x, y, map_params):
+        """Initial guide locations (sample sites), initial params of the twin, and the latent sites' shapes."""
+        sites = require_latents(twin, x, y, "bbb")
+        shapes = {k: jnp.shape(v) for k, v in _latent_values(twin, x, y).items()}
+        if map_params is not None:
+            return net_site_values(map_params, sites), point_params(map_params, sites), shapes
+        if is_twin:
+            p0 = initial_params(det_model_of(twin), x, y, rng_key)
+            return net_site_values(p0, sites), None, shapes
+        return None, None, shapes
+
+    def init_with(rng_key, x, y, map_params):
+        k0, k1 = jax.random.split(rng_key)
+        locs, params, shapes = start_values(k0, x, y, map_params)
+        svi = make_svi(locs, shapes)
+        init_params = None if params is None else copy_tree(params)
+        return svi.init(k1, x, y, num_data=num_data, init_params=init_params)
+
+    def init_fn(rng_key, x, y):
+        return init_with(rng_key, x, y, box.get("map_params"))
+
+    def step(state, x, y):
+        return box["svi"].update(state, x, y, num_data=num_data)
+
+    def evaluate(state, x, y):
+        # per-datum negative ELBO with the likelihood scaled to the training-set size (comparable to train_loss)
+        params = {**box["svi"].get_params(state), **(state.mutable_state or {})}
+        # NumPyro ignores mutable state (batch norm) with several particles: use one particle then
+        elbo = box["eval_elbo"] if state.mutable_state is None else box["elbo"]
+        loss = elbo.loss(state.rng_key, params, twin, box["guide"], x, y, num_data=num_data)
+        return loss / num_data
+
+    def get_params(state):
+        params = box["svi"].get_params(state)
+        latent = box["guide"].median(params)
+        return {**point_params(params, latent), **latent, **(state.mutable_state or {})}
+
+    def sample(rng_key, state, num):
+        params = box["svi"].get_params(state)
+        draws = box["guide"].sample_posterior(rng_key, params, sample_shape=(int(num),))
+        draws = {k: v for k, v in draws.items() if k not in params}
+        fixed = {**point_params(params, draws), **(state.mutable_state or {})}
+        return {**tile(fixed, int(num)), **draws}
+
+    run = None
+    if isinstance(init, Fit):
+        box["map_params"], _ = map_params_from(init, model, plan, None, None, False, None, "bbb")
+    elif init == "map":
+
+        def run(rng_key, data: TrainingData, plan_: TrainingPlan, progress_bar: bool):
+            k_map, k_bbb = jax.random.split(rng_key)
+            map_params, info = map_params_from(init, model, plan_, data, k_map, progress_bar, map_options, "bbb")
+            box["map_params"] = map_params
+            state, history, extra = drive_epochs(twin, impl_without_run, plan_, k_bbb, data, patience, min_delta,
+                                                 progress_bar, "bbb")
+            return RunResult(state, history, {**info, **extra})
+
+    impl_without_run = InferenceMethod(
+        init=init_fn, step=step, evaluate=evaluate, get_params=get_params, sample=sample,
+        predict_kwargs={"deterministic": True}, num_draws=int(num_draws), name="bbb", model=twin,
+    )
+    return impl_without_run._replace(run=run)
+
+
+def _latent_values(model, x, y):
+    from numpyro import handlers
+
+    tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(x, y)
+    return {k: s["value"] for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+
+
+register_method("bbb", bbb_method)
