@@ -48,6 +48,11 @@ class Estimator:
         """JSON-able description (kind + hyper-parameters)."""
         return {"kind": type(self).__name__}
 
+    def posterior_prior(self, grid):
+        """The mass prior this estimator's posteriors are conditioned on, or None for the training set's
+        implicit prior (what a network trained on a catalogue learns; see ``MassPosterior.prior``)."""
+        return None
+
 
 def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
     hidden = tuple(int(h) for h in hidden)

@@ -182,3 +182,9 @@ class MassObservableRelation(Estimator):
 
     def config(self) -> dict:
         return {"kind": "MassObservableRelation", "feature_names": list(self.feature_names)}
+
+    def posterior_prior(self, grid):
+        """Flat in log10 M over the grid: the inverted relation carries no training prior."""
+        from numpyro_clustermass.priors import Flat
+
+        return Flat(float(grid[0]), float(grid[-1]))

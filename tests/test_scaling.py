@@ -39,8 +39,9 @@ def test_bayesian_relation_matches_least_squares_and_richness_helps(split):
                 learning_rate=1e-2, validation_fraction=0.0, grid=GRID, progress_bar=False)
         post = f.posterior(test)
         scatters[names] = np.std(post.mode() - test.log_mass)
-        # A flat-prior posterior of a Gaussian relation is Gaussian: mode = mean.
+        # A flat-prior posterior of a Gaussian relation is Gaussian: mode = mean; its prior is flat.
         np.testing.assert_allclose(post.mode(), post.mean(), atol=0.01)
+        assert type(post.prior).__name__ == "Flat"
     # Measured: 0.3417 (least squares) and 0.3422 (NumPyro MAP) dex; with richness 0.148 dex.
     assert scatters[("Logsigv",)] == pytest.approx(ls_scatter, abs=0.01)
     assert scatters[("Logsigv", "LogNgal")] < 0.6 * ls_scatter

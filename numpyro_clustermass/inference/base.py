@@ -500,6 +500,7 @@ class Fit:
             training_log_mass=self.training_log_mass,
             draws_log_density=jnp.concatenate(dls, axis=1) if keep_draws and dls else None,
             meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws},
+            source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
         )
 
     def predict(self, data) -> np.ndarray:
