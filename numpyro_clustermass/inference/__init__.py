@@ -25,7 +25,7 @@ from numpyro_clustermass.inference.base import (
     standardize_model,
 )
 from numpyro_clustermass.inference import svi  # noqa: F401  (registers "map")
-from numpyro_clustermass.inference import bbb, mc_dropout  # noqa: F401,E402  (register the Bayesian methods)
+from numpyro_clustermass.inference import bbb, ensemble, laplace, mc_dropout, nuts  # noqa: F401,E402  (register)
 
 __all__ = [
     "Fit",

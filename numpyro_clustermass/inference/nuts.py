@@ -1,0 +1,306 @@
+"""The ``"nuts"`` method: Hamiltonian Monte Carlo with the No-U-Turn Sampler over a model's latent sites.
+
+NUTS (Hoffman & Gelman 2014) samples every latent sample site of the model it is given: the Bayesian weights
+of the estimator's twin (:mod:`numpyro_clustermass.bnn`; by default only the last layer, with the trunk fixed at a
+MAP fit), or the few scalar latents of a plain NumPyro model (a Bayesian M-sigma power law). It is the exact
+baseline that the approximate methods are compared with.
+
+What the method does, in order:
+
+1. Train the model with the registered ``"map"`` method (or take a given MAP :class:`Fit`, ``init=fit``).
+2. Fix the model's ``param`` sites (the trunk of a last-layer BNN, the MSE scatter) at their MAP values.
+   From the MAP values of the latent sites, find the posterior mode and its Laplace approximation; use its
+   covariance as NUTS's (dense) inverse mass matrix and start each chain at its own draw from it. Without this
+   preconditioning the head weights of a well-trained MDN are so correlated (the trunk's features are nearly
+   collinear) that NUTS needs hundreds of leapfrog steps per draw (measured: 383 on average, 680 s for
+   2 x (500 + 500) on 3.2k clusters; with it, see ``benchmarks/bench_bayesian_methods.py``).
+3. Run NUTS on the *full* training set (no minibatch scale), chains ``"vectorized"`` on one device or
+   ``"parallel"`` across devices (``chain_method="auto"`` picks).
+4. Judge convergence in *function space*: split R-hat and bulk/tail ESS of every held-out cluster's predictive
+   mean (the validation split), with :func:`numpyro_clustermass.diagnostics.function_space_convergence`. In
+   weight space, R-hat of a neural net never reaches 1 because of its symmetries (permuting hidden units,
+   flipping signs), while the functions it samples can be well mixed (DESIGN.md, "Known traps"); the weight-space
+   figure is reported too, for comparison.
+
+``fit.info`` holds ``function_space`` (``max_rhat``, ``min_ess_bulk``, ``min_ess_tail``, ...), ``converged``
+(max R-hat below ``rhat_threshold``), ``weight_space_max_rhat``, ``num_divergent`` and the sampler's timing.
+
+Example
+-------
+>>> import numpy as np
+>>> from numpyro_clustermass.estimators import MDN
+>>> from numpyro_clustermass.inference import fit
+>>> rng = np.random.default_rng(0)
+>>> y = rng.uniform(13.5, 15.0, 600); x = y[:, None] + 0.1 * rng.normal(size=(600, 3))
+>>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="nuts", num_epochs=20,
+...         num_warmup=100, num_samples=100, progress_bar=False)
+>>> sorted(f.info["function_space"])[:2], f.info["num_chains"]
+(['max_rhat', 'min_ess_bulk'], 2)
+
+References
+----------
+Hoffman, M. D., Gelman, A. (2014). The No-U-Turn Sampler: adaptively setting path lengths in Hamiltonian Monte
+Carlo. JMLR 15, 1593-1623.
+Neal, R. M. (1996). Bayesian Learning for Neural Networks. Springer.
+Vehtari, A., Gelman, A., Simpson, D., Carpenter, B., Buerkner, P.-C. (2021). Rank-normalization, folding, and
+localization: an improved R-hat. Bayesian Analysis 16, 667-718.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.diagnostics import split_gelman_rubin
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.initialization import init_to_value
+from numpyro.infer.util import initialize_model
+
+from numpyro_clustermass.diagnostics import function_space_convergence
+from numpyro_clustermass.inference._bayes import (
+    bayesian_model,
+    map_params_from,
+    net_site_values,
+    point_params,
+    require_latents,
+    substitute_params,
+    tile,
+)
+from numpyro_clustermass.inference.laplace import gaussian_at_mode
+from numpyro_clustermass.inference.base import (
+    InferenceMethod,
+    RunResult,
+    TrainingData,
+    TrainingPlan,
+    register_method,
+)
+from numpyro_clustermass.models import OBS_SITE
+
+__all__ = ["nuts_method", "MCMCState", "predictive_means", "DEFAULT_NUM_DRAWS", "RHAT_THRESHOLD"]
+
+#: Default number of posterior draws mixed per predictive (thinned from all chains).
+DEFAULT_NUM_DRAWS = 200
+#: Function-space split R-hat below which the chains count as converged (Vehtari et al. 2021 advise 1.01 for
+#: final results; the package's benchmark target is 1.05).
+RHAT_THRESHOLD = 1.05
+#: Held-out clusters used for the function-space diagnostics (the first ones of the validation split).
+MAX_DIAGNOSTIC_CLUSTERS = 2000
+
+
+class MCMCState(NamedTuple):
+    """The result of an MCMC method: weight-space samples and the fixed point parameters.
+
+    Attributes
+    ----------
+    samples : dict
+        Latent site values with leading axes ``(chains, draws)``.
+    fixed : dict
+        Values of the model's ``param``/``mutable`` sites, held at the MAP fit.
+    """
+
+    samples: dict
+    fixed: dict
+
+
+def predictive_means(model: Callable, obs_site: str = OBS_SITE, **model_kwargs) -> Callable:
+    """A jit-compiled ``f(draws, x) -> (S, n)``: the mean of the likelihood at ``obs_site`` for each draw.
+
+    ``draws`` are site values with a leading draw axis (weights and fixed params); the model runs once per draw
+    (``lax.map``), never through an unjitted ``Predictive``.
+    """
+
+    def one(draw, x):
+        tr = handlers.trace(handlers.seed(handlers.substitute(model, data=draw), 0)).get_trace(x, None,
+                                                                                              **model_kwargs)
+        fn = tr[obs_site]["fn"]
+        return jnp.broadcast_to(fn.mean, (x.shape[0],))
+
+    @jax.jit
+    def f(draws, x):
+        return jax.lax.map(lambda d: one(d, x), draws)
+
+    return f
+
+
+def _weight_space_max_rhat(samples: Mapping) -> float:
+    worst = -np.inf
+    for v in samples.values():
+        v = np.asarray(v)
+        if v.shape[0] < 2 or v.shape[1] < 4:
+            return float("nan")
+        r = np.asarray(split_gelman_rubin(v))
+        if np.isfinite(r).any():
+            worst = max(worst, float(np.nanmax(r)))
+    return worst
+
+
+def nuts_method(
+    model: Callable,
+    plan: TrainingPlan,
+    *,
+    weight_prior=None,
+    bayesian_layers=None,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 2,
+    chain_method: str = "auto",
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    dense_mass: bool = False,
+    mass_matrix: str = "laplace",
+    init="map",
+    map_options: Mapping | None = None,
+    num_draws: int = DEFAULT_NUM_DRAWS,
+    rhat_threshold: float = RHAT_THRESHOLD,
+) -> InferenceMethod:
+    """Build the ``"nuts"`` method (see the module docstring).
+
+    Parameters
+    ----------
+    model : callable
+        The estimator's model (its Bayesian twin is sampled) or a NumPyro model with latent sample sites.
+    plan : TrainingPlan
+    weight_prior : Distribution, dict or callable, optional
+        Prior on the Bayesian weights (default ``Normal(0, 1)``).
+    bayesian_layers : "all", "last", str or sequence, optional
+        Default ``"last"``: the head is sampled, the trunk held at the MAP fit. ``"all"`` samples every weight,
+        which for a net of a few hundred weights mixes badly in weight space and slowly in function space.
+    num_warmup, num_samples, num_chains : int
+        Per chain. At least 2 chains are needed for R-hat.
+    chain_method : {"auto", "vectorized", "parallel", "sequential"}
+        ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` devices, else ``"vectorized"``.
+    target_accept_prob, max_tree_depth
+        NUTS settings.
+    mass_matrix : {"laplace", "adapt"}
+        ``"laplace"`` (default): the inverse mass matrix is the covariance of the Laplace approximation at the
+        posterior mode (:func:`~numpyro_clustermass.inference.laplace.gaussian_at_mode`, dense, not adapted;
+        warm-up adapts the step size only) and every chain starts at its own draw from that approximation, so
+        that R-hat compares chains started apart. ``"adapt"``: NUTS's windowed adaptation of a diagonal (or,
+        with ``dense_mass=True``, dense) mass matrix, chains started at the MAP weights.
+    dense_mass : bool
+        With ``mass_matrix="adapt"``: adapt a dense mass matrix.
+    init : "map" or Fit
+        Train a MAP fit first (options ``map_options``: ``num_epochs``, ``patience``, ``learning_rate``, ...), or
+        start from a given MAP fit of the same data.
+    num_draws : int
+        Default number of draws mixed per posterior (a random subset of all chains' samples).
+    rhat_threshold : float
+        ``fit.info["converged"]`` is True when the function-space max R-hat is below it.
+
+    Returns
+    -------
+    InferenceMethod
+    """
+    if int(num_chains) < 1 or int(num_samples) < 1 or int(num_warmup) < 0:
+        raise ValueError(f"need num_chains >= 1, num_samples >= 1, num_warmup >= 0; got {num_chains}, "
+                         f"{num_samples}, {num_warmup}")
+    if mass_matrix not in ("laplace", "adapt"):
+        raise ValueError(f"mass_matrix must be 'laplace' or 'adapt'; got {mass_matrix!r}")
+    if chain_method not in ("auto", "vectorized", "parallel", "sequential"):
+        raise ValueError(f"chain_method must be 'auto', 'vectorized', 'parallel' or 'sequential'; got {chain_method!r}")
+    twin, _ = bayesian_model(model, weight_prior, bayesian_layers, "last", plan.num_features)
+
+    def run(rng_key, data: TrainingData, plan_: TrainingPlan, progress_bar: bool):
+        t0 = time.perf_counter()
+        k_map, k_mcmc = jax.random.split(rng_key)
+        map_params, info = map_params_from(init, model, plan_, data, k_map, progress_bar, map_options, "nuts")
+        t_map = time.perf_counter() - t0
+        sites = require_latents(twin, data.x_train[:2], data.y_train[:2], "nuts")
+        fixed = point_params(map_params, sites)
+        start = net_site_values(map_params, sites)
+        target = substitute_params(twin, fixed)
+        k_lap, k_start, k_mcmc = jax.random.split(k_mcmc, 3)
+        init_params, lap_info, nuts_kw = None, {}, {"dense_mass": dense_mass}
+        if mass_matrix == "laplace":
+            # precondition with the Laplace approximation at the posterior mode: its covariance is the (fixed)
+            # inverse mass matrix, and each chain starts at its own draw from it
+            mi = initialize_model(k_lap, target, init_strategy=init_to_value(values=start),
+                                  model_args=(data.x_train, data.y_train), model_kwargs={"deterministic": True},
+                                  dynamic_args=False)
+            lap = gaussian_at_mode(mi.potential_fn, mi.param_info.z, refine_mode=False, absolute=True)
+            eps = jax.random.normal(k_start, (int(num_chains), lap["mode"].size), lap["mode"].dtype)
+            flat = lap["mode"][None, :] + eps @ lap["scale"].T
+            init_params = jax.vmap(lap["unravel"])(flat)
+            if int(num_chains) == 1:
+                init_params = jax.tree.map(lambda a: a[0], init_params)
+            nuts_kw = {"dense_mass": True, "inverse_mass_matrix": lap["scale"] @ lap["scale"].T,
+                       "adapt_mass_matrix": False}
+            lap_info = {"laplace_" + k: v for k, v in lap["info"].items()}
+        kernel = NUTS(target, init_strategy=init_to_value(values=start), target_accept_prob=target_accept_prob,
+                      max_tree_depth=max_tree_depth, **nuts_kw)
+        method_ = chain_method
+        if method_ == "auto":
+            method_ = "parallel" if jax.local_device_count() >= int(num_chains) > 1 else "vectorized"
+        mcmc = MCMC(kernel, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
+                    chain_method=method_, progress_bar=progress_bar)
+        t1 = time.perf_counter()
+        # full batch: num_data=None, no likelihood scale; dropout (if any) off
+        mcmc.run(k_mcmc, data.x_train, data.y_train, deterministic=True, extra_fields=("diverging", "num_steps"),
+                 init_params=init_params)
+        samples = mcmc.get_samples(group_by_chain=True)
+        jax.block_until_ready(samples)
+        t_mcmc = time.perf_counter() - t1
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        state = MCMCState(samples=samples, fixed=fixed)
+
+        x_diag, where = (data.x_val, "validation") if data.x_val is not None else (data.x_train, "training")
+        x_diag = x_diag[:MAX_DIAGNOSTIC_CLUSTERS]
+        c, s = int(num_chains), int(num_samples)
+        flat = jax.tree.map(lambda a: a.reshape((c * s,) + a.shape[2:]), samples)
+        means = predictive_means(twin, deterministic=True)({**tile(fixed, c * s), **flat}, x_diag)
+        means = np.asarray(means).reshape(c, s, -1)
+        fs = {}
+        if c >= 2:
+            conv = function_space_convergence(means)
+            fs = {"max_rhat": conv["max_rhat"], "min_ess_bulk": conv["min_ess_bulk"],
+                  "min_ess_tail": float(np.nanmin(conv["ess_tail"])),
+                  "median_rhat": float(np.nanmedian(conv["rhat"])),
+                  "median_ess_bulk": float(np.nanmedian(conv["ess_bulk"]))}
+        n_latent = int(sum(np.prod(np.shape(v)[2:], dtype=np.int64) for v in samples.values()))
+        info.update({
+            **lap_info,
+            "mass_matrix": mass_matrix,
+            "function_space": fs,
+            "function_space_clusters": int(means.shape[-1]),
+            "function_space_set": where,
+            "converged": bool(fs and fs["max_rhat"] < rhat_threshold),
+            "weight_space_max_rhat": _weight_space_max_rhat(samples),
+            "num_latent": n_latent,
+            "latent_sites": list(samples),
+            "num_chains": c,
+            "num_samples": s,
+            "num_warmup": int(num_warmup),
+            "chain_method": method_,
+            "num_divergent": int(np.asarray(extra["diverging"]).sum()),
+            "mean_num_steps": float(np.asarray(extra["num_steps"]).mean()),
+            "map_time_s": t_map,
+            "mcmc_time_s": t_mcmc,
+        })
+        history = {"num_steps": np.asarray(extra["num_steps"]).reshape(-1)}
+        return RunResult(state, history, info)
+
+    def get_params(state: MCMCState):
+        means = jax.tree.map(lambda a: jnp.mean(a, axis=(0, 1)), state.samples)
+        return {**state.fixed, **means}
+
+    def sample(rng_key, state: MCMCState, num):
+        lead = jax.tree.leaves(state.samples)[0].shape[:2]
+        total = int(lead[0] * lead[1])
+        flat = jax.tree.map(lambda a: a.reshape((total,) + a.shape[2:]), state.samples)
+        if int(num) < total:
+            idx = jax.random.choice(rng_key, total, (int(num),), replace=False)
+            flat = jax.tree.map(lambda a: a[idx], flat)
+        n = int(jax.tree.leaves(flat)[0].shape[0])
+        return {**tile(state.fixed, n), **flat}
+
+    return InferenceMethod(
+        init=None, step=None, evaluate=None, get_params=get_params, sample=sample, run=run,
+        predict_kwargs={"deterministic": True}, num_draws=int(num_draws), name="nuts", model=twin,
+    )
+
+
+register_method("nuts", nuts_method)
