@@ -65,7 +65,9 @@ from numpyro_clustermass.models import (
     mdn_model,
     regression_model,
 )
-from numpyro_clustermass.nets import MDNNet, RegressionNet
+import flax.linen as nn
+
+from numpyro_clustermass.nets import MLP, MDNNet, MixtureHead, PointHead, RegressionNet
 
 __all__ = [
     "DEFAULT_WEIGHT_PRIOR",
@@ -80,6 +82,7 @@ __all__ = [
     "with_dropout",
     "latent_site_names",
     "is_package_model",
+    "head_only_twin",
 ]
 
 #: The default weight prior: a standard normal on every Bayesian weight (the data and targets are standardised).
@@ -417,3 +420,43 @@ def latent_site_names(model: Callable, x, y) -> list[str]:
     """
     tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(x, y)
     return [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+
+
+class _HeadNet(nn.Module):
+    """A package net's head alone, registered under the same name ("head") so its parameter paths match."""
+
+    head: nn.Module
+
+    @nn.compact
+    def __call__(self, h, deterministic: bool = True):
+        return self.head(h)
+
+
+def head_only_twin(twin: Callable, num_features: int):
+    """For a twin whose Bayesian weights are exactly its head, ``(trunk_fn, head_twin)``, else ``None``.
+
+    ``trunk_fn(trunk_params, x)`` computes the trunk's features and ``head_twin`` is the same Bayesian model on
+    those features, with the same sample-site names (``"nn/head.locs.kernel"``, ...). With the trunk held fixed
+    (NUTS or Laplace on a last-layer BNN) the features are computed once instead of at every gradient.
+    """
+    if not (isinstance(twin, functools.partial) and twin.func in _BAYESIAN):
+        return None
+    net = twin.keywords.get("net")
+    if isinstance(net, MDNNet):
+        head = MixtureHead(net.num_components, net.min_scale)
+    elif isinstance(net, RegressionNet):
+        head = PointHead()
+    else:
+        return None
+    kw = twin.keywords
+    shapes = param_shapes(net, num_features)
+    prior = resolve_weight_prior(shapes, kw.get("weight_prior"), kw.get("bayesian_layers", "all"))
+    if set(prior) != {p for p in shapes if p.startswith("head.")}:
+        return None
+    trunk = MLP(net.hidden, net.activations, 0.0)
+
+    def trunk_fn(trunk_params, x):
+        return trunk.apply({"params": trunk_params}, x, deterministic=True)
+
+    head_twin = functools.partial(twin.func, *twin.args, **{**kw, "net": _HeadNet(head), "bayesian_layers": "all"})
+    return trunk_fn, head_twin

@@ -17,7 +17,7 @@ from numpyro.contrib.module import flax_module, random_flax_module
 
 import numpyro_clustermass as ncm
 from numpyro_clustermass.bnn import WeightPriorError
-from numpyro_clustermass.estimators import MDN, MSE, ModelEstimator
+from numpyro_clustermass.estimators import MDN, ModelEstimator
 from numpyro_clustermass.inference import TrainingPlan, fit, get_method
 
 SMALL = dict(num_epochs=3, batch_size=256, progress_bar=False)
@@ -46,10 +46,14 @@ def _est(**kw):
 FAST_OPTIONS = {
     "bbb": {},
     "mc_dropout": {},
+    "ensemble": {"num_members": 3},
+    "laplace": {"map_options": {"num_epochs": 5}},
+    "nuts": {"map_options": {"num_epochs": 5}, "num_warmup": 50, "num_samples": 50, "max_tree_depth": 5},
 }
 
 
-@pytest.mark.parametrize("method", sorted(FAST_OPTIONS))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in ("nuts", "laplace") else m
+                                    for m in sorted(FAST_OPTIONS)])  # nuts, laplace: ~30 s each, also tested below
 def test_each_method_runs_through_fit_and_posterior(mock, method):
     train, test = mock
     f = fit(MDN_SMALL, train, method=method, seed=0, **SMALL, **FAST_OPTIONS[method])
@@ -162,6 +166,7 @@ def test_bbb_initial_scales_are_small_and_init_from_map_fit(xy):
     np.testing.assert_allclose(sd, 0.02, rtol=0.1)  # 2000 draws: sd of the sd about 1.6%
 
 
+@pytest.mark.slow
 def test_bbb_init_map_runs_the_map_method_first(xy):
     f = fit(_est(), xy, method="bbb", init="map", map_options={"num_epochs": 2}, **SMALL)
     assert f.info["map_source"] == "map method" and f.info["map_epochs_run"] == 2
@@ -205,7 +210,7 @@ def _bn_model(x, y=None, num_data=None, deterministic=False, bayesian=False):
         numpyro.sample("obs", dist.Normal(mu, 0.5), obs=y)
 
 
-@pytest.mark.parametrize("method", ["bbb"])
+@pytest.mark.parametrize("method", ["bbb", "ensemble"])
 def test_batch_norm_running_stats_reach_the_posterior(xy, method):
     """Trap: batch statistics live in the SVI state's mutable_state, not in params; predictions must use them."""
     import functools
@@ -214,8 +219,12 @@ def test_batch_norm_running_stats_reach_the_posterior(xy, method):
     f = fit(ModelEstimator(model, feature_names=("a", "b")), xy, method=method, **SMALL)
     stats = f.params["nn$state"]["batch_stats"]["BatchNorm_0"]
     assert not np.allclose(stats["mean"], 0.0)  # updated from the initial zeros
+    if method == "ensemble":
+        stats = jax.tree.map(lambda a: a[0], stats)
     k_draws, _ = jax.random.split(jax.random.key(f.seed))  # the key Fit.posterior draws the weights with
     draws = f._method.sample(k_draws, f.state, 1)
+    if method == "ensemble":  # keep the first member only
+        draws = jax.tree.map(lambda a: a[:1], draws)
     assert "nn$state" in draws
     np.testing.assert_allclose(draws["nn$state"]["batch_stats"]["BatchNorm_0"]["mean"][0], stats["mean"])
     # the posterior mean equals the net applied with those running statistics (deterministic=True)
@@ -225,7 +234,140 @@ def test_batch_norm_running_stats_reach_the_posterior(xy, method):
     if method == "bbb":
         p["Dense_1"] = dict(p["Dense_1"], kernel=draw0["nn/Dense_1.kernel"])
     mu = _BNNet().apply({"params": p, "batch_stats": draw0["nn$state"]["batch_stats"]}, jnp.asarray(xs), train=False)
+    if method == "ensemble":
+        f._method = f._method._replace(sample=lambda k, st, n: draws)
     post = f.posterior(xy[0][:30], num_draws=1)
     scale, mean = float(np.asarray(f.y_scaler.scale).reshape(())), float(np.asarray(f.y_scaler.mean).reshape(()))
     expected = np.asarray(mu) * scale + mean
     np.testing.assert_allclose(post.mean(), expected, atol=2e-2)
+
+
+# ------------------------------------------------------------------------------------ ensembles
+def test_ensemble_members_differ_and_train_as_one_program(xy):
+    f = fit(_est(), xy, method="ensemble", num_members=4, **SMALL)
+    kern = np.asarray(f.params["nn$params"]["head"]["locs"]["kernel"])
+    assert kern.shape[0] == 4 and not np.allclose(kern[0], kern[1])
+    assert f.info["traces"]["epoch"] <= 1  # one compiled epoch function for all members and epochs
+    post = f.posterior(xy[0][:30], num_draws=100)
+    assert post.meta["num_draws"] == 4
+    # equal-weight mixture: the epistemic variance is the variance of the members' (head) means
+    from numpyro_clustermass.inference.nuts import predictive_means
+
+    members = f._method.sample(jax.random.key(0), f.state, 100)
+    means = np.asarray(predictive_means(f._model, deterministic=True)(members, jnp.asarray(f.features(xy[0][:30]))))
+    scale = float(np.asarray(f.y_scaler.scale).reshape(()))
+    np.testing.assert_allclose(post.epistemic_variance, np.var(means, axis=0) * scale**2, rtol=1e-3, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------------ conjugate checks
+def _linear_model(x, y=None, num_data=None, deterministic=False):
+    """Bayesian linear regression with known noise: the posterior is Gaussian and known in closed form."""
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[-1]]).to_event(1))
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", x.shape[0]), handlers.scale(scale=1.0 if num_data is None else num_data / x.shape[0]):
+        numpyro.sample("obs", dist.Normal(x @ w + b, LIN_SIGMA), obs=y)
+
+
+LIN_SIGMA = 0.5
+
+
+def _linear_data(n=200):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 2))
+    y = 14.0 + 0.3 * (x @ np.array([1.0, -0.5])) + 0.25 * rng.normal(size=n)
+    return x, y
+
+
+def _exact_linear_posterior(f, x, y):
+    xs = np.asarray(f.x_scaler.transform(x), np.float64)
+    ys = np.asarray(f.y_scaler.transform(y), np.float64).reshape(-1)
+    a = np.column_stack([xs, np.ones(len(xs))])
+    prec = a.T @ a / LIN_SIGMA**2 + np.eye(3)
+    cov = np.linalg.inv(prec)
+    return cov @ (a.T @ ys) / LIN_SIGMA**2, cov
+
+
+def test_laplace_is_exact_on_a_gaussian_posterior():
+    x, y = _linear_data()
+    est = ModelEstimator(_linear_model, feature_names=("a", "b"))
+    f = fit(est, (x, y), method="laplace", validation_fraction=0.0, num_epochs=5, batch_size=64,
+            progress_bar=False)
+    mean, cov = _exact_linear_posterior(f, x, y)
+    perm = [2, 0, 1]  # the flat latent vector is ordered like the sorted site names: b, w[0], w[1]
+    st = f.state
+    np.testing.assert_allclose(np.asarray(st.mode), mean[perm], atol=2e-4)  # the exact mode
+    np.testing.assert_allclose(np.asarray(st.scale @ st.scale.T), cov[np.ix_(perm, perm)], rtol=1e-3, atol=1e-7)
+    assert f.info["clipped_eigenvalues"] == 0 and f.info["potential_at_mode"] <= f.info["potential_at_map"]
+    draws = f._method.sample(jax.random.key(0), st, 4000)
+    np.testing.assert_allclose(np.asarray(draws["w"]).std(0), np.sqrt(np.diag(cov))[:2], rtol=0.06)
+
+
+@pytest.mark.slow
+def test_nuts_is_generic_and_matches_an_exact_posterior():
+    """A plain NumPyro model with scalar latents (no network) runs through method="nuts" as it is."""
+    x, y = _linear_data()
+    est = ModelEstimator(_linear_model, feature_names=("a", "b"))
+    f = fit(est, (x, y), method="nuts", validation_fraction=0.2, num_epochs=5, batch_size=64, progress_bar=False,
+            num_warmup=300, num_samples=500)
+    assert sorted(f.info["latent_sites"]) == ["b", "w"]
+    assert f.info["converged"] and f.info["function_space"]["max_rhat"] < 1.05
+    samples = f.state.samples
+    assert samples["w"].shape == (2, 500, 2)  # (chains, draws, ...) kept in the state
+    # exact posterior on the rows NUTS saw (the training side of the validation split)
+    from numpyro_clustermass.inference.base import _validation_split
+
+    tr = ~_validation_split(len(y), 0.2, None, 0)
+    mean, cov = _exact_linear_posterior(f, x[tr], y[tr])
+    w = np.asarray(samples["w"]).reshape(-1, 2)
+    sd = np.sqrt(np.diag(cov))[:2]
+    assert np.all(np.abs(w.mean(0) - mean[:2]) < 4 * sd / np.sqrt(200)), (w.mean(0), mean[:2], sd)  # ESS >= 200
+    np.testing.assert_allclose(w.std(0), sd, rtol=0.15)
+    assert f._method.sample(jax.random.key(0), f.state, 50)["w"].shape == (50, 2)
+
+
+# ------------------------------------------------------------------------------------ NUTS in function space
+def test_nuts_reports_function_space_convergence_on_held_out_clusters(xy):
+    """Trap: NUTS mixing is judged on per-cluster predictive means of the validation split, not on weights."""
+    from numpyro_clustermass.diagnostics import function_space_convergence
+    from numpyro_clustermass.inference.nuts import predictive_means
+
+    f = fit(_est(), xy, method="nuts", map_options={"num_epochs": 10}, num_warmup=60, num_samples=60,
+            max_tree_depth=5, **SMALL)
+    info = f.info
+    assert info["function_space_set"] == "validation" and info["function_space_clusters"] == info["n_val"]
+    assert info["num_latent"] == 54  # the head only: 3 x (8 x 2 + 2)
+    assert set(info["latent_sites"]) == {f"nn/head.{m}.{p}" for m in ("logits", "locs", "scales")
+                                         for p in ("kernel", "bias")}
+    assert np.isfinite(info["weight_space_max_rhat"])
+    # recompute the diagnostic from the kept weight-space samples
+    c, s = 2, 60
+    flat = jax.tree.map(lambda a: a.reshape((c * s,) + a.shape[2:]), f.state.samples)
+    fixed = jax.tree.map(lambda a: jnp.broadcast_to(a, (c * s,) + jnp.shape(a)), f.state.fixed)
+    from numpyro_clustermass.inference.base import _validation_split
+
+    is_val = _validation_split(len(xy[1]), 0.1, None, 0)
+    x_val = jnp.asarray(f.features(xy[0][is_val]))
+    means = np.asarray(predictive_means(f._model, deterministic=True)({**fixed, **flat}, x_val)).reshape(c, s, -1)
+    ref = function_space_convergence(means)
+    assert info["function_space"]["max_rhat"] == pytest.approx(ref["max_rhat"], rel=1e-6)
+    assert info["converged"] == (ref["max_rhat"] < 1.05)
+
+
+def test_nuts_bad_prior_and_no_latents_are_errors(xy):
+    with pytest.raises(WeightPriorError, match="outside bayesian_layers"):
+        fit(_est(), xy, method="nuts", weight_prior={"trunk": dist.Normal(0, 1)}, **SMALL)
+
+    def det_model(x, y=None):
+        w = numpyro.param("w", jnp.zeros(x.shape[-1]))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("obs", dist.Normal(x @ w, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="no latent sample sites"):
+        fit(ModelEstimator(det_model, feature_names=("a", "b")), xy, method="nuts", map_options={"num_epochs": 1},
+            **SMALL)
+
+
+def test_laplace_refuses_a_huge_dense_hessian(xy):
+    with pytest.raises(ValueError, match="max_params"):
+        fit(_est(), xy, method="laplace", bayesian_layers="all", max_params=20, map_options={"num_epochs": 1},
+            **SMALL)

@@ -24,9 +24,6 @@ from numpyro_clustermass.bnn import (
 from numpyro_clustermass.inference import base as _base
 from numpyro_clustermass.inference.base import InferenceMethod, TrainingData, TrainingPlan, get_method
 
-#: The Fit attributes that make a Fit usable as a MAP starting point.
-_MAP_METHODS = ("map", "ensemble", "mc_dropout")
-
 
 def bayesian_model(model: Callable, weight_prior, bayesian_layers, default_layers: str,
                    num_features: int) -> tuple[Callable, bool]:

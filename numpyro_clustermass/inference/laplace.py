@@ -230,10 +230,13 @@ def laplace_method(
         map_params, info = map_params_from(init, model, plan_, data, k_map, progress_bar, map_options, "laplace")
         sites = require_latents(twin, data.x_train[:2], data.y_train[:2], "laplace")
         fixed = point_params(map_params, sites)
-        target = substitute_params(twin, fixed)
+        from numpyro_clustermass.inference.nuts import _fixed_trunk_problem
+
+        sampled, fixed_s, x_s, trunk_pre = _fixed_trunk_problem(twin, fixed, data.x_train, plan_.num_features)
+        target = substitute_params(sampled, fixed_s)
         start = net_site_values(map_params, sites)
         model_info = initialize_model(
-            k_init, target, init_strategy=init_to_value(values=start), model_args=(data.x_train, data.y_train),
+            k_init, target, init_strategy=init_to_value(values=start), model_args=(x_s, data.y_train),
             model_kwargs={"deterministic": True}, dynamic_args=False,
         )
         z0 = model_info.param_info.z
@@ -249,7 +252,7 @@ def laplace_method(
         box["unravel"], box["transforms"] = unravel, transforms
         t1 = time.perf_counter()
         lap = gaussian_at_mode(model_info.potential_fn, z0, refine_mode, max_iter, eigenvalue_floor)
-        info.update({"num_latent": dim, "latent_sites": list(z0), **lap["info"],
+        info.update({"num_latent": dim, "latent_sites": list(z0), **lap["info"], "trunk_precomputed": trunk_pre,
                      "laplace_time_s": time.perf_counter() - t1, "map_time_s": t1 - t0})
         return RunResult(LaplaceState(lap["mode"], lap["scale"], fixed), {}, info)
 

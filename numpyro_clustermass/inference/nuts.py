@@ -61,6 +61,7 @@ from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import initialize_model
 
 from numpyro_clustermass.diagnostics import function_space_convergence
+from numpyro_clustermass.bnn import head_only_twin
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
     map_params_from,
@@ -138,14 +139,26 @@ def _weight_space_max_rhat(samples: Mapping) -> float:
     return worst
 
 
+def _fixed_trunk_problem(twin, fixed, x, num_features):
+    """``(model, fixed params, inputs)`` to sample: the head alone on precomputed trunk features when only the head
+    is Bayesian and the trunk is held at the MAP (same posterior, one trunk pass instead of one per gradient)."""
+    ho = head_only_twin(twin, num_features)
+    params = fixed.get("nn$params")
+    if ho is None or not isinstance(params, dict) or "trunk" not in params or "head" not in params:
+        return twin, fixed, x, False
+    trunk_fn, head_twin = ho
+    feats = jax.jit(trunk_fn)(params["trunk"], x)
+    return head_twin, {**fixed, "nn$params": {"head": params["head"]}}, feats, True
+
+
 def nuts_method(
     model: Callable,
     plan: TrainingPlan,
     *,
     weight_prior=None,
     bayesian_layers=None,
-    num_warmup: int = 500,
-    num_samples: int = 500,
+    num_warmup: int = 300,
+    num_samples: int = 300,
     num_chains: int = 2,
     chain_method: str = "auto",
     target_accept_prob: float = 0.8,
@@ -212,14 +225,15 @@ def nuts_method(
         sites = require_latents(twin, data.x_train[:2], data.y_train[:2], "nuts")
         fixed = point_params(map_params, sites)
         start = net_site_values(map_params, sites)
-        target = substitute_params(twin, fixed)
+        sampled, fixed_s, x_s, trunk_pre = _fixed_trunk_problem(twin, fixed, data.x_train, plan_.num_features)
+        target = substitute_params(sampled, fixed_s)
         k_lap, k_start, k_mcmc = jax.random.split(k_mcmc, 3)
         init_params, lap_info, nuts_kw = None, {}, {"dense_mass": dense_mass}
         if mass_matrix == "laplace":
             # precondition with the Laplace approximation at the posterior mode: its covariance is the (fixed)
             # inverse mass matrix, and each chain starts at its own draw from it
             mi = initialize_model(k_lap, target, init_strategy=init_to_value(values=start),
-                                  model_args=(data.x_train, data.y_train), model_kwargs={"deterministic": True},
+                                  model_args=(x_s, data.y_train), model_kwargs={"deterministic": True},
                                   dynamic_args=False)
             lap = gaussian_at_mode(mi.potential_fn, mi.param_info.z, refine_mode=False, absolute=True)
             eps = jax.random.normal(k_start, (int(num_chains), lap["mode"].size), lap["mode"].dtype)
@@ -239,7 +253,7 @@ def nuts_method(
                     chain_method=method_, progress_bar=progress_bar)
         t1 = time.perf_counter()
         # full batch: num_data=None, no likelihood scale; dropout (if any) off
-        mcmc.run(k_mcmc, data.x_train, data.y_train, deterministic=True, extra_fields=("diverging", "num_steps"),
+        mcmc.run(k_mcmc, x_s, data.y_train, deterministic=True, extra_fields=("diverging", "num_steps"),
                  init_params=init_params)
         samples = mcmc.get_samples(group_by_chain=True)
         jax.block_until_ready(samples)
@@ -264,6 +278,7 @@ def nuts_method(
         info.update({
             **lap_info,
             "mass_matrix": mass_matrix,
+            "trunk_precomputed": trunk_pre,
             "function_space": fs,
             "function_space_clusters": int(means.shape[-1]),
             "function_space_set": where,

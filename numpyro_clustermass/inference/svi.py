@@ -174,7 +174,10 @@ def map_method(
         return svi.update(state, x, y, num_data=num_data)
 
     def evaluate(state, x, y):
-        return svi.evaluate(state, x, y, deterministic=True) / x.shape[0]
+        # SVI.evaluate leaves out the mutable state (batch statistics), which flax_module(mutable=...) needs
+        params = {**svi.get_params(state), **(state.mutable_state or {})}
+        _, key = jax.random.split(state.rng_key)
+        return svi.loss.loss(key, params, svi.model, svi.guide, x, y, deterministic=True) / x.shape[0]
 
     def get_params(state):
         params = svi.get_params(state)
