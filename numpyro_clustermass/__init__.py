@@ -14,6 +14,7 @@ Example
 """
 
 from numpyro_clustermass import (
+    bnn,
     catalog,
     diagnostics,
     estimators,
@@ -47,6 +48,7 @@ __all__ = [
     "MassPosterior",
     "ModelEstimator",
     "available_methods",
+    "bnn",
     "catalog",
     "diagnostics",
     "estimators",
