@@ -30,10 +30,10 @@ TABLE_EDGES = np.round(np.arange(13.5, 15.31, 0.2), 2)
 
 
 def _bias_table(estimates: dict, truth: np.ndarray, edges) -> pd.DataFrame:
+    """Median bias and scatter per bin for ``{label: (posterior, point estimate)}``."""
     cols = {}
-    for label, est in estimates.items():
-        df = metrics.binned(est[0], truth, estimator=est[1], edges=edges) if isinstance(est, tuple) else \
-            metrics.binned(est, truth, edges=edges)
+    for label, (post, point) in estimates.items():
+        df = metrics.binned(post, truth, estimator=point, edges=edges)
         cols[("bias", label)] = df["bias_median"].to_numpy()
         cols[("scatter", label)] = df["scatter_68"].to_numpy()
         n = df["n"].to_numpy()

@@ -217,8 +217,7 @@ def mock_catalog(
         "physics": physics.to_dict(),
     }
     cat = Catalog(columns, members=members if with_members else None, meta=meta, validate=False)
-    cat = cat.select(selected) if n_cut else cat
-    cat.meta.update(meta)
+    cat = cat.select(selected) if n_cut else cat  # select() carries meta along
     cat.check()
     clock("catalogue")
     return cat
