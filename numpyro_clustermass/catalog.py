@@ -50,6 +50,10 @@ MEMBER_COLUMNS = ("mock", "R", "v", "log_mstar", "is_interloper")
 MIN_NGAL = 3
 
 FORMAT_VERSION = 1
+_MEMBERS_KEY = "n_member_rows"  # member-table row count in the file's JSON metadata (None: no members)
+_MEMBERS_SUFFIX = ".members.parquet"
+#: Largest accepted |log_mass - log10(M200c)| [dex]: a float32 M200c is good to about 3e-8 dex.
+LOG_MASS_TOLERANCE = 1e-5
 
 
 class CatalogError(ValueError):
@@ -192,6 +196,8 @@ class Catalog:
     def summary(self) -> str:
         """A short human-readable summary (row count, mass range, feature ranges)."""
         lines = [repr(self)]
+        if len(self) == 0:
+            return lines[0] + "\n  (no rows)"
         lm = self.log_mass
         lines.append(f"  log10 M200c [Msun/h]: {lm.min():.3f} .. {lm.max():.3f} (median {np.median(lm):.3f})")
         if "halo_id" in self.columns:
@@ -216,16 +222,36 @@ def validate_columns(columns: Mapping[str, np.ndarray]) -> None:
             f"{list(REQUIRED_COLUMNS)}"
         )
     for name in REQUIRED_COLUMNS:
-        v = np.asarray(columns[name], dtype=np.float64)
+        raw = np.asarray(columns[name])
+        if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
+            raise CatalogError(
+                f"column {name!r} of {n} rows holds {raw.dtype} values, not real numbers (first values: "
+                f"{raw[:3].tolist()}). Convert it to a numeric column before loading; nothing is coerced."
+            )
+        v = raw.astype(np.float64)
         _count_bad(name, ~np.isfinite(v), "are NaN or infinite", "Remove or repair those rows before loading.")
+    ngal = np.asarray(columns["Ngal"], dtype=np.float64)
+    _count_bad(
+        "Ngal", ngal != np.round(ngal), "are not whole numbers of galaxies",
+        "Ngal counts galaxies; repair the column (it is not rounded for you).",
+    )
     for name in ("M200c", "sigv"):
         v = np.asarray(columns[name], dtype=np.float64)
         _count_bad(name, v <= 0, "are not positive", "Masses and dispersions must be > 0; remove those rows.")
-    ngal = np.asarray(columns["Ngal"])
     _count_bad(
         "Ngal", ngal < MIN_NGAL, f"have fewer than {MIN_NGAL} galaxies",
         "Skewness and kurtosis need at least 3 members; cut those rows (Ho et al. keep Ngal >= 10).",
     )
+    if "log_mass" in columns:
+        # the target of every fit: it must be log10(M200c), not a second truth that silently wins
+        lm = np.asarray(columns["log_mass"], dtype=np.float64)
+        _count_bad("log_mass", ~np.isfinite(lm), "are NaN or infinite", "Drop the column or repair those rows.")
+        off = np.abs(lm - np.log10(np.asarray(columns["M200c"], dtype=np.float64)))
+        _count_bad(
+            "log_mass", off > LOG_MASS_TOLERANCE,
+            f"disagree with log10(M200c) by more than {LOG_MASS_TOLERANCE:g} dex (largest {off.max(initial=0.0):.3g} dex)",
+            "log_mass must equal log10(M200c); drop the column (it is derived from M200c) or fix M200c.",
+        )
 
 
 def validate_features(x: np.ndarray, names: tuple[str, ...] | None = None, expected: int | None = None) -> None:
@@ -260,10 +286,31 @@ class StandardScaler:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "StandardScaler":
+    def fit(cls, x: np.ndarray, names: tuple[str, ...] | None = None) -> "StandardScaler":
+        """Mean and standard deviation per column (a constant column gets scale 1).
+
+        Raises :class:`CatalogError` when a column's mean or spread overflows (a value such as 1e300 would
+        make its scale infinite and the standardised feature 0 for every cluster), naming the column.
+        """
         x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0)
-        scale = x.std(axis=0)
+        if x.shape[0] == 0:
+            raise CatalogError("cannot fit a scaler on zero rows")
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = x.mean(axis=0)
+            scale = x.std(axis=0)
+        bad = ~(np.isfinite(mean) & np.isfinite(scale))
+        if bad.any():
+            cols = np.atleast_1d(np.flatnonzero(np.atleast_1d(bad)))
+            parts = []
+            for j in cols[:5]:
+                col = x[:, j] if x.ndim == 2 else x
+                label = names[j] if names is not None and j < len(names) else f"feature {j}"
+                parts.append(f"{label!r} (largest |value| {np.abs(col).max():.3g} in row {int(np.abs(col).argmax())})")
+            raise CatalogError(
+                f"the spread of {', '.join(parts)} over {x.shape[0]} rows overflows float64, so standardising "
+                f"would flatten the feature for every cluster; those values are not physical: repair or remove "
+                f"the rows"
+            )
         scale = np.where(scale > 0, scale, 1.0)
         return cls(mean=mean, scale=scale)
 
@@ -295,8 +342,14 @@ def _format_of(path: str, fmt: str | None) -> str:
 
 def _atomic_target(path: str) -> tuple[str, str]:
     directory = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path!r}: the folder {directory!r} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
     os.close(fd)
+    # mkstemp creates the file with mode 0600; give it the mode any new file gets under the user's umask
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return tmp, path
 
 
@@ -304,13 +357,20 @@ def write_catalog(cat: Catalog, path: str, format: str | None = None, overwrite:
     """Write a catalogue to FITS or Parquet, atomically (temporary file, then rename).
 
     FITS: the catalogue is the first binary-table HDU (``CLUSTERS``) in the lecture's layout; a member
-    table, if any, goes to a second HDU ``MEMBERS``. Parquet: one file with the catalogue; members are
-    written next to it as ``<path>.members.parquet``. Metadata travels as JSON.
+    table, if any, goes to a second HDU ``MEMBERS``; every HDU carries FITS ``CHECKSUM``/``DATASUM``
+    keywords, verified by :func:`read_catalog`. Parquet: one file with the catalogue (page checksums on);
+    members are written next to it as ``<path>.members.parquet``, and a stale members file from an earlier
+    write is removed. Metadata travels as JSON, with the member count so that a reader never attaches
+    members that belong to another catalogue.
     """
     fmt = _format_of(path, format)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write a catalogue to {path!r}: it is a folder; give a file name")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(path)
-    meta_json = json.dumps({"format_version": FORMAT_VERSION, **cat.meta}, default=_json_default)
+    n_members = None if cat.members is None else int(len(cat.members["mock"]))
+    meta_json = json.dumps({**cat.meta, "format_version": FORMAT_VERSION, _MEMBERS_KEY: n_members},
+                           default=_json_default)
     tmp, final = _atomic_target(path)
     try:
         if fmt == "fits":
@@ -326,18 +386,25 @@ def write_catalog(cat: Catalog, path: str, format: str | None = None, overwrite:
                 [fits.Column(name="json", format=f"{max(len(meta_json), 1)}A", array=np.array([meta_json]))],
                 name="META",
             ))
-            fits.HDUList(hdus).writeto(tmp, overwrite=True)
+            fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
         elif fmt == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             table = pa.table({k: v for k, v in cat.columns.items()})
             table = table.replace_schema_metadata({b"numpyro_clustermass": meta_json.encode()})
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, write_page_checksum=True)
+            mpath = path + _MEMBERS_SUFFIX
             if cat.members is not None:
-                mtmp, mfinal = _atomic_target(path + ".members.parquet")
-                pq.write_table(pa.table(dict(cat.members)), mtmp)
-                os.replace(mtmp, mfinal)
+                mtmp, mfinal = _atomic_target(mpath)
+                try:
+                    pq.write_table(pa.table(dict(cat.members)), mtmp, write_page_checksum=True)
+                    os.replace(mtmp, mfinal)
+                finally:
+                    if os.path.exists(mtmp):
+                        os.remove(mtmp)
+            elif os.path.exists(mpath):
+                os.remove(mpath)  # members of the catalogue this file replaces
         else:
             raise ValueError(f"unknown format {fmt!r}; use 'fits' or 'parquet'")
         os.replace(tmp, final)
@@ -368,45 +435,117 @@ def read_catalog(path: str, format: str | None = None, validate: bool = True) ->
     this package, astropy, fitsio or TOPCAT. Columns are returned in native byte order with their stored
     dtypes. ``validate=True`` checks the schema and raises :class:`CatalogError` naming the offending
     column and the number of rows.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError
+        No file at ``path``.
+    CatalogError
+        A file that cannot be read as a catalogue: truncated or corrupt (a FITS checksum that does not
+        match, a header or table cut short, unreadable metadata), no rows, members that do not belong to
+        the table, or (with ``validate``) a failed schema check.
     """
     fmt = _format_of(path, format)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder, not a catalogue file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no catalogue file at {path!r}")
+    try:
+        columns, members, meta = _read_fits(path) if fmt == "fits" else _read_parquet(path)
+    except CatalogError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError) as exc:
+        if fmt not in ("fits", "parquet"):
+            raise
+        raise CatalogError(
+            f"{path}: cannot be read as a {fmt.upper()} catalogue ({type(exc).__name__}: {exc}); the file is "
+            f"truncated, corrupt or not a {fmt.upper()} file"
+        ) from exc
+    version = meta.pop("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CatalogError(f"{path}: format version {version!r} is not one this package reads "
+                           f"(it writes version {FORMAT_VERSION}); update numpyro_clustermass")
+    n_members = meta.pop(_MEMBERS_KEY, "absent")
+    n_rows = len(next(iter(columns.values()))) if columns else 0
+    if validate and n_rows == 0:
+        raise CatalogError(f"{path}: the catalogue has no rows")
+    if n_members is None and members is not None:
+        raise CatalogError(f"{path}: a member table lies beside a catalogue written without one (a stale "
+                           f"{_MEMBERS_SUFFIX} file?); remove it or write the catalogue again")
+    if members is not None:
+        mock = np.asarray(members.get("mock", np.zeros(0, dtype=np.int64)))
+        if n_members not in ("absent", len(mock)):
+            raise CatalogError(f"{path}: the member table has {len(mock)} rows, the catalogue recorded "
+                               f"{n_members}; it belongs to another write")
+        if mock.size and (mock.min() < 0 or mock.max() >= n_rows):
+            raise CatalogError(f"{path}: member rows point at catalogue rows up to {int(mock.max())}, but the "
+                               f"catalogue has {n_rows} rows; the member table belongs to another catalogue")
+    return Catalog(columns, members=members, meta=meta, validate=validate)
+
+
+def _read_fits(path: str):
+    import warnings
+
+    from astropy.io import fits
+
     meta: dict[str, Any] = {}
     members = None
-    if fmt == "fits":
-        from astropy.io import fits
-
-        with fits.open(path, memmap=False) as hdul:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fits.open(path, memmap=False, checksum=True) as hdul:
             table_hdus = [h for h in hdul if isinstance(h, fits.BinTableHDU | fits.TableHDU)]
             data_hdu = next((h for h in table_hdus if h.name == "CLUSTERS"), None)
             if data_hdu is None:
                 data_hdu = next((h for h in table_hdus if h.name not in ("MEMBERS", "META")), None)
             if data_hdu is None:
+                _raise_fits_problems(path, caught)
                 raise CatalogError(f"{path}: no table HDU found")
             columns = _from_fits(data_hdu.data)
+            has_meta = False
             for h in table_hdus:
                 if h.name == "MEMBERS":
                     members = _from_fits(h.data)
                 elif h.name == "META":
+                    has_meta = True
                     raw = h.data["json"][0]
-                    meta = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
+                    try:
+                        meta = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                        raise CatalogError(f"{path}: the metadata HDU META is corrupt ({exc})") from exc
+            _raise_fits_problems(path, caught)
+            if "NCMMETA" in data_hdu.header and not has_meta:
+                raise CatalogError(f"{path}: the metadata HDU META that this package writes is missing; the "
+                                   f"file was truncated")
+    return columns, members, meta
 
-        table = pq.read_table(path)
-        columns = {name: table.column(name).to_numpy() for name in table.column_names}
-        md = table.schema.metadata or {}
-        if b"numpyro_clustermass" in md:
+
+def _raise_fits_problems(path: str, caught) -> None:
+    """Turn astropy's warnings about checksums and damaged headers into errors: never load a damaged file."""
+    problems = [str(w.message).strip().splitlines()[0] for w in caught
+                if any(s in str(w.message) for s in ("verification failed", "Error validating header", "truncated"))]
+    if problems:
+        raise CatalogError(f"{path}: the file is corrupt or truncated ({'; '.join(dict.fromkeys(problems))}); "
+                           f"nothing was loaded. Copy or write it again")
+
+
+def _read_parquet(path: str):
+    import pyarrow.parquet as pq
+
+    meta: dict[str, Any] = {}
+    members = None
+    table = pq.read_table(path, page_checksum_verification=True)
+    columns = {name: table.column(name).to_numpy() for name in table.column_names}
+    md = table.schema.metadata or {}
+    if b"numpyro_clustermass" in md:
+        try:
             meta = json.loads(md[b"numpyro_clustermass"].decode())
-        mpath = path + ".members.parquet"
-        if os.path.exists(mpath):
-            mt = pq.read_table(mpath)
-            members = {name: mt.column(name).to_numpy() for name in mt.column_names}
-    else:
-        raise ValueError(f"unknown format {fmt!r}; use 'fits' or 'parquet'")
-    version = meta.pop("format_version", FORMAT_VERSION)
-    if version > FORMAT_VERSION:
-        raise CatalogError(f"{path}: format version {version} is newer than this package's {FORMAT_VERSION}")
-    return Catalog(columns, members=members, meta=meta, validate=validate)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CatalogError(f"{path}: the package metadata is corrupt ({exc})") from exc
+    mpath = path + _MEMBERS_SUFFIX
+    if os.path.exists(mpath):
+        mt = pq.read_table(mpath, page_checksum_verification=True)
+        members = {name: mt.column(name).to_numpy() for name in mt.column_names}
+    return columns, members, meta
 
 
 def _from_fits(data) -> dict[str, np.ndarray]:

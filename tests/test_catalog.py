@@ -163,3 +163,137 @@ def test_write_is_atomic(cat, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["cat.fits"]
     with pytest.raises(ValueError, match="cannot tell the format"):
         write_catalog(cat, str(tmp_path / "cat.csv"))
+
+
+# ---------------------------------------------------------------------------------------------- never silently wrong
+def test_log_mass_column_must_agree_with_m200c():
+    cols = _lecture_columns()
+    cols["log_mass"] = np.log10(cols["M200c"])
+    Catalog(dict(cols))  # consistent: fine
+    cols["log_mass"] = cols["log_mass"] + np.where(np.arange(50) < 4, 0.3, 0.0)
+    with pytest.raises(CatalogError, match=r"'log_mass': 4 of 50 rows disagree with log10\(M200c\).*largest 0.3 dex"):
+        Catalog(dict(cols))
+    cols["log_mass"] = np.log10(cols["M200c"])
+    cols["log_mass"][2] = np.nan
+    with pytest.raises(CatalogError, match=r"'log_mass': 1 of 50 rows are NaN"):
+        Catalog(dict(cols))
+
+
+def test_strings_and_non_integer_counts_are_not_coerced():
+    cols = _lecture_columns()
+    cols["sigv"] = cols["sigv"].astype(str)
+    with pytest.raises(CatalogError, match=r"column 'sigv' of 50 rows holds <U\d+ values, not real numbers"):
+        Catalog(dict(cols))
+    cols = _lecture_columns()
+    cols["Ngal"] = cols["Ngal"].astype(np.float64)
+    Catalog(dict(cols))  # whole numbers stored as floats are fine
+    cols["Ngal"][[3, 9]] += 0.5
+    with pytest.raises(CatalogError, match=r"'Ngal': 2 of 50 rows are not whole numbers"):
+        Catalog(dict(cols))
+
+
+def test_scaler_refuses_a_spread_that_overflows():
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    x[17, 1] = 1e300
+    with pytest.raises(CatalogError, match=r"'Logsigv' \(largest \|value\| 1e\+300 in row 17\).*overflows"):
+        StandardScaler.fit(x, names=("LogNgal", "Logsigv", "R_mean"))
+    with pytest.raises(CatalogError, match="zero rows"):
+        StandardScaler.fit(np.zeros((0, 3)))
+
+
+def test_parquet_without_members_removes_stale_members(cat, tmp_path):
+    path = str(tmp_path / "cat.parquet")
+    write_catalog(cat, path)
+    assert (tmp_path / "cat.parquet.members.parquet").exists()
+    small = cat.select(np.arange(10))
+    small.members = None
+    write_catalog(small, path)
+    assert not (tmp_path / "cat.parquet.members.parquet").exists()
+    back = read_catalog(path)
+    assert back.members is None and len(back) == 10
+    back.split(0.5, seed=0)  # used to fail with IndexError on the stale members
+    # a stale members file put back by hand is refused, not attached
+    write_catalog(cat, str(tmp_path / "other.parquet"))
+    (tmp_path / "other.parquet.members.parquet").rename(tmp_path / "cat.parquet.members.parquet")
+    with pytest.raises(CatalogError, match="stale"):
+        read_catalog(path)
+
+
+def _flip_byte(path, offset):
+    b = bytearray(open(path, "rb").read())
+    b[offset] ^= 0xFF
+    open(path, "wb").write(bytes(b))
+
+
+def test_fits_checksum_catches_flipped_bytes(cat, tmp_path):
+    path = str(tmp_path / "cat.fits")
+    write_catalog(cat, path)
+    from astropy.io import fits
+
+    with fits.open(path) as h:
+        assert "CHECKSUM" in h["CLUSTERS"].header and "DATASUM" in h["CLUSTERS"].header
+        data_start = h.fileinfo(1)["datLoc"]
+    _flip_byte(path, data_start + 100)  # inside the CLUSTERS table: a wrong value, not a broken header
+    with pytest.raises(CatalogError, match=r"corrupt or truncated \(Checksum verification failed for HDU \('CLUSTERS'"):
+        read_catalog(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.97])
+def test_truncated_fits_is_an_error_not_a_silent_loss(cat, tmp_path, keep):
+    path = str(tmp_path / "cat.fits")
+    write_catalog(cat, path)
+    b = open(path, "rb").read()
+    open(path, "wb").write(b[: int(len(b) * keep)])
+    with pytest.raises(CatalogError, match="truncated"):
+        read_catalog(path)
+
+
+def test_corrupt_metadata_hdu_is_named(cat, tmp_path):
+    from astropy.io import fits
+
+    path = str(tmp_path / "cat.fits")
+    write_catalog(cat, path)
+    with fits.open(path) as h:
+        h["META"].data["json"][0] = "{not json"
+        h.writeto(path, overwrite=True)  # astropy rewrites without our checksums: the JSON check must catch it
+    with pytest.raises(CatalogError, match="metadata HDU META is corrupt"):
+        read_catalog(path)
+
+
+def test_missing_path_directory_and_empty_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no catalogue file at"):
+        read_catalog(str(tmp_path / "nope.fits"))
+    d = tmp_path / "dir.fits"
+    d.mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        read_catalog(str(d))
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        write_catalog(Catalog(_lecture_columns()), str(d))
+    with pytest.raises(FileNotFoundError, match="does not exist; create it first"):
+        write_catalog(Catalog(_lecture_columns()), str(tmp_path / "no" / "such" / "cat.fits"))
+    empty = Catalog({k: v[:0] for k, v in _lecture_columns().items()})
+    assert "(no rows)" in empty.summary()
+    path = str(tmp_path / "empty.fits")
+    write_catalog(empty, path)
+    with pytest.raises(CatalogError, match="has no rows"):
+        read_catalog(path)
+    assert len(read_catalog(path, validate=False)) == 0
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"not a parquet file at all")
+    with pytest.raises(CatalogError, match="cannot be read as a PARQUET catalogue"):
+        read_catalog(str(garbage))
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+def test_written_files_follow_the_umask(cat, tmp_path, suffix):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / f"cat{suffix}"
+        write_catalog(cat, str(path))
+        assert (path.stat().st_mode & 0o777) == 0o644
+        if suffix == ".parquet":
+            assert ((tmp_path / f"cat{suffix}.members.parquet").stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
