@@ -31,7 +31,15 @@ from numpyro_clustermass import (
 )
 from numpyro_clustermass.catalog import Catalog, CatalogError, read_catalog, write_catalog
 from numpyro_clustermass.estimators import MDN, MSE, ModelEstimator
-from numpyro_clustermass.inference import Fit, FitDivergedError, available_methods, fit, register_method
+from numpyro_clustermass.inference import (
+    Fit,
+    FitDivergedError,
+    FitInterrupted,
+    FitWarning,
+    available_methods,
+    fit,
+    register_method,
+)
 from numpyro_clustermass.posterior import MassPosterior
 from numpyro_clustermass.scaling import MassObservableRelation
 
@@ -44,6 +52,8 @@ __all__ = [
     "CatalogError",
     "Fit",
     "FitDivergedError",
+    "FitInterrupted",
+    "FitWarning",
     "MassObservableRelation",
     "MassPosterior",
     "ModelEstimator",

@@ -13,6 +13,8 @@ True
 from numpyro_clustermass.inference.base import (
     Fit,
     FitDivergedError,
+    FitInterrupted,
+    FitWarning,
     InferenceMethod,
     RunResult,
     TrainingData,
@@ -30,6 +32,8 @@ from numpyro_clustermass.inference import bbb, ensemble, laplace, mc_dropout, nu
 __all__ = [
     "Fit",
     "FitDivergedError",
+    "FitInterrupted",
+    "FitWarning",
     "InferenceMethod",
     "RunResult",
     "TrainingData",

@@ -39,6 +39,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -67,6 +68,8 @@ __all__ = [
     "RunResult",
     "Fit",
     "FitDivergedError",
+    "FitInterrupted",
+    "FitWarning",
     "fit",
     "register_method",
     "get_method",
@@ -76,6 +79,14 @@ __all__ = [
 
 #: Default number of clusters per compiled call when building a posterior.
 POSTERIOR_CHUNK_SIZE = 4096
+#: A loss this many times max(1, |reference|) above the reference (the initial loss, or a Gaussian that
+#: ignores the features if that is larger) is an explosion, even when it stays finite.
+DIVERGENCE_FACTOR = 1e3
+#: A fit whose best held-out loss is not this much (nats per cluster) below that of a Gaussian that ignores
+#: the features has learned nothing worth using: it gets a :class:`FitWarning`.
+MIN_IMPROVEMENT = 0.05
+#: Fraction of the grid at each end where a posterior's peak counts as "on the edge" (beyond the grid).
+EDGE_FRACTION = 0.02
 
 
 # ---------------------------------------------------------------------------------------------- protocol
@@ -249,11 +260,34 @@ def _mixture_params(fn, batch_shape):
 
 # ---------------------------------------------------------------------------------------------- data
 class FitDivergedError(FloatingPointError):
-    """Training produced a non-finite loss. ``error.fit`` holds a :class:`Fit` with the last finite state."""
+    """Training diverged: a non-finite loss, or one that exploded past ``divergence_factor`` times the
+    initial loss. ``error.fit`` holds a :class:`Fit` with the last state whose loss was acceptable."""
 
     def __init__(self, message: str, fit: "Fit | None" = None):
         super().__init__(message)
         self.fit = fit
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C). ``error.fit`` holds a :class:`Fit` with the best state so far.
+
+    It is a ``KeyboardInterrupt``, so a script still stops; in a notebook, recover the fit with
+    ``import sys; f = sys.last_value.fit``, or catch it::
+
+        try:
+            f = ncm.fit(est, train)
+        except ncm.FitInterrupted as stop:
+            f = stop.fit
+    """
+
+    def __init__(self, message: str, fit: "Fit | None" = None):
+        super().__init__(message)
+        self.fit = fit
+
+
+class FitWarning(UserWarning):
+    """A fit or posterior that returned but may be wrong: no better than ignoring the features, a grid
+    that does not cover the training masses, posteriors piled on the grid's edge."""
 
 
 def _as_xy(data, feature_names, where: str):
@@ -492,9 +526,11 @@ class Fit:
             epis.append(np.asarray(epi[:k]))
             if keep_draws:
                 dls.append(dl[:, :k])
+        log_density = jnp.concatenate(lds) if lds else jnp.zeros((0, grid.size))
+        self._check_grid_use(grid, log_density)
         return MassPosterior(
             grid,
-            jnp.concatenate(lds) if lds else jnp.zeros((0, grid.size)),
+            log_density,
             np.concatenate(ales) if ales else np.zeros(0),
             np.concatenate(epis) if epis else np.zeros(0),
             training_log_mass=self.training_log_mass,
@@ -502,6 +538,32 @@ class Fit:
             meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws},
             source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
         )
+
+    def _check_grid_use(self, grid: np.ndarray, log_density: jax.Array) -> None:
+        """Warn (:class:`FitWarning`) when the grid cuts off the training masses or posteriors peak on its edges."""
+        lo, hi = float(np.min(self.training_log_mass)), float(np.max(self.training_log_mass))
+        tol = 0.5 * float(grid[1] - grid[0]) if grid.size > 1 else 0.0
+        if grid[0] > lo + tol or grid[-1] < hi - tol:
+            warnings.warn(
+                f"the posterior grid [{grid[0]:.3f}, {grid[-1]:.3f}] does not cover the training masses "
+                f"[{lo:.3f}, {hi:.3f}]: densities are cut off at the grid's edge, and a mode or quantile there "
+                f"means 'beyond the grid', not a mass. Use the default grid or widen it.",
+                FitWarning, stacklevel=3,
+            )
+        n = int(log_density.shape[0])
+        if n == 0:
+            return
+        k = max(1, int(round(EDGE_FRACTION * grid.size)))
+        peak = np.asarray(jnp.argmax(log_density, axis=-1))
+        piled = (peak < k) | (peak >= grid.size - k)
+        if piled.any():
+            warnings.warn(
+                f"{int(piled.sum())} of {n} posteriors peak in the outer {EDGE_FRACTION:.0%} of the grid "
+                f"[{grid[0]:.3f}, {grid[-1]:.3f}] (first rows: {np.flatnonzero(piled)[:5].tolist()}): those "
+                f"clusters lie outside the grid or the training range, or the fit diverged; their modes and "
+                f"intervals are the grid's edge, not masses.",
+                FitWarning, stacklevel=3,
+            )
 
     def predict(self, data) -> np.ndarray:
         """Posterior mean of log10 M per cluster (shorthand for ``fit.posterior(data).mean()``)."""
@@ -535,6 +597,7 @@ def fit(
     progress_bar: bool = True,
     grid=None,
     grid_size: int = DEFAULT_GRID_SIZE,
+    divergence_factor: float | None = DIVERGENCE_FACTOR,
     **method_options,
 ) -> Fit:
     """Train ``estimator`` on ``data`` with the inference ``method``; return a :class:`Fit`.
@@ -566,6 +629,11 @@ def fit(
         Show a tqdm bar with the losses.
     grid, grid_size
         Default grid of posteriors (default: training range with a margin, ``grid_size`` points).
+    divergence_factor : float or None
+        A per-datum loss above ``ref + divergence_factor * max(1, |ref|)``, with ``ref`` the initial loss
+        (or that of a Gaussian ignoring the features, if larger), stops training with
+        :class:`FitDivergedError` although it is finite (a learning rate far too high drives an MDN's loss
+        to 1e15 without a NaN). None: only non-finite losses count.
     **method_options
         Passed to the method factory (for ``"map"``: ``learning_rate``, ``schedule``, ``warmup_steps``, ...).
 
@@ -580,7 +648,15 @@ def fit(
     ValueError
         Unknown method (the message lists the registered ones) or bad settings.
     FitDivergedError
-        A non-finite loss; ``error.fit`` holds the fit at the last finite state.
+        A non-finite or exploding loss; ``error.fit`` holds the fit at the last acceptable state.
+    FitInterrupted
+        Ctrl-C during training (a ``KeyboardInterrupt``); ``error.fit`` holds the fit at the best state so far.
+
+    Warns
+    -----
+    FitWarning
+        The best held-out loss is not :data:`MIN_IMPROVEMENT` below that of a Gaussian ignoring the features
+        (e.g. an MSE net collapsed to one mass for every cluster).
     """
     t_start = time.perf_counter()
     est = as_estimator(estimator)
@@ -593,12 +669,14 @@ def fit(
         raise CatalogError(f"fit: need at least 2 training rows; got {n}")
     if int(batch_size) < 1 or int(num_epochs) < 1:
         raise ValueError(f"batch_size and num_epochs must be >= 1; got {batch_size}, {num_epochs}")
+    if divergence_factor is not None and not (math.isfinite(divergence_factor) and divergence_factor > 0):
+        raise ValueError(f"divergence_factor must be a positive number or None; got {divergence_factor}")
 
     is_val = _validation_split(n, float(validation_fraction), groups, seed)
     if is_val.all() or (~is_val).sum() < 2:
         raise ValueError(f"validation_fraction={validation_fraction} leaves no training rows")
     x_tr, y_tr = x[~is_val], y[~is_val]
-    x_scaler = StandardScaler.fit(x_tr)
+    x_scaler = StandardScaler.fit(x_tr, names)
     y_scaler = StandardScaler.fit(y_tr)
     x_train = jnp.asarray(x_scaler.transform(x_tr), jnp.float32)
     y_train = jnp.asarray(y_scaler.transform(y_tr), jnp.float32)
@@ -645,7 +723,7 @@ def fit(
         return make_fit(res.state, history, dict(res.info))
 
     return _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
-                         progress_bar, make_fit, f"{method} {est.name}")
+                         progress_bar, make_fit, f"{method} {est.name}", divergence_factor)
 
 
 class _Compiled:
@@ -681,6 +759,8 @@ class _Compiled:
             return state, jnp.mean(losses) / n, evaluate(state, x_check, y_check)
 
         self.epoch = jax.jit(epoch) if impl.step is not None else None
+        # the initial loss, the reference of the explosion check (not counted in ``traces``: one call a fit)
+        self.initial_loss = jax.jit(impl.evaluate) if impl.evaluate is not None else None
 
 
 class _LRU:
@@ -719,9 +799,16 @@ def _cache_key(est, method, options, plan):
         return None
 
 
+def _gaussian_baseline_loss(y_std) -> float:
+    """Per-datum negative log likelihood of standardised targets under N(0, 1): a model ignoring the features."""
+    y = np.asarray(jax.device_get(y_std), dtype=np.float64)
+    return float(0.5 * math.log(2 * math.pi) + 0.5 * np.mean(y**2))
+
+
 def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
-                  progress_bar, make_fit, desc):
-    """Whole epochs as one jit-compiled ``lax.scan``; early stopping, divergence check, progress bar."""
+                  progress_bar, make_fit, desc, divergence_factor=DIVERGENCE_FACTOR):
+    """Whole epochs as one jit-compiled ``lax.scan``; early stopping, divergence and explosion checks,
+    Ctrl-C handling, progress bar."""
     from tqdm.auto import tqdm
 
     impl = compiled.impl
@@ -739,11 +826,16 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
     best = (math.inf, state, -1)
     wait = 0
     stopped_early = False
+    baseline = _gaussian_baseline_loss(y_check)
+    initial = float(compiled.initial_loss(state, x_check, y_check)) if compiled.initial_loss else math.nan
+    ref = max(initial, baseline) if math.isfinite(initial) else baseline
+    limit = math.inf if divergence_factor is None else ref + divergence_factor * max(1.0, abs(ref))
 
     def hist():
         return {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
 
     bar = tqdm(range(plan.num_epochs), desc=desc, unit="epoch", disable=not progress_bar, leave=False)
+    ep = 0
     try:
         for ep in bar:
             t0 = time.perf_counter()
@@ -754,16 +846,21 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
             history["epoch_time"].append(time.perf_counter() - t0)
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss if has_val else math.nan)
-            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                what = "training" if not math.isfinite(train_loss) else "validation"
+            finite = math.isfinite(train_loss) and math.isfinite(val_loss)
+            if not finite or max(train_loss, val_loss) > limit:
+                what = "training" if not math.isfinite(train_loss) or train_loss > limit else "validation"
                 bad = train_loss if what == "training" else val_loss
                 kept = "the initial parameters" if ep == 0 else f"the parameters after epoch {ep - 1}"
                 err_fit = make_fit(state, hist(), dict(epochs_run=ep, best_epoch=ep - 1, diverged_at_epoch=ep,
                                                        stopped_early=False, traces=traces(),
-                                                       best_val_loss=best[0] if has_val else None))
+                                                       best_val_loss=best[0] if has_val else None,
+                                                       initial_loss=initial))
+                how = ("non-finite" if not finite else
+                       f"exploding (above {limit:.4g} = {ref:.4g} + divergence_factor {divergence_factor:g} x "
+                       f"max(1, |{ref:.4g}|), the initial loss per datum)")
                 raise FitDivergedError(
-                    f"non-finite {what} loss ({bad}) in epoch {ep}: training stopped (diverged). The last finite "
-                    f"state, {kept}, is kept in error.fit. Lower the learning rate, clip gradients "
+                    f"{how} {what} loss ({bad:.4g}) in epoch {ep}: training stopped (diverged). The last "
+                    f"acceptable state, {kept}, is kept in error.fit. Lower the learning rate, clip gradients "
                     f"(clip_norm=...) or check the inputs.",
                     fit=err_fit,
                 )
@@ -780,11 +877,36 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
                 if has_val and patience is not None and wait >= patience:
                     stopped_early = True
                     break
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, FitInterrupted):
+            raise
+        epochs_run = min(len(v) for v in history.values())  # an epoch counts once all its entries are in
+        history = {k: v[:epochs_run] for k, v in history.items()}
+        final_state = best[1] if has_val and best[2] >= 0 else state
+        kept = (f"the best state (epoch {best[2]}, validation loss {best[0]:.4f})" if has_val and best[2] >= 0
+                else ("the initial parameters" if epochs_run == 0 else f"the state after epoch {epochs_run - 1}"))
+        err_fit = make_fit(final_state, hist(), dict(
+            epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=False,
+            interrupted=True, best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial))
+        raise FitInterrupted(
+            f"training interrupted in epoch {ep} after {epochs_run} complete epochs; {kept} is kept in "
+            f"error.fit (in a notebook: sys.last_value.fit)", fit=err_fit) from None
     finally:
         bar.close()
     epochs_run = len(history["train_loss"])
     final_state = best[1] if has_val else state
+    best_loss = best[0] if has_val else history["train_loss"][-1]
+    if best_loss > baseline - MIN_IMPROVEMENT:
+        warnings.warn(
+            f"the fit's best {'validation' if has_val else 'training'} loss, {best_loss:.4f} per cluster, is not "
+            f"{MIN_IMPROVEMENT} below {baseline:.4f}, that of a Gaussian ignoring the features (initial loss "
+            f"{initial:.4f}{'; training made it worse' if best_loss > initial else ''}): the network has learned "
+            f"next to nothing (a collapsed or untrained fit gives every cluster about the same mass). Lower the "
+            f"learning rate, train longer, or check the features.",
+            FitWarning, stacklevel=3,
+        )
     return make_fit(final_state, hist(), dict(
         epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=stopped_early,
-        best_val_loss=best[0] if has_val else None, traces=traces(),
+        best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial,
+        baseline_loss=baseline,
     ))
