@@ -30,6 +30,7 @@ from numpyro_clustermass import (
     simulate,
 )
 from numpyro_clustermass.catalog import Catalog, CatalogError, read_catalog, write_catalog
+from numpyro_clustermass.diagnostics import ConvergenceError, ConvergenceWarning
 from numpyro_clustermass.estimators import MDN, MSE, ModelEstimator
 from numpyro_clustermass.inference import (
     Fit,
@@ -51,6 +52,8 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "Fit",
+    "ConvergenceError",
+    "ConvergenceWarning",
     "FitDivergedError",
     "FitInterrupted",
     "FitWarning",

@@ -27,12 +27,79 @@ from typing import Any, Mapping
 import numpy as np
 
 __all__ = [
+    "ConvergenceWarning",
+    "ConvergenceError",
+    "convergence_problems",
     "arviz_major_version",
     "sanitize_name",
     "to_arviz",
     "function_space_convergence",
     "compare_posteriors",
 ]
+
+
+class ConvergenceWarning(UserWarning):
+    """An MCMC run whose draws may not represent the posterior: function-space R-hat above the threshold,
+    divergent transitions, or a low effective sample size. The message gives the numbers and the fix.
+
+    Make it an error for one run with ``fit(..., method="nuts", on_convergence="raise")``, or everywhere with
+    ``warnings.simplefilter("error", ConvergenceWarning)``.
+    """
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of :class:`ConvergenceWarning` when a method is asked to (``on_convergence="raise"``).
+
+    Attributes
+    ----------
+    problems : list of str
+        One line per problem found (R-hat, divergences, ESS), with the numbers.
+    state : object
+        The method's final state (for NUTS an ``MCMCState`` with every draw), kept so that nothing is lost.
+    info : dict
+        The run's facts and diagnostics (``info["function_space"]``, ``num_divergent``, ...).
+    fit : Fit or None
+        The complete :class:`~numpyro_clustermass.inference.Fit`, where the caller could build one.
+    """
+
+    def __init__(self, message: str, problems=(), state=None, info=None, fit=None):
+        super().__init__(message)
+        self.problems = list(problems)
+        self.state = state
+        self.info = info
+        self.fit = fit
+
+
+def convergence_problems(
+    max_rhat: float | None,
+    rhat_threshold: float,
+    num_divergent: int,
+    num_draws: int,
+    min_ess_bulk: float | None,
+    min_ess: float,
+) -> list[str]:
+    """What is wrong with an MCMC run, one line per problem with its numbers (empty: nothing found).
+
+    ``max_rhat``/``min_ess_bulk`` None means they were not computed (one chain); NaN R-hat (chains that never
+    moved) counts as a problem.
+
+    >>> convergence_problems(1.3, 1.05, 2, 400, 35.0, 200)  # doctest: +NORMALIZE_WHITESPACE
+    ['function-space R-hat 1.300 is above the threshold 1.05 (the chains disagree)',
+     '2 divergent transitions of 400 draws (0.5%)',
+     'minimum bulk ESS 35 is below 200']
+    >>> convergence_problems(1.002, 1.05, 0, 400, 390.0, 200)
+    []
+    """
+    problems = []
+    if max_rhat is not None and not max_rhat < rhat_threshold:
+        why = "the chains disagree" if np.isfinite(max_rhat) else "the draws do not vary: the chains never moved"
+        problems.append(f"function-space R-hat {max_rhat:.3f} is above the threshold {rhat_threshold:g} ({why})")
+    if num_divergent > 0:
+        problems.append(f"{int(num_divergent)} divergent transitions of {int(num_draws)} draws "
+                        f"({100.0 * num_divergent / max(num_draws, 1):.1f}%)")
+    if min_ess_bulk is not None and not min_ess_bulk >= min_ess:
+        problems.append(f"minimum bulk ESS {min_ess_bulk:.0f} is below {min_ess:g}")
+    return problems
 
 
 def _az():

@@ -371,3 +371,194 @@ def test_laplace_refuses_a_huge_dense_hessian(xy):
     with pytest.raises(ValueError, match="max_params"):
         fit(_est(), xy, method="laplace", bayesian_layers="all", max_params=20, map_options={"num_epochs": 1},
             **SMALL)
+
+
+# ------------------------------------------------------------------------------------ bad options: errors at fit time
+@pytest.fixture
+def no_training(monkeypatch):
+    """Make any training or sampling fail loudly: an option error must come before either."""
+    import numpyro_clustermass.inference._bayes as bayes
+    import numpyro_clustermass.inference.laplace as laplace
+    import numpyro_clustermass.inference.nuts as nuts
+
+    def must_not_run(*a, **k):
+        raise AssertionError("training or sampling started before the options were checked")
+
+    for mod in (bayes, nuts, laplace):
+        monkeypatch.setattr(mod, "map_params_from", must_not_run)
+    monkeypatch.setattr(nuts, "MCMC", must_not_run)
+    monkeypatch.setattr(bayes, "drive_epochs", must_not_run)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("num_chains", 1.5, r"num_chains must be an integer >= 1 \(2 or more for R-hat\); got 1\.5"),
+    ("num_chains", 0, r"num_chains must be an integer >= 1 .*got 0"),
+    ("num_chains", True, r"num_chains must be an integer >= 1 .*got True"),
+    ("num_warmup", -1, r"num_warmup must be an integer >= 0; got -1"),
+    ("num_warmup", 10.5, r"num_warmup must be an integer >= 0; got 10\.5"),
+    ("num_samples", 0, r"num_samples must be an integer >= 1; got 0"),
+    ("num_samples", -5, r"num_samples must be an integer >= 1; got -5"),
+    ("num_samples", 2.5, r"num_samples must be an integer >= 1; got 2\.5"),
+    ("target_accept_prob", 1.5, r"target_accept_prob must be a finite number in \(0, 1\) .*; got 1\.5"),
+    ("target_accept_prob", 0.0, r"target_accept_prob must be a finite number in \(0, 1\) .*; got 0\.0"),
+    ("target_accept_prob", float("nan"), r"target_accept_prob must be a finite number in \(0, 1\) .*; got nan"),
+    ("max_tree_depth", 0, r"max_tree_depth must be an integer in \[1, 30\] .*2\*\*max_tree_depth.*; got 0"),
+    ("max_tree_depth", 2.5, r"max_tree_depth must be an integer in \[1, 30\] .*; got 2\.5"),
+    ("num_draws", 0, r"num_draws must be an integer >= 1; got 0"),
+    ("rhat_threshold", 0.99, r"rhat_threshold must be a finite number > 1 .*; got 0\.99"),
+    ("min_ess", -1.0, r"min_ess must be a finite number > 0; got -1\.0"),
+    ("on_convergence", "ignore", r"on_convergence must be 'warn' or 'raise'; got 'ignore'"),
+    ("init", "net", r"init must be 'map' or a MAP Fit of the same data; got 'net'"),
+    ("dense_mass", "yes", r"dense_mass must be True or False; got 'yes'"),
+])
+def test_nuts_bad_options_fail_at_fit_time(xy, no_training, option, value, message):
+    with pytest.raises(ValueError, match=r"method 'nuts': " + message):
+        fit(_est(), xy, method="nuts", **{option: value}, **SMALL)
+
+
+def test_nuts_raise_on_convergence_needs_two_chains_and_map_options_are_checked(xy, no_training):
+    with pytest.raises(ValueError, match=r"on_convergence='raise' needs num_chains >= 2 .*got num_chains=1"):
+        fit(_est(), xy, method="nuts", num_chains=1, on_convergence="raise", **SMALL)
+    with pytest.raises(TypeError, match=r"method 'nuts': unknown map_options key\(s\) \['num_epoch'\]"):
+        fit(_est(), xy, method="nuts", map_options={"num_epoch": 5}, **SMALL)
+    with pytest.raises(ValueError, match=r"map_options\['num_epochs'\] must be an integer >= 1; got 0"):
+        fit(_est(), xy, method="nuts", map_options={"num_epochs": 0}, **SMALL)
+    with pytest.raises(TypeError, match=r"map_options must be a dict"):
+        fit(_est(), xy, method="laplace", map_options=5, **SMALL)
+
+
+@pytest.mark.parametrize("method", ["bbb", "mc_dropout", "laplace", "nuts"])
+@pytest.mark.parametrize("value", [0, -1, 2.5])
+def test_num_draws_is_checked_at_fit_time_for_every_method(xy, no_training, method, value):
+    with pytest.raises(ValueError, match=rf"method '{method}': num_draws must be an integer >= 1.*; got {value}"):
+        fit(_est(), xy, method=method, num_draws=value, **SMALL)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5])
+def test_ensemble_num_members_must_be_a_positive_integer(xy, no_training, value):
+    with pytest.raises(ValueError, match=rf"method 'ensemble': num_members must be an integer >= 1 .*; got {value}"):
+        fit(_est(), xy, method="ensemble", num_members=value, **SMALL)
+
+
+def test_ensemble_and_mc_dropout_name_an_unknown_option(xy, no_training):
+    with pytest.raises(TypeError, match=r"method 'ensemble': unknown option\(s\) \['num_draws'\]; an ensemble's draws "
+                                        r"are its members: set num_members"):
+        fit(_est(), xy, method="ensemble", num_draws=10, **SMALL)
+    with pytest.raises(TypeError, match=r"method 'mc_dropout': unknown option\(s\) \['learning_rat'\].*learning_rate"):
+        fit(_est(), xy, method="mc_dropout", learning_rat=1e-3, **SMALL)
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("bbb", {"num_particles": 0}, r"method 'bbb': num_particles must be an integer >= 1; got 0"),
+    ("bbb", {"eval_particles": 1.5}, r"method 'bbb': eval_particles must be an integer >= 1; got 1\.5"),
+    ("bbb", {"init_scale": float("inf")}, r"method 'bbb': init_scale must be a finite number > 0 .*; got inf"),
+    ("bbb", {"init": "mpa"}, r"method 'bbb': init must be 'net', 'map' or a MAP Fit .*; got 'mpa'"),
+    ("laplace", {"init": "net"}, r"method 'laplace': init must be 'map' or a MAP Fit .*; got 'net'"),
+    ("laplace", {"eigenvalue_floor": 0.0}, r"method 'laplace': eigenvalue_floor must be a finite number in \(0, 1\)"),
+    ("laplace", {"max_params": 0}, r"method 'laplace': max_params must be an integer >= 1; got 0"),
+    ("ensemble", {"learning_rate": float("inf")}, r"learning_rate must be a finite number > 0 .*; got inf"),
+    ("ensemble", {"final_lr_fraction": 2.0}, r"final_lr_fraction must be a finite number in \[0, 1\] .*; got 2\.0"),
+    ("mc_dropout", {"weight_decay": -1e-4}, r"weight_decay must be a finite number >= 0 .*; got -0\.0001"),
+    ("mc_dropout", {"clip_norm": 0.0}, r"clip_norm must be a finite number > 0 or None; got 0\.0"),
+    ("mc_dropout", {"warmup_steps": -3}, r"warmup_steps must be an integer >= 0 or None; got -3"),
+])
+def test_other_bad_method_options_fail_at_fit_time(xy, no_training, method, options, message):
+    with pytest.raises(ValueError, match=message):
+        fit(_est(), xy, method=method, **options, **SMALL)
+
+
+# ------------------------------------------------------------------------------------ early stopping facts
+def test_ensemble_that_runs_every_epoch_did_not_stop_early(xy):
+    """Patience running out on the last planned epoch stops nothing: stopped_early means fewer epochs ran."""
+    f = fit(_est(), xy, method="ensemble", num_members=2, num_epochs=4, patience=3, min_delta=10.0,
+            batch_size=256, progress_bar=False)
+    assert f.info["epochs_run"] == 4 and f.info["stopped_early"] is False
+    g = fit(_est(), xy, method="ensemble", num_members=2, num_epochs=6, patience=2, min_delta=10.0,
+            batch_size=256, progress_bar=False)
+    assert g.info["epochs_run"] == 3 and g.info["stopped_early"] is True
+
+
+def test_internal_epoch_driver_reports_stopped_early_only_when_epochs_were_left(xy):
+    """The driver the Bayesian methods run their own epochs with (bbb init="map", the internal MAP fit)."""
+    from numpyro_clustermass.inference import TrainingData
+    from numpyro_clustermass.inference._bayes import drive_epochs
+
+    x = jnp.asarray((xy[0] - xy[0].mean(0)) / xy[0].std(0), jnp.float32)
+    y = jnp.asarray((xy[1] - xy[1].mean()) / xy[1].std(), jnp.float32)
+    data = TrainingData(x[:500], y[:500], x[500:], y[500:])
+    plan = TrainingPlan(num_data=500, batch_size=250, steps_per_epoch=2, num_epochs=4, num_features=2)
+    model = ncm.inference.standardize_model(_est().model)
+    impl = get_method("map")(model, plan)
+    _, hist, info = drive_epochs(model, impl, plan, jax.random.key(0), data, 3, 10.0, False, "test")
+    assert info["epochs_run"] == 4 and info["stopped_early"] is False
+    _, hist, info = drive_epochs(model, impl, plan, jax.random.key(0), data, 2, 10.0, False, "test")
+    assert info["epochs_run"] == 3 and info["stopped_early"] is True
+
+
+# ------------------------------------------------------------------------------------ NUTS that may be wrong says so
+def _linear_est():
+    return ModelEstimator(_linear_model, feature_names=("a", "b"))
+
+
+LINEAR_NUTS = dict(validation_fraction=0.2, num_epochs=5, batch_size=64, progress_bar=False)
+
+
+def test_nuts_divergent_unmoving_chains_raise_with_state_and_info():
+    """No warm-up: NUTS keeps its initial unit step, 25 times the posterior width, so every transition diverges
+    and the chains never leave their start (R-hat NaN, every draw divergent)."""
+    from numpyro_clustermass.diagnostics import ConvergenceError
+
+    x, y = _linear_data()
+    with pytest.raises(ConvergenceError, match=r"R-hat nan is above the threshold 1\.05 \(the draws do not vary.*"
+                                               r"40 divergent transitions of 40 draws \(100\.0%\).*"
+                                               r"raise target_accept_prob \(now 0\.8\) toward 0\.95") as exc:
+        fit(_linear_est(), (x, y), method="nuts", mass_matrix="adapt", num_warmup=0, num_samples=20,
+            on_convergence="raise", **LINEAR_NUTS)
+    err = exc.value
+    assert err.info["num_divergent"] == 40 and err.info["converged"] is False
+    assert err.state.samples["w"].shape == (2, 20, 2)  # the draws are kept
+    assert len(err.problems) == 3
+    assert err.fit is not None and err.fit.method == "nuts"  # fit() hands back the unconverged fit too
+    assert err.fit.state.samples["w"].shape == (2, 20, 2)
+
+
+def test_nuts_unconverged_chains_warn_with_rhat_and_ess():
+    """Five warm-up steps of one leapfrog step each, from an untrained start: the chains are still drifting."""
+    from numpyro_clustermass.diagnostics import ConvergenceWarning
+
+    x, y = _linear_data()
+    with pytest.warns(ConvergenceWarning) as rec:
+        f = fit(_linear_est(), (x, y), method="nuts", mass_matrix="adapt", num_warmup=5, num_samples=20,
+                max_tree_depth=1, map_options={"num_epochs": 1, "learning_rate": 1e-6}, **LINEAR_NUTS)
+    (w,) = [r for r in rec if issubclass(r.category, ConvergenceWarning)]
+    fs = f.info["function_space"]
+    assert fs["max_rhat"] > 1.1 and fs["min_ess_bulk"] < 50 and not f.info["converged"]
+    msg = str(w.message)
+    assert f"function-space R-hat {fs['max_rhat']:.3f} is above the threshold 1.05 (the chains disagree)" in msg
+    assert f"minimum bulk ESS {fs['min_ess_bulk']:.0f} is below 200" in msg
+    assert "run longer (num_warmup=5, num_samples=20 per chain now)" in msg and "on_convergence='raise'" in msg
+    assert w.filename == __file__  # points at the caller's fit(...) line
+    assert f.info["convergence_problems"] and f.info["min_ess"] == 200
+
+
+def test_nuts_one_chain_warns_that_convergence_was_not_checked():
+    from numpyro_clustermass.diagnostics import ConvergenceWarning
+
+    x, y = _linear_data()
+    with pytest.warns(ConvergenceWarning, match=r"convergence was not checked: R-hat needs at least 2 chains "
+                                                r"\(num_chains=1\).*use num_chains >= 2"):
+        fit(_linear_est(), (x, y), method="nuts", num_chains=1, num_warmup=50, num_samples=50, **LINEAR_NUTS)
+
+
+def test_nuts_converged_run_gives_no_warning():
+    import warnings
+
+    from numpyro_clustermass.diagnostics import ConvergenceWarning
+
+    x, y = _linear_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        f = fit(_linear_est(), (x, y), method="nuts", num_warmup=100, num_samples=300, on_convergence="raise",
+                **LINEAR_NUTS)
+    assert f.info["converged"] and f.info["num_divergent"] == 0 and f.info["convergence_problems"] == []
+    assert f.info["function_space"]["min_ess_bulk"] >= 200

@@ -35,3 +35,21 @@ def test_to_arviz_renames_flax_paths_for_both_arviz_generations():
     assert "nn_params.Dense_0.kernel" in post.data_vars
     ll = obj["log_likelihood"] if arviz_major_version() >= 1 else obj.log_likelihood
     assert ll["obs"].dims == ("chain", "draw", "cluster")
+
+
+def test_convergence_problems_name_each_problem_with_its_numbers():
+    from numpyro_clustermass.diagnostics import ConvergenceError, ConvergenceWarning, convergence_problems
+
+    assert issubclass(ConvergenceWarning, UserWarning)
+    assert convergence_problems(1.01, 1.05, 0, 600, 450.0, 200) == []
+    assert convergence_problems(None, 1.05, 0, 300, None, 100) == []  # one chain: R-hat and ESS not computed
+    p = convergence_problems(1.234, 1.05, 3, 600, 87.4, 200)
+    assert p == ["function-space R-hat 1.234 is above the threshold 1.05 (the chains disagree)",
+                 "3 divergent transitions of 600 draws (0.5%)",
+                 "minimum bulk ESS 87 is below 200"]
+    # R-hat exactly at the threshold is not below it; NaN (chains that never moved) is a problem too
+    assert len(convergence_problems(1.05, 1.05, 0, 10, 500.0, 200)) == 1
+    (nan_rhat, nan_ess) = convergence_problems(float("nan"), 1.05, 0, 10, float("nan"), 200)
+    assert "R-hat nan" in nan_rhat and "never moved" in nan_rhat and "ESS nan" in nan_ess
+    err = ConvergenceError("msg", p, state="s", info={"converged": False})
+    assert err.problems == p and err.state == "s" and err.info == {"converged": False} and err.fit is None

@@ -306,6 +306,12 @@ def test_ctrl_c_hands_back_the_best_state(small_fit, monkeypatch):
     assert f.posterior(x[:5]).mean().shape == (5,)
 
 
+@pytest.mark.parametrize("num_draws", [0, -1, 1.5, True])
+def test_posterior_num_draws_must_be_a_positive_integer(small_fit, num_draws):
+    with pytest.raises(ValueError, match=r"num_draws must be an integer >= 1"):
+        small_fit[0].posterior(small_fit[1][0][:5], num_draws=num_draws)
+
+
 def test_posterior_warns_on_a_grid_that_cuts_off_the_training_masses(small_fit):
     f, (x, y, _) = small_fit
     with pytest.warns(FitWarning) as record:

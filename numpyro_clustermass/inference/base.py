@@ -499,9 +499,11 @@ class Fit:
         """
         x = self.features(data)
         grid = self.grid if grid is None else _check_grid(grid)
-        num_draws = self._method.num_draws if num_draws is None else int(num_draws)
-        if num_draws < 1:
-            raise ValueError(f"num_draws must be >= 1; got {num_draws}")
+        if num_draws is None:
+            num_draws = self._method.num_draws
+        elif isinstance(num_draws, (bool, np.bool_)) or not float(num_draws).is_integer() or num_draws < 1:
+            raise ValueError(f"num_draws must be an integer >= 1 (predictive draws); got {num_draws!r}")
+        num_draws = int(num_draws)
         key = jax.random.key(self.seed if seed is None else seed)
         k_draws, k_pred = jax.random.split(key)
         draws = self._method.sample(k_draws, self.state, num_draws)
@@ -718,7 +720,14 @@ def fit(
         )
 
     if impl.run is not None:
-        res = impl.run(k_init, TrainingData(x_train, y_train, x_val, y_val), plan, progress_bar)
+        from numpyro_clustermass.diagnostics import ConvergenceError
+
+        try:
+            res = impl.run(k_init, TrainingData(x_train, y_train, x_val, y_val), plan, progress_bar)
+        except ConvergenceError as err:
+            if err.fit is None and err.state is not None:  # hand back everything that was computed
+                err.fit = make_fit(err.state, {}, dict(err.info or {}))
+            raise
         history = {k: np.asarray(v) for k, v in res.history.items()}
         return make_fit(res.state, history, dict(res.info))
 
@@ -875,7 +884,7 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
                 if val_loss < best[0]:
                     best = (val_loss, state, ep)
                 if has_val and patience is not None and wait >= patience:
-                    stopped_early = True
+                    stopped_early = ep < plan.num_epochs - 1  # patience ran out with epochs left
                     break
     except KeyboardInterrupt as exc:
         if isinstance(exc, FitInterrupted):

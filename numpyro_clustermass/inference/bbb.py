@@ -26,8 +26,8 @@ Example
 >>> from numpyro_clustermass.inference import fit
 >>> rng = np.random.default_rng(0)
 >>> y = rng.uniform(13.5, 15.0, 800); x = y[:, None] + 0.1 * rng.normal(size=(800, 3))
->>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="bbb", num_epochs=5,
-...         weight_prior=dist.Normal(0, 1), progress_bar=False)
+>>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="bbb", num_epochs=50,
+...         batch_size=128, weight_prior=dist.Normal(0, 1), progress_bar=False)
 >>> post = f.posterior(x[:20])
 >>> bool((post.epistemic_variance > 0).all())
 True
@@ -57,6 +57,9 @@ from numpyro.optim import optax_to_numpyro
 
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
+    check_float,
+    check_int,
+    check_map_options,
     copy_tree,
     det_model_of,
     drive_epochs,
@@ -222,9 +225,9 @@ def bbb_method(
     init_scale : float
         Initial guide standard deviation of every weight.
     num_draws : int
-        Default number of weight draws per posterior.
+        Default number of weight draws per posterior (>= 1).
     num_particles : int
-        Monte Carlo samples of the likelihood term per step.
+        Monte Carlo samples of the likelihood term per step (>= 1).
     eval_particles : int
         Samples of the held-out ELBO used for early stopping.
     learning_rate, schedule, warmup_steps, final_lr_fraction, clip_norm
@@ -239,10 +242,17 @@ def bbb_method(
     -------
     InferenceMethod
     """
-    if not init_scale > 0:
-        raise ValueError(f"init_scale must be > 0; got {init_scale}")
-    if isinstance(init, str) and init not in ("net", "map"):
-        raise ValueError(f"init must be 'net', 'map' or a MAP Fit; got {init!r}")
+    m = "bbb"
+    init_scale = check_float(m, "init_scale", init_scale, 0, low_open=True, hint=" (default 0.01)")
+    num_draws = check_int(m, "num_draws", num_draws, 1)
+    num_particles = check_int(m, "num_particles", num_particles, 1)
+    eval_particles = check_int(m, "eval_particles", eval_particles, 1)
+    if patience is not None:
+        patience = check_int(m, "patience", patience, 0)
+    min_delta = check_float(m, "min_delta", min_delta, 0)
+    map_options = check_map_options(m, map_options)
+    if not isinstance(init, Fit) and not (isinstance(init, str) and init in ("net", "map")):
+        raise ValueError(f"method 'bbb': init must be 'net', 'map' or a MAP Fit of the same data; got {init!r}")
     twin, is_twin = bayesian_model(model, weight_prior, bayesian_layers, "all", plan.num_features)
     sched = make_schedule(learning_rate, plan.num_steps, schedule, warmup_steps, final_lr_fraction)
     optim = optax_to_numpyro(make_optimizer(sched, clip_norm=clip_norm))

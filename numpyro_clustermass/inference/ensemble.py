@@ -18,7 +18,7 @@ Example
 >>> rng = np.random.default_rng(0)
 >>> y = rng.uniform(13.5, 15.0, 600); x = y[:, None] + 0.1 * rng.normal(size=(600, 3))
 >>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="ensemble", num_members=4,
-...         num_epochs=5, progress_bar=False)
+...         num_epochs=50, batch_size=128, progress_bar=False)
 >>> post = f.posterior(x[:10])
 >>> post.meta["num_draws"], bool((post.epistemic_variance > 0).all())
 (4, True)
@@ -36,6 +36,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from numpyro_clustermass.inference._bayes import check_int, check_map_passthrough
 from numpyro_clustermass.inference.base import InferenceMethod, TrainingPlan, get_method, register_method
 
 __all__ = ["ensemble_method", "DEFAULT_NUM_MEMBERS"]
@@ -53,14 +54,18 @@ def ensemble_method(model: Callable, plan: TrainingPlan, *, num_members: int = D
     model : callable
     plan : TrainingPlan
     num_members : int
-        Ensemble size K (>= 2 for an epistemic variance).
+        Ensemble size K, an integer >= 1 (>= 2 for an epistemic variance); an ensemble has no ``num_draws``:
+        its draws are its members.
     **map_options
         Options of the ``"map"`` method (``learning_rate``, ``schedule``, ``weight_decay``, ...), shared by
         all members.
     """
-    k = int(num_members)
-    if k < 1:
-        raise ValueError(f"num_members must be >= 1; got {num_members}")
+    k = check_int("ensemble", "num_members", num_members, 1,
+                  hint=" (the ensemble size; 2 or more for an epistemic variance)")
+    check_map_passthrough("ensemble", map_options, hints={
+        "num_draws": "an ensemble's draws are its members: set num_members",
+        "num_samples": "an ensemble's draws are its members: set num_members",
+    })
     base = get_method("map")(model, plan, **map_options)
 
     def init(rng_key, x, y):

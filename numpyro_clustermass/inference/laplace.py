@@ -22,8 +22,8 @@ Example
 >>> from numpyro_clustermass.inference import fit
 >>> rng = np.random.default_rng(0)
 >>> y = rng.uniform(13.5, 15.0, 600); x = y[:, None] + 0.1 * rng.normal(size=(600, 3))
->>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="laplace", num_epochs=20,
-...         progress_bar=False)
+>>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="laplace", num_epochs=50,
+...         batch_size=128, progress_bar=False)
 >>> f.info["num_latent"], bool((f.posterior(x[:10]).epistemic_variance > 0).all())
 (54, True)
 
@@ -50,6 +50,10 @@ from numpyro.infer.util import initialize_model
 
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
+    check_float,
+    check_init,
+    check_int,
+    check_map_options,
     map_params_from,
     net_site_values,
     point_params,
@@ -211,7 +215,7 @@ def laplace_method(
     map_options : dict, optional
         Options of the internal MAP fit (``num_epochs``, ``patience``, ``learning_rate``, ...).
     num_draws : int
-        Default number of weight draws per posterior.
+        Default number of weight draws per posterior (>= 1).
     refine_mode : bool
         Move from the MAP (maximum-likelihood) weights to the mode of the posterior with the prior (BFGS).
     max_iter : int
@@ -221,6 +225,14 @@ def laplace_method(
     max_params : int
         Refuse more Bayesian weights than this (dense Hessian); use ``bayesian_layers="last"``.
     """
+    m = "laplace"
+    num_draws = check_int(m, "num_draws", num_draws, 1)
+    max_iter = check_int(m, "max_iter", max_iter, 0)
+    max_params = check_int(m, "max_params", max_params, 1)
+    eigenvalue_floor = check_float(m, "eigenvalue_floor", eigenvalue_floor, 0, 1, low_open=True, high_open=True,
+                                   hint=" (relative to the largest Hessian eigenvalue; default 1e-10)")
+    check_init(m, init)
+    map_options = check_map_options(m, map_options)
     twin, _ = bayesian_model(model, weight_prior, bayesian_layers, "last", plan.num_features)
     box = {}
 

@@ -18,7 +18,7 @@ Example
 >>> rng = np.random.default_rng(0)
 >>> y = rng.uniform(13.5, 15.0, 800); x = y[:, None] + 0.1 * rng.normal(size=(800, 3))
 >>> f = fit(MDN(2, (16,), feature_names=("a", "b", "c")), (x, y), method="mc_dropout", dropout_rate=0.2,
-...         num_epochs=5, progress_bar=False)
+...         num_epochs=50, batch_size=128, progress_bar=False)
 >>> bool((f.posterior(x[:20], num_draws=50).epistemic_variance > 0).all())
 True
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Callable
 
 from numpyro_clustermass.bnn import is_package_model, with_dropout
-from numpyro_clustermass.inference._bayes import tile
+from numpyro_clustermass.inference._bayes import check_int, check_map_passthrough, tile
 from numpyro_clustermass.inference.base import InferenceMethod, TrainingPlan, get_method, register_method
 
 __all__ = ["mc_dropout_method", "DEFAULT_DROPOUT_RATE", "DEFAULT_NUM_DRAWS"]
@@ -65,11 +65,13 @@ def mc_dropout_method(
         Dropout probability after each hidden layer, in [0, 1). Default: the estimator's rate, or
         :data:`DEFAULT_DROPOUT_RATE` if that is 0.
     num_draws : int
-        Default number of dropout masks per posterior.
+        Default number of dropout masks per posterior (>= 1).
     **map_options
         Training options of the ``"map"`` method (``learning_rate``, ``schedule``, ``weight_decay``, ...).
         Gal & Ghahramani's prior length-scale corresponds to a weight decay.
     """
+    num_draws = check_int("mc_dropout", "num_draws", num_draws, 1, hint=" (dropout masks per posterior)")
+    check_map_passthrough("mc_dropout", map_options)
     if is_package_model(model):
         current = float(model.keywords["net"].dropout_rate)
         rate = (current if current > 0 else DEFAULT_DROPOUT_RATE) if dropout_rate is None else dropout_rate

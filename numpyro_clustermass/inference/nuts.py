@@ -29,7 +29,15 @@ What the method does, in order:
    figure is reported too, for comparison.
 
 ``fit.info`` holds ``function_space`` (``max_rhat``, ``min_ess_bulk``, ``min_ess_tail``, ...), ``converged``
-(max R-hat below ``rhat_threshold``), ``weight_space_max_rhat``, ``num_divergent`` and the sampler's timing.
+(max R-hat below ``rhat_threshold``), ``weight_space_max_rhat``, ``num_divergent``, ``convergence_problems`` and the
+sampler's timing.
+
+A run that may be wrong says so: a function-space R-hat at or above ``rhat_threshold``, any divergent transition,
+or a minimum bulk ESS below ``min_ess`` (default 100 per chain, Vehtari et al. 2021) issues a
+:class:`~numpyro_clustermass.diagnostics.ConvergenceWarning` with the numbers and the fix; with
+``on_convergence="raise"`` it is a :class:`~numpyro_clustermass.diagnostics.ConvergenceError` that keeps the draws
+(``error.state``) and the diagnostics (``error.info``). Every option is checked when ``fit`` is called, before any
+training or compilation.
 
 Example
 -------
@@ -55,6 +63,7 @@ localization: an improved R-hat. Bayesian Analysis 16, 667-718.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Callable, Mapping, NamedTuple
 
 import jax
@@ -66,10 +75,19 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import initialize_model
 
-from numpyro_clustermass.diagnostics import function_space_convergence
+from numpyro_clustermass.diagnostics import (
+    ConvergenceError,
+    ConvergenceWarning,
+    convergence_problems,
+    function_space_convergence,
+)
 from numpyro_clustermass.bnn import head_only_twin
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
+    check_float,
+    check_init,
+    check_int,
+    check_map_options,
     map_params_from,
     net_site_values,
     point_params,
@@ -87,13 +105,19 @@ from numpyro_clustermass.inference.base import (
 )
 from numpyro_clustermass.models import OBS_SITE
 
-__all__ = ["nuts_method", "MCMCState", "predictive_means", "DEFAULT_NUM_DRAWS", "RHAT_THRESHOLD"]
+__all__ = ["nuts_method", "MCMCState", "predictive_means", "DEFAULT_NUM_DRAWS", "RHAT_THRESHOLD",
+           "MIN_ESS_PER_CHAIN", "MAX_TREE_DEPTH"]
 
 #: Default number of posterior draws mixed per predictive (thinned from all chains).
 DEFAULT_NUM_DRAWS = 200
 #: Function-space split R-hat below which the chains count as converged (Vehtari et al. 2021 advise 1.01 for
 #: final results; the package's benchmark target is 1.05).
 RHAT_THRESHOLD = 1.05
+#: Minimum bulk ESS per chain below which the run gets a ConvergenceWarning (Vehtari et al. 2021 ask for 100 per
+#: chain before R-hat and quantiles are trusted).
+MIN_ESS_PER_CHAIN = 100
+#: Largest ``max_tree_depth`` accepted: a draw takes up to ``2**max_tree_depth`` leapfrog steps.
+MAX_TREE_DEPTH = 30
 #: Held-out clusters used for the function-space diagnostics (the first ones of the validation split).
 MAX_DIAGNOSTIC_CLUSTERS = 2000
 
@@ -157,6 +181,27 @@ def _fixed_trunk_problem(twin, fixed, x, num_features):
     return head_twin, {**fixed, "nn$params": {"head": params["head"]}}, feats, True
 
 
+def _report_convergence(problems: list[str], state: MCMCState, info: dict, target_accept_prob: float) -> None:
+    """Warn (or raise, ``on_convergence="raise"``) about a run whose draws may not represent the posterior."""
+    fixes = []
+    if any(("R-hat" in p or "ESS" in p) and "not checked" not in p for p in problems):
+        fixes.append(f"run longer (num_warmup={info['num_warmup']}, num_samples={info['num_samples']} per chain "
+                     f"now) or, for a network, sample fewer weights (bayesian_layers='last')")
+    if any("divergent" in p for p in problems):
+        fixes.append(f"raise target_accept_prob (now {target_accept_prob:g}) toward 0.95, or use a tighter "
+                     f"weight_prior")
+    if any("2 chains" in p for p in problems):
+        fixes.append("use num_chains >= 2")
+    message = (f"nuts: the posterior draws may not be reliable: {'; '.join(problems)}. Fix: {'; '.join(fixes)}. "
+               f"Per-cluster figures are in fit.info['function_space'].")
+    if info["on_convergence"] == "raise":
+        raise ConvergenceError(message + " (on_convergence='raise'; error.fit holds the fit, error.state the draws, error.info the "
+                               "diagnostics)", problems, state=state, info=info)
+    # stack: _report_convergence <- run <- fit <- the caller of fit
+    warnings.warn(message + " Pass on_convergence='raise' to make this an error.", ConvergenceWarning,
+                  stacklevel=4)
+
+
 def nuts_method(
     model: Callable,
     plan: TrainingPlan,
@@ -175,6 +220,8 @@ def nuts_method(
     map_options: Mapping | None = None,
     num_draws: int = DEFAULT_NUM_DRAWS,
     rhat_threshold: float = RHAT_THRESHOLD,
+    min_ess: float | None = None,
+    on_convergence: str = "warn",
 ) -> InferenceMethod:
     """Build the ``"nuts"`` method (see the module docstring).
 
@@ -189,11 +236,14 @@ def nuts_method(
         Default ``"last"``: the head is sampled, the trunk held at the MAP fit. ``"all"`` samples every weight,
         which for a net of a few hundred weights mixes badly in weight space and slowly in function space.
     num_warmup, num_samples, num_chains : int
-        Per chain. At least 2 chains are needed for R-hat.
+        Per chain: ``num_warmup >= 0``, ``num_samples >= 1``, ``num_chains >= 1``. At least 2 chains are needed
+        for R-hat (with one, the run warns that convergence was not checked).
     chain_method : {"auto", "vectorized", "parallel", "sequential"}
         ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` devices, else ``"vectorized"``.
-    target_accept_prob, max_tree_depth
-        NUTS settings.
+    target_accept_prob : float
+        In (0, 1); raise it toward 0.95 against divergent transitions.
+    max_tree_depth : int
+        In [1, 30]; a draw takes up to ``2**max_tree_depth`` leapfrog steps.
     mass_matrix : {"laplace", "adapt"}
         ``"laplace"`` (default): the inverse mass matrix is the covariance of the Laplace approximation at the
         posterior mode (:func:`~numpyro_clustermass.inference.laplace.gaussian_at_mode`, dense, not adapted;
@@ -206,17 +256,43 @@ def nuts_method(
         Train a MAP fit first (options ``map_options``: ``num_epochs``, ``patience``, ``learning_rate``, ...), or
         start from a given MAP fit of the same data.
     num_draws : int
-        Default number of draws mixed per posterior (a random subset of all chains' samples).
+        Default number of draws mixed per posterior (a random subset of all chains' samples), >= 1.
     rhat_threshold : float
-        ``fit.info["converged"]`` is True when the function-space max R-hat is below it.
+        ``fit.info["converged"]`` is True when the function-space max R-hat is below it (> 1).
+    min_ess : float, optional
+        Minimum function-space bulk ESS below which the run is reported; default ``100 * num_chains``.
+    on_convergence : {"warn", "raise"}
+        What a run with an R-hat at or above ``rhat_threshold``, divergent transitions or a bulk ESS below
+        ``min_ess`` does: a :class:`~numpyro_clustermass.diagnostics.ConvergenceWarning`, or a
+        :class:`~numpyro_clustermass.diagnostics.ConvergenceError` carrying the state and info (needs
+        ``num_chains >= 2``).
 
     Returns
     -------
     InferenceMethod
     """
-    if int(num_chains) < 1 or int(num_samples) < 1 or int(num_warmup) < 0:
-        raise ValueError(f"need num_chains >= 1, num_samples >= 1, num_warmup >= 0; got {num_chains}, "
-                         f"{num_samples}, {num_warmup}")
+    m = "nuts"
+    num_chains = check_int(m, "num_chains", num_chains, 1, hint=" (2 or more for R-hat)")
+    num_warmup = check_int(m, "num_warmup", num_warmup, 0)
+    num_samples = check_int(m, "num_samples", num_samples, 1)
+    num_draws = check_int(m, "num_draws", num_draws, 1)
+    target_accept_prob = check_float(m, "target_accept_prob", target_accept_prob, 0, 1, low_open=True,
+                                     high_open=True, hint=" (default 0.8; raise it toward 0.95 against divergences)")
+    max_tree_depth = check_int(m, "max_tree_depth", max_tree_depth, 1, MAX_TREE_DEPTH,
+                               hint=" (a draw takes up to 2**max_tree_depth leapfrog steps; default 10)")
+    rhat_threshold = check_float(m, "rhat_threshold", rhat_threshold, 1, low_open=True, hint=" (default 1.05)")
+    if min_ess is not None:
+        min_ess = check_float(m, "min_ess", min_ess, 0, low_open=True)
+    if on_convergence not in ("warn", "raise"):
+        raise ValueError(f"method 'nuts': on_convergence must be 'warn' or 'raise'; got {on_convergence!r}")
+    if on_convergence == "raise" and num_chains < 2:
+        raise ValueError(f"method 'nuts': on_convergence='raise' needs num_chains >= 2 to judge convergence "
+                         f"(R-hat compares chains); got num_chains={num_chains}")
+    if not isinstance(dense_mass, (bool, np.bool_)):
+        raise ValueError(f"method 'nuts': dense_mass must be True or False; got {dense_mass!r}")
+    check_init(m, init)
+    map_options = check_map_options(m, map_options)
+    ess_floor = float(MIN_ESS_PER_CHAIN * num_chains) if min_ess is None else min_ess
     if mass_matrix not in ("laplace", "adapt"):
         raise ValueError(f"mass_matrix must be 'laplace' or 'adapt'; got {mass_matrix!r}")
     if chain_method not in ("auto", "vectorized", "parallel", "sequential"):
@@ -298,10 +374,20 @@ def nuts_method(
             "chain_method": method_,
             "num_divergent": int(np.asarray(extra["diverging"]).sum()),
             "mean_num_steps": float(np.asarray(extra["num_steps"]).mean()),
+            "rhat_threshold": rhat_threshold,
+            "min_ess": ess_floor,
+            "on_convergence": on_convergence,
             "map_time_s": t_map,
             "mcmc_time_s": t_mcmc,
         })
         history = {"num_steps": np.asarray(extra["num_steps"]).reshape(-1)}
+        problems = convergence_problems(fs.get("max_rhat"), rhat_threshold, info["num_divergent"], c * s,
+                                        fs.get("min_ess_bulk"), ess_floor)
+        if c < 2:
+            problems.insert(0, "convergence was not checked: R-hat needs at least 2 chains (num_chains=1)")
+        info["convergence_problems"] = problems
+        if problems:
+            _report_convergence(problems, state, info, target_accept_prob)
         return RunResult(state, history, info)
 
     def get_params(state: MCMCState):

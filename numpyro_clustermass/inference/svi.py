@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -69,12 +70,15 @@ def make_schedule(
     """
     if callable(schedule):
         return schedule
-    lr = float(learning_rate)
-    if not lr > 0:
-        raise ValueError(f"learning_rate must be > 0; got {learning_rate}")
+    lr = _finite("learning_rate", learning_rate, "a finite number > 0 (default 1e-3)", lambda v: v > 0)
+    _finite("final_lr_fraction", final_lr_fraction, "a finite number in [0, 1] (default 0.01)",
+            lambda v: 0 <= v <= 1)
     num_steps = max(int(num_steps), 1)
     if warmup_steps is None:
         warmup_steps = min(500, num_steps // 100)
+    elif isinstance(warmup_steps, bool) or not (isinstance(warmup_steps, (int, float)) and warmup_steps >= 0
+                                                 and float(warmup_steps).is_integer()):
+        raise ValueError(f"warmup_steps must be an integer >= 0 or None; got {warmup_steps!r}")
     warmup_steps = int(min(max(warmup_steps, 0), num_steps - 1))
     if schedule == "constant":
         return optax.constant_schedule(lr)
@@ -95,9 +99,31 @@ def make_schedule(
     raise ValueError(f"unknown schedule {schedule!r}; use 'cosine', 'exponential', 'constant' or a callable")
 
 
+def _finite(name: str, value, allowed: str, ok: Callable[[float], bool]) -> float:
+    """``value`` as a float, or a ValueError naming the option, the value and the allowed range."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not (math.isfinite(v) and ok(v)):
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+    return v
+
+
 def make_optimizer(schedule: Callable, b1: float = 0.9, b2: float = 0.999, weight_decay: float = 0.0,
                    clip_norm: float | None = None) -> optax.GradientTransformation:
-    """Adam (AdamW if ``weight_decay > 0``), optionally after global-norm clipping."""
+    """Adam (AdamW if ``weight_decay > 0``), optionally after global-norm clipping.
+
+    >>> make_optimizer(optax.constant_schedule(1e-3), clip_norm=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: clip_norm must be a finite number > 0 or None; got 0.0
+    """
+    _finite("b1", b1, "a finite number in [0, 1) (default 0.9)", lambda v: 0 <= v < 1)
+    _finite("b2", b2, "a finite number in [0, 1) (default 0.999)", lambda v: 0 <= v < 1)
+    _finite("weight_decay", weight_decay, "a finite number >= 0 (default 0)", lambda v: v >= 0)
+    if clip_norm is not None:
+        _finite("clip_norm", clip_norm, "a finite number > 0 or None", lambda v: v > 0)
     opt = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay) if weight_decay else optax.adam(
         schedule, b1=b1, b2=b2)
     if clip_norm is not None:
