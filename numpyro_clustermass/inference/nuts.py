@@ -195,8 +195,8 @@ def _report_convergence(problems: list[str], state: MCMCState, info: dict, targe
     message = (f"nuts: the posterior draws may not be reliable: {'; '.join(problems)}. Fix: {'; '.join(fixes)}. "
                f"Per-cluster figures are in fit.info['function_space'].")
     if info["on_convergence"] == "raise":
-        raise ConvergenceError(message + " (on_convergence='raise'; error.fit holds the fit, error.state the draws, error.info the "
-                               "diagnostics)", problems, state=state, info=info)
+        raise ConvergenceError(message + " (on_convergence='raise'; error.fit holds the fit, error.state the "
+                               "draws, error.info the diagnostics)", problems, state=state, info=info)
     # stack: _report_convergence <- run <- fit <- the caller of fit
     warnings.warn(message + " Pass on_convergence='raise' to make this an error.", ConvergenceWarning,
                   stacklevel=4)
