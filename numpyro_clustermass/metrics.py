@@ -257,9 +257,12 @@ def crps(post, truth_log_mass) -> np.ndarray:
 def log_score(post, truth_log_mass) -> np.ndarray:
     """Log predictive density log p_i(y_i) per unit log10 M (``post.log_prob``); ``-inf`` off the grid.
 
-    ``post.log_prob`` interpolates the log density linearly between grid points, so a truth within one
-    grid cell of a hard prior edge (e.g. the 13.5 lower bound of a reweighted posterior) also scores
-    ``-inf``; :func:`summary` counts non-finite scores in ``n_off_grid``.
+    ``post.log_prob`` interpolates the log density linearly between grid points with non-zero density and
+    otherwise takes the value of the grid cell holding the truth, so a truth inside a reweighted
+    posterior's prior support (e.g. just above the 13.5 lower bound of ``Flat(13.5, 15.3)``) scores
+    finitely. ``-inf`` means zero density: a truth outside the grid's cells ``[grid[0] - dx/2,
+    grid[-1] + dx/2]``, or in a cell with no posterior mass (outside the prior's support);
+    :func:`summary` counts them in ``n_off_grid`` and ``n_zero_density``.
     """
     y = _truth(truth_log_mass, _n(post))
     return np.asarray(post.log_prob(y.astype(np.float32)), dtype=np.float64)
@@ -547,8 +550,9 @@ def summary(
 
     Keys: ``n``; ``coverage_central_XX``, ``coverage_hpd_XX`` and ``coverage_stderr_XX`` for each
     probability; ``pit_ks_statistic``, ``pit_ks_pvalue``, ``pit_chi2``, ``pit_chi2_pvalue``, ``pit_dof``;
-    ``crps_mean``; ``log_score_mean`` (``-inf`` if a truth has zero density, e.g. off the grid;
-    ``n_off_grid`` counts them);
+    ``crps_mean``; ``log_score_mean`` (``-inf`` if a truth has zero density; ``n_off_grid`` counts the
+    truths outside the grid's cells ``[grid[0] - dx/2, grid[-1] + dx/2]`` and ``n_zero_density`` those on
+    the grid where the posterior density is zero, e.g. outside a reweighting prior's support);
     and for the ``estimator`` point prediction of the clusters with ``lo <= y <= hi``: ``bias_median``,
     ``bias_mean``, ``scatter_std``, ``scatter_68`` and ``n_in_range``; ``estimator`` names the point
     estimate used.
@@ -584,7 +588,12 @@ def summary(
         pit_chi2_pvalue=t.chi2_pvalue, pit_dof=t.dof, crps_mean=float(np.mean(cr)),
     )
     ls = log_score(post, y)
-    out["n_off_grid"] = int(np.sum(~np.isfinite(ls)))
+    grid = np.asarray(post.grid, dtype=np.float64)
+    half = 0.5 * float((grid[-1] - grid[0]) / (grid.size - 1))
+    off = (y < grid[0] - half) | (y > grid[-1] + half)
+    zero = ~np.isfinite(ls)
+    out["n_off_grid"] = int(np.sum(off))
+    out["n_zero_density"] = int(np.sum(zero & ~off))
     out["log_score_mean"] = float(np.mean(ls))
     sel = (y >= lo) & (y <= hi)
     st = residual_stats(point_estimate(post, estimator)[sel] - y[sel])

@@ -56,6 +56,8 @@ DEFAULT_CHUNK_SIZE = 2048
 DEFAULT_GRID_MARGIN = 0.5
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: Tolerance, in cells, of :meth:`MassPosterior.log_prob` at cell edges (float32 rounding of the log-mass).
+_EDGE_TOL = 1e-3
 #: Mixtures with more components use a vectorised logsumexp instead of the unrolled loop.
 _MAX_UNROLLED_COMPONENTS = 64
 
@@ -266,26 +268,33 @@ def _k_hpdi(log_density, grid, prob):
     A two-pointer sweep over the edges, vectorised over clusters: the lower edge ``i`` and the cell ``j``
     where ``CDF = CDF[i] + prob`` both only move up, so ``2 G + 1`` steps of a ``lax.scan`` visit every
     candidate interval, keeping the shortest. Exact to within one grid spacing.
+
+    The mass of ``[e_i, e_j]`` is compared as ``CDF[j] - CDF[i]`` and the upper end inside cell ``j - 1``
+    is interpolated from that cell's own mass, never from ``CDF[i] + prob`` (which rounds to ``CDF[i]`` in
+    float32 for ``prob`` below ~1e-7): a tiny ``prob`` gives a short interval at the highest cell, the
+    upper end is never below the lower one, and both lie within the cells ``[grid[0] - dx/2,
+    grid[-1] + dx/2]``.
     """
     dx = _spacing(grid)
     num = grid.shape[0]
-    cdf, _ = _cdf_edges(log_density, dx)  # (c, G + 1)
+    cdf, mass = _cdf_edges(log_density, dx)  # (c, G + 1), (c, G)
     c = cdf.shape[0]
     g_lo = grid[0] - 0.5 * dx
-    take = lambda k: jnp.take_along_axis(cdf, k[:, None], axis=-1)[:, 0]  # noqa: E731
+    take = lambda a, k: jnp.take_along_axis(a, k[:, None], axis=-1)[:, 0]  # noqa: E731
 
     def body(carry, _):
         i, j, best, lower, upper = carry
-        ci, cj = take(i), take(j)
-        target = ci + prob
-        valid = target <= 1.0 + 1e-6
-        move_j = (cj < target) & (j < num) & valid
-        cprev = take(jnp.maximum(j - 1, 0))
-        step = jnp.where(cj > cprev, cj - cprev, 1.0)
-        up = g_lo + (j - 1 + jnp.clip((target - cprev) / step, 0.0, 1.0)) * dx
+        ci, cj = take(cdf, i), take(cdf, j)
+        valid = (i < num) & (1.0 - ci >= prob - 1e-6)
+        move_j = ((j <= i) | (cj - ci < prob)) & (j < num) & valid
+        jm = jnp.clip(j - 1, 0, num - 1)
+        cprev, mprev = take(cdf, jm), take(mass, jm)
+        need = prob - (cprev - ci)  # mass still needed inside cell j - 1
+        frac = jnp.clip(jnp.where(mprev > 0, need / jnp.where(mprev > 0, mprev, 1.0), 1.0), 0.0, 1.0)
         lo = g_lo + i * dx
-        width = jnp.where(j > 0, up - lo, 0.0)
-        record = (~move_j) & valid & (i <= num)
+        up = jnp.maximum(g_lo + (j - 1 + frac) * dx, lo)
+        record = (~move_j) & valid & (j > i)
+        width = ((j - 1 - i) + frac) * dx  # not up - lo: exact for intervals narrower than float32 spacing
         better = record & (width < best)
         best = jnp.where(better, width, best)
         lower = jnp.where(better, lo, lower)
@@ -295,7 +304,8 @@ def _k_hpdi(log_density, grid, prob):
         return (i, j, best, lower, upper), None
 
     zeros_i = jnp.zeros(c, jnp.int32)
-    init = (zeros_i, zeros_i, jnp.full(c, jnp.inf, cdf.dtype), jnp.zeros(c, cdf.dtype), jnp.zeros(c, cdf.dtype))
+    init = (zeros_i, zeros_i, jnp.full(c, jnp.inf, cdf.dtype), jnp.full(c, g_lo, cdf.dtype),
+            jnp.full(c, grid[-1] + 0.5 * dx, cdf.dtype))
     (_, _, _, lower, upper), _ = jax.lax.scan(body, init, None, length=2 * num + 2)
     return jnp.stack([lower, upper])
 
@@ -309,24 +319,104 @@ def _k_sample(log_density, grid, u):
 
 @jax.jit
 def _k_log_prob(log_density, grid, y):
-    """Linear interpolation of the log-density at ``y`` (k, c); -inf outside the grid."""
+    """Log-density at ``y`` (k, c): linear between the two nearest grid points where both are non-zero,
+    else the value of the cell ``[g_i - dx/2, g_i + dx/2]`` holding ``y`` (so a value in a cell with mass
+    next to a zero cell, e.g. just inside a prior's edge, is not given zero density); ``-inf`` outside the
+    cells ``[grid[0] - dx/2, grid[-1] + dx/2]``."""
     dx = _spacing(grid)
     num = grid.shape[0]
     t = (y - grid[0]) / dx  # (k, c)
     i = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, num - 2)
-    frac = t - i
+    frac = jnp.clip(t - i, 0.0, 1.0)
     ld = log_density.T  # (G, c)
     cols = jnp.arange(log_density.shape[0])[None, :]
     a = ld[i, cols]
     b = ld[i + 1, cols]
-    val = jnp.where(frac <= 0, a, jnp.where(frac >= 1, b, (1.0 - frac) * a + frac * b))
-    inside = (t >= -1e-4) & (t <= num - 1 + 1e-4)
+    both = jnp.isfinite(a) & jnp.isfinite(b)
+    lin = (1.0 - frac) * jnp.where(both, a, 0.0) + frac * jnp.where(both, b, 0.0)
+    # within _EDGE_TOL of a cell edge (float32 rounding of y ~ 14 is ~2e-4 of a 0.005-dex cell) take the
+    # non-zero side: a mass exactly at a prior's edge that falls on a cell edge keeps its density
+    cell = jnp.where(frac < 0.5 - _EDGE_TOL, a, jnp.where(frac > 0.5 + _EDGE_TOL, b, jnp.maximum(a, b)))
+    val = jnp.where(frac <= 0, a, jnp.where(frac >= 1, b, jnp.where(both, lin, cell)))
+    inside = (t >= -0.5 - _EDGE_TOL) & (t <= num - 0.5 + _EDGE_TOL)
     return jnp.where(inside, val, -jnp.inf)
 
 
 @partial(jax.jit, static_argnames="keep_draws")
 def _k_mixture(grid, logits, locs, scales, keep_draws=False):
     return mixture_on_grid(grid, logits, locs, scales, keep_draws=keep_draws)
+
+
+def _chunk_size(chunk_size) -> int:
+    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int (clusters per compiled call); got {chunk_size!r}")
+    return int(chunk_size)
+
+
+@jax.jit
+def _k_bad_counts(log_density):
+    """NaN count, +inf count and rows with no finite value (zero mass) of (..., G) log-densities."""
+    nan = jnp.sum(jnp.isnan(log_density))
+    pinf = jnp.sum(log_density == jnp.inf)
+    empty = jnp.sum(~jnp.any(jnp.isfinite(log_density), axis=-1))
+    return jnp.stack([nan, pinf, empty])
+
+
+def _check_log_density(ld, what: str) -> None:
+    """One fused reduction and three integers to the host: reject NaN, +inf and all-zero rows."""
+    nan, pinf, empty = (int(v) for v in np.asarray(_k_bad_counts(ld)))
+    if nan or pinf:
+        raise ValueError(
+            f"{what} has {nan} NaN and {pinf} +inf value(s); a log density must not be NaN or +inf "
+            "(use -inf for zero density)"
+        )
+    if empty:
+        raise ValueError(
+            f"{what} has {empty} of {int(np.prod(ld.shape[:-1]))} row(s) with zero density everywhere (all -inf): "
+            "a posterior needs some mass on the grid"
+        )
+
+
+@jax.jit
+def _k_mixture_bad_counts(logits, locs, scales):
+    return jnp.stack([
+        jnp.sum(jnp.isnan(logits) | (logits == jnp.inf)),
+        jnp.sum(~jnp.any(jnp.isfinite(logits), axis=-1)),
+        jnp.sum(~jnp.isfinite(locs)),
+        jnp.sum(~(jnp.isfinite(scales) & (scales > 0))),
+    ])
+
+
+def _check_mixture(logits, locs, scales) -> None:
+    """Reject mixture parameters that would give NaN densities (one reduction, four integers to the host)."""
+    bad_logits, empty, bad_locs, bad_scales = (int(v) for v in np.asarray(_k_mixture_bad_counts(logits, locs, scales)))
+    problems = []
+    if bad_logits:
+        problems.append(f"logits has {bad_logits} NaN or +inf value(s)")
+    if empty:
+        problems.append(f"logits has {empty} row(s) with every component at -inf (no weight)")
+    if bad_locs:
+        problems.append(f"locs has {bad_locs} non-finite value(s)")
+    if bad_scales:
+        problems.append(f"scales has {bad_scales} value(s) that are not finite and > 0")
+    if problems:
+        raise ValueError("mixture parameters would give NaN densities: " + "; ".join(problems))
+
+
+def _levels(values, arg: str, what: str, closed_low: bool) -> np.ndarray:
+    """Host check of probability levels: a 1-D float64 array in [0, 1] (``closed_low``) or (0, 1]."""
+    try:
+        a = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be numbers; got {arg}={values!r}") from None
+    if a.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D sequence; got {arg} of shape {a.shape}")
+    ok = (a >= 0) & (a <= 1) if closed_low else (a > 0) & (a <= 1)
+    if not ok.all():
+        span = "[0, 1]" if closed_low else "(0, 1]"
+        note = " (NaN is not a probability)" if np.isnan(a).any() else ""
+        raise ValueError(f"{what} must be in {span}; got {arg}={a[~ok].tolist()}{note}")
+    return a
 
 
 # ---------------------------------------------------------------------------------------------- chunking
@@ -397,7 +487,7 @@ class MassPosterior:
         self.grid = grid
         self._grid32 = jnp.asarray(grid, dtype=jnp.float32)
         self.log_density = log_density
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = _chunk_size(chunk_size)
         n = log_density.shape[0]
         if aleatoric_variance is None:
             aleatoric_variance = self._grid_variance()
@@ -429,6 +519,11 @@ class MassPosterior:
         grid = _check_grid(grid)
         dx = float((grid[-1] - grid[0]) / (grid.size - 1))
         ld = jnp.asarray(log_density, dtype=jnp.float32)
+        if ld.ndim not in (2, 3) or ld.shape[-1] != grid.size:
+            raise ValueError(
+                f"log_density must have shape (n, {grid.size}) or (S, n, {grid.size}) to match the grid; got {ld.shape}"
+            )
+        _check_log_density(ld, "log_density")
         if ld.ndim == 3:
             per_draw = normalise_log_density(ld, dx)
             ld = jax.nn.logsumexp(per_draw, axis=0) - math.log(ld.shape[0])
@@ -474,6 +569,8 @@ class MassPosterior:
             raise ValueError(
                 f"logits, locs and scales must share a shape (n, K) or (S, n, K); got {[a.shape for a in arrs]}"
             )
+        chunk_size = _chunk_size(chunk_size)
+        _check_mixture(*arrs)
         if arrs[0].ndim == 2:
             arrs = [a[None] for a in arrs]
         n = arrs[0].shape[1]
@@ -525,7 +622,21 @@ class MassPosterior:
         2
         """
         rows = np.asarray(rows)
-        idx = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        n = len(self)
+        if rows.dtype == bool:
+            if rows.shape != (n,):
+                raise ValueError(f"a boolean mask of rows must have shape ({n},) (one per cluster); got {rows.shape}")
+            idx = np.flatnonzero(rows)
+        elif rows.size == 0 or np.issubdtype(rows.dtype, np.integer):
+            idx = rows.astype(np.int64).reshape(-1)
+            out = (idx < -n) | (idx >= n)
+            if out.any():
+                raise IndexError(
+                    f"rows has {int(out.sum())} index(es) outside [-{n}, {n}) for {n} clusters, e.g. {idx[out][:5].tolist()}"
+                )
+            idx = np.where(idx < 0, idx + n, idx)  # JAX would clamp out-of-range indices silently
+        else:
+            raise TypeError(f"rows must be a boolean mask or integer indices; got dtype {rows.dtype}")
         jidx = jnp.asarray(idx)
         draws = None if self.draws_log_density is None else self.draws_log_density[:, jidx]
         return type(self)(
@@ -589,9 +700,7 @@ class MassPosterior:
         >>> np.round(p.quantiles([0.1587, 0.5, 0.8413])[:, 0], 3)
         array([-1.,  0.,  1.], dtype=float32)
         """
-        qs = np.atleast_1d(np.asarray(qs, dtype=np.float64))
-        if qs.ndim != 1 or not ((qs >= 0) & (qs <= 1)).all():
-            raise ValueError(f"quantile levels must be a 1-D sequence in [0, 1]; got {qs}")
+        qs = _levels(qs, "qs", "quantile levels", closed_low=True)
         return self._map(_k_quantiles, jnp.asarray(qs, jnp.float32), out_axis=1)
 
     def median(self) -> np.ndarray:
@@ -602,19 +711,25 @@ class MassPosterior:
         """Shortest interval holding probability ``prob`` per cluster; shape ``(2, n)`` (lower, upper).
 
         The lower end lies on a grid-cell edge, so the interval is the shortest to within one grid spacing.
+        ``prob`` must be in (0, 1] (a ValueError names any other value); ``prob = 1`` gives the span of the
+        cells holding mass (up to float32 tails of total mass below 1e-6), and a tiny ``prob`` a short interval at the highest cell. Both ends lie within
+        the cells ``[grid[0] - dx/2, grid[-1] + dx/2]``, lower <= upper.
 
         >>> g = np.linspace(-5.0, 5.0, 1001)
         >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
         >>> np.round(p.hpdi(0.6827)[:, 0], 2)
         array([-1.,  1.], dtype=float32)
         """
-        prob = float(prob)
-        if not 0.0 < prob < 1.0:
-            raise ValueError(f"hpdi probability must be in (0, 1); got {prob}")
+        if np.ndim(prob) != 0:
+            raise TypeError(f"hpdi takes one probability prob in (0, 1]; got {prob!r} (call it once per level)")
+        prob = float(_levels([prob], "prob", "hpdi probability prob", closed_low=False)[0])
         return self._map(_k_hpdi, jnp.asarray(prob, jnp.float32), out_axis=1)
 
     def sample(self, rng_key, num_samples: int) -> np.ndarray:
         """Draw ``num_samples`` log-masses per cluster by inverse-CDF sampling; shape ``(num_samples, n)``.
+
+        ``num_samples`` is a non-negative int (0 gives an empty ``(0, n)`` array); the draws lie within the
+        cells ``[grid[0] - dx/2, grid[-1] + dx/2]``.
 
         >>> import jax
         >>> g = np.linspace(-5.0, 5.0, 1001)
@@ -623,8 +738,19 @@ class MassPosterior:
         >>> s.shape, bool(abs(s.mean()) < 0.03), bool(abs(s.std() - 1.0) < 0.03)
         ((20000, 1), True, True)
         """
-        if isinstance(rng_key, int):
-            rng_key = jax.random.key(rng_key)
+        if isinstance(rng_key, (int, np.integer)) and not isinstance(rng_key, bool):
+            rng_key = jax.random.key(int(rng_key))
+        elif not (isinstance(rng_key, (jax.Array, np.ndarray)) and (
+                jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key)
+                or (rng_key.dtype == np.uint32 and rng_key.shape == (2,)))):
+            raise TypeError(
+                f"rng_key must be a JAX PRNG key (jax.random.key(0)) or an int seed; got {type(rng_key).__name__}"
+            )
+        if (isinstance(num_samples, (bool, np.bool_)) or not isinstance(num_samples, (int, np.integer))
+                or num_samples < 0):
+            raise ValueError(
+                f"num_samples must be a non-negative int (draws per cluster); got {num_samples!r}"
+            )
         num_samples = int(num_samples)
         u = jax.random.uniform(rng_key, (num_samples, len(self)), dtype=jnp.float32)
         return self._map(_k_sample, per_cluster=[(u, 1)], out_axis=1)
@@ -633,7 +759,11 @@ class MassPosterior:
         """Log-density (per unit log10 M) of the given log-masses, interpolated on the grid.
 
         ``log10_mass`` has shape (n,) (one value per cluster) or (k, n); the result has the same shape.
-        Values outside the grid get ``-inf``.
+        Between two grid points with non-zero density the log-density is interpolated linearly; next to a
+        zero-density point (e.g. at a reweighting prior's edge) the value of the grid cell ``[g_i - dx/2,
+        g_i + dx/2]`` holding the mass is used, so a mass inside the prior's support never gets ``-inf``
+        from the interpolation. Values outside the cells ``[grid[0] - dx/2, grid[-1] + dx/2]`` get
+        ``-inf``; NaN is an error.
 
         >>> g = np.linspace(-5.0, 5.0, 1001)
         >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
@@ -647,6 +777,8 @@ class MassPosterior:
             raise ValueError(
                 f"log_prob needs one log-mass per cluster: shape ({len(self)},) or (k, {len(self)}); got {y.shape}"
             )
+        if np.isnan(y2).any():
+            raise ValueError(f"log10_mass has {int(np.isnan(y2).sum())} NaN value(s); pass finite log10 masses")
         out = self._map(_k_log_prob, per_cluster=[(jnp.asarray(y2), 1)], out_axis=1)
         return out[0] if squeeze else out
 

@@ -47,6 +47,7 @@ __all__ = [
     "TrainingPrior",
     "Truncated",
     "check_grid",
+    "evaluate_on_cells",
     "evaluate_on_grid",
     "prior_from_dict",
     "reweight_log_density",
@@ -56,6 +57,9 @@ __all__ = [
 #: Mass range of the lecture's catalogue (Ho et al. 2019): log10 M200c in [13.5, 15.3] Msun/h.
 LOG_MASS_RANGE = (13.5, 15.3)
 
+#: Overlaps of a prior's support with a grid cell shorter than this fraction of the cell are rounding, not
+#: mass (a bound that falls on a cell edge up to float error): see :func:`evaluate_on_cells`.
+_MIN_OVERLAP = 1e-6
 # Gauss-Legendre nodes used to integrate a prior piece by piece between its breakpoints.
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(8)
 # Number of uniform pieces (on top of the breakpoints) for numerical normalisation of compositions.
@@ -909,7 +913,7 @@ def prior_from_dict(d: dict) -> Prior:
 # --------------------------------------------------------------------------------------------------------
 # evaluation on a grid and the reweighting kernels
 # --------------------------------------------------------------------------------------------------------
-def evaluate_on_grid(prior: Prior, grid, check_support: bool = True):
+def evaluate_on_grid(prior: Prior, grid, check_support: bool = True, *, name: str | None = None):
     """Evaluate ``prior.log_prob`` on a log-mass grid.
 
     Parameters
@@ -919,6 +923,13 @@ def evaluate_on_grid(prior: Prior, grid, check_support: bool = True):
         1-D increasing grid (uniformity is not required here).
     check_support : bool
         Raise if the prior is zero (``-inf``) at every grid point.
+    name : str, optional
+        How error messages name the argument that held the prior (e.g. ``"log_target"``).
+
+    Raises
+    ------
+    ValueError
+        If ``prior.log_prob`` gives NaN or +inf at some grid point (counted), or see ``check_support``.
 
     Returns
     -------
@@ -940,6 +951,17 @@ def evaluate_on_grid(prior: Prior, grid, check_support: bool = True):
     if not jnp.issubdtype(g.dtype, jnp.floating):
         g = g.astype(jnp.float32)
     lp = jnp.asarray(prior.log_prob(g), dtype=g.dtype)
+    if lp.shape != g.shape:
+        try:
+            lp = jnp.broadcast_to(lp, g.shape)
+        except ValueError:
+            raise ValueError(
+                f"{prior!r}: log_prob of a grid of shape {g.shape} must have that shape, got {lp.shape}"
+            ) from None
+    if not isinstance(lp, jax.core.Tracer):
+        msg = _bad_log_values(lp, g, f"{name + ' ' if name else ''}{prior!r}: its log_prob")
+        if msg:
+            raise ValueError(msg)
     if check_support and not isinstance(lp, jax.core.Tracer) and not bool(jnp.any(jnp.isfinite(lp))):
         gn = np.asarray(g)
         raise ValueError(
@@ -948,16 +970,162 @@ def evaluate_on_grid(prior: Prior, grid, check_support: bool = True):
     return lp
 
 
-def _as_log_prior(p, grid, name):
+def _bad_log_values(lp, grid, what: str) -> str | None:
+    """Message for NaN / +inf values of a log density on a grid (host check), or None if there are none.
+
+    The same wording for a :class:`Prior` and for an array, so that both are rejected the same way.
+    """
+    a = np.asarray(lp)
+    nan, pinf = np.isnan(a), a == np.inf
+    bad = nan | pinf
+    if not bad.any():
+        return None
+    g = np.asarray(grid, dtype=np.float64)
+    cols = np.flatnonzero(bad.reshape(-1, a.shape[-1]).any(axis=0))
+    where = g[cols[:5]] if g.shape[-1] == a.shape[-1] else cols[:5]
+    return (
+        f"{what} gives {int(nan.sum())} NaN and {int(pinf.sum())} +inf value(s) at {cols.size} of "
+        f"{a.shape[-1]} grid points (first at log10 M = {np.round(where, 4).tolist()}); a log density must "
+        "not be NaN or +inf (use -inf for zero density)"
+    )
+
+
+def _cell_log_means(prior: Prior, edges_lo: np.ndarray, dx: float) -> np.ndarray:
+    """log of the prior's mean density over cells ``[e, e + dx]`` (host, float64), by 8-point Gauss-Legendre
+    on 4 uniform pieces per cell, split further at the prior's breakpoints and support bounds inside it."""
+    br = np.concatenate([np.asarray(prior._breakpoints(), np.float64), np.asarray(prior.support, np.float64)])
+    br = br[np.isfinite(br)]
+    pts, logw, owner = [], [], []
+    for k, e in enumerate(edges_lo):
+        x = np.unique(np.concatenate([np.linspace(e, e + dx, 5), br[(br > e) & (br < e + dx)]]))
+        a, b = x[:-1], x[1:]
+        wide = (b - a) > _MIN_OVERLAP * dx  # a sliver from rounding at a cell edge is no overlap
+        a, b = a[wide], b[wide]
+        half = 0.5 * (b - a)
+        nodes = (0.5 * (a + b))[:, None] + half[:, None] * _GL_NODES[None, :]
+        pts.append(nodes.ravel())
+        logw.append((np.log(half)[:, None] + np.log(_GL_WEIGHTS)[None, :]).ravel())
+        owner.append(np.full(nodes.size, k))
+    pts, logw, owner = np.concatenate(pts), np.concatenate(logw), np.concatenate(owner)
+    lp = np.asarray(prior.log_prob(jnp.asarray(pts)), dtype=np.float64)
+    if np.isnan(lp).any() or (lp == np.inf).any():
+        return np.full(edges_lo.size, np.nan)
+    terms = lp + logw
+    out = np.array([_logsumexp_np(terms[owner == k]) for k in range(edges_lo.size)])
+    return out - np.log(dx)
+
+
+def evaluate_on_cells(prior: Prior, grid, name: str = "prior", *, host_grid=None):
+    """A prior put on the cells ``[g_i - dx/2, g_i + dx/2]`` of a uniform grid, as the reweighting uses it.
+
+    Each cell gets the prior's log density at its centre (the midpoint rule), except a cell whose centre
+    has zero density but that holds some prior mass, e.g. the cell that straddles a support edge with its
+    centre outside: it gets the log of its mean density (prior mass in the cell / dx). So every cell that
+    overlaps the support has a non-zero weight, and a value inside the support (13.5 <= m < the first
+    centre inside) is never given zero density by the grid.
+
+    Parameters
+    ----------
+    prior : Prior
+    grid : array_like, shape (G,)
+        Uniform, increasing grid (checked).
+    name : str
+        How errors name the prior's argument.
+    host_grid : array_like, optional
+        The same grid in float64, used to place the cell edges when ``grid`` is a float32 copy (so that a
+        support bound on a cell edge does not leave a rounding sliver of overlap).
+
+    Returns
+    -------
+    jax.Array, shape (G,)
+        Log densities in the grid's floating dtype (float32 for a float64 grid without ``jax_enable_x64``).
+
+    Raises
+    ------
+    ValueError
+        If ``prior.log_prob`` gives NaN or +inf on the grid (the count of bad grid points is given), or if
+        the prior has no mass on the grid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = np.linspace(13.0, 16.0, 7)                       # centres 13.0, 13.5, ...; dx = 0.5
+    >>> lp = np.asarray(evaluate_on_cells(Flat(13.6, 15.3), g))
+    >>> [bool(np.isfinite(v)) for v in lp]   # the cells [13.25, 13.75] and [15.25, 15.75] overlap [13.6, 15.3]
+    [False, True, True, True, True, True, False]
+    >>> bool(np.isclose(np.exp(lp[1]), 0.15 / 0.5 / 1.7, rtol=1e-4))
+    True
+    """
+    if not isinstance(prior, Prior):
+        raise TypeError(f"{name} must be a priors.Prior here, got {type(prior).__name__}")
+    g64 = check_grid(grid if host_grid is None else host_grid)
+    gj = jnp.asarray(grid)
+    if not jnp.issubdtype(gj.dtype, jnp.floating):
+        gj = gj.astype(jnp.float32)
+    lp = evaluate_on_grid(prior, gj, check_support=False, name=name)  # rejects NaN / +inf, counted
+    if isinstance(lp, jax.core.Tracer):
+        return lp  # a prior traced inside a user's jit: no host checks or edge cells possible
+    lp_np = np.asarray(lp, dtype=np.float64)
+    dx = float((g64[-1] - g64[0]) / (g64.size - 1))
+    zero = np.isneginf(lp_np)
+    if zero.any():
+        fin = ~zero
+        near = np.zeros_like(zero)
+        near[1:] |= fin[:-1]
+        near[:-1] |= fin[1:]
+        lo, hi = prior.support
+        lo_e, hi_e = g64 - 0.5 * dx, g64 + 0.5 * dx
+        tol = _MIN_OVERLAP * dx
+        for b in (lo, hi):
+            if np.isfinite(b):
+                near |= (lo_e + tol < b) & (b < hi_e - tol)
+        near |= (lo_e < lo) & (hi_e > hi)  # a support narrower than one cell
+        cells = np.flatnonzero(zero & near)
+        if cells.size:
+            means = _cell_log_means(prior, lo_e[cells], dx)
+            if np.isnan(means).any():
+                raise ValueError(
+                    f"{name} {prior!r}: its log_prob gives NaN or +inf inside the grid cells next to its support "
+                    "edge; a log density must not be NaN or +inf (use -inf for zero density)"
+                )
+            lp_np[cells] = means
+            lp = jnp.asarray(lp_np, dtype=lp.dtype)
+    if not np.isfinite(lp_np).any():
+        raise ValueError(
+            f"{name} {prior!r} has no support on the grid [{g64[0]:.4g}, {g64[-1]:.4g}] (support {prior.support})"
+        )
+    return lp
+
+
+def _as_log_prior(p, grid, name, host_grid=None):
+    """A target/source prior on the grid: a :class:`Prior` (see :func:`evaluate_on_cells`) or an array of
+    log densities whose last axis is the grid."""
     if isinstance(p, Prior):
-        return evaluate_on_grid(p, grid)
-    a = jnp.asarray(p)
-    if a.ndim == 0 or a.shape[-1] != jnp.shape(grid)[-1]:
-        raise ValueError(f"{name} must be a Prior or a log density with last axis {jnp.shape(grid)[-1]}, got {a.shape}")
+        return evaluate_on_cells(p, grid, name, host_grid=host_grid)
+    if p is None or isinstance(p, (str, bytes, dict)) or callable(p):
+        raise TypeError(
+            f"{name} must be a numpyro_clustermass.priors.Prior (e.g. priors.Flat(13.5, 15.3), "
+            "priors.MassFunction('tinker08')) or an array of log densities on the grid, shape (G,) or (..., G); "
+            f"got {type(p).__name__} {p!r:.80}"
+        )
+    if isinstance(p, jax.core.Tracer):
+        a = p
+    else:
+        a = np.asarray(p) if not isinstance(p, jax.Array) else p
+        if a.dtype.kind not in "fiu":
+            raise TypeError(
+                f"{name} must be a numpyro_clustermass.priors.Prior or a numeric array of log densities on the "
+                f"grid; got an array of dtype {a.dtype}"
+            )
+    g = np.shape(grid)[-1]
+    if a.ndim == 0 or a.shape[-1] != g:
+        raise ValueError(f"{name} must be a Prior or a log density with last axis {g} (the grid), got shape "
+                         f"{a.shape}")
     if not isinstance(a, jax.core.Tracer):
-        if bool(jnp.any(jnp.isnan(a))) or bool(jnp.any(a == jnp.inf)):
-            raise ValueError(f"{name} contains NaN or +inf; use -inf for zero density")
-    return a
+        msg = _bad_log_values(a, grid, f"{name} (an array)")
+        if msg:
+            raise ValueError(msg)
+    return jnp.asarray(a)
 
 
 @jax.jit
@@ -1003,8 +1171,8 @@ def _prepare(grid, log_density, log_target, log_source, name, min_ndim):
     if not jnp.issubdtype(ld.dtype, jnp.floating):
         ld = ld.astype(jnp.float32)
     gj = jnp.asarray(grid, dtype=ld.dtype)
-    lt = _as_log_prior(log_target, gj, "log_target").astype(ld.dtype)
-    ls = _as_log_prior(log_source, gj, "log_source").astype(ld.dtype)
+    lt = _as_log_prior(log_target, gj, "log_target", host_grid=g).astype(ld.dtype)
+    ls = _as_log_prior(log_source, gj, "log_source", host_grid=g).astype(ld.dtype)
     log_w = _log_weight(lt, ls)
     if not isinstance(log_w, jax.core.Tracer) and not bool(jnp.any(jnp.isfinite(log_w))):
         raise ValueError(

@@ -43,6 +43,58 @@ def _bias_table(estimates: dict, truth: np.ndarray, edges) -> pd.DataFrame:
     return table
 
 
+#: Why a summary number can be non-finite (metrics.summary keys); written next to the null that replaces it.
+_NON_FINITE_REASONS = {
+    "log_score_mean": "some true masses have zero posterior density (counted in n_off_grid and n_zero_density)",
+    "bias_median": "no cluster with a true mass in the summary's range",
+    "bias_mean": "no cluster with a true mass in the summary's range",
+    "scatter_std": "fewer than 2 clusters with a true mass in the summary's range",
+    "scatter_68": "fewer than 2 clusters with a true mass in the summary's range",
+}
+
+
+def _json_safe(obj, path: str, non_finite: dict):
+    """``obj`` with NumPy scalars/arrays as Python values and non-finite floats as None, each recorded in
+    ``non_finite[path] = {"value": "-inf", "reason": ...}``."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v, f"{path}.{k}" if path else str(k), non_finite) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v, f"{path}[{i}]", non_finite) for i, v in enumerate(obj)]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist(), path, non_finite)
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        if np.isfinite(v):
+            return v
+        key = path.rsplit(".", 1)[-1]
+        non_finite[path] = {"value": str(v), "reason": _NON_FINITE_REASONS.get(key, "not a finite number")}
+        return None
+    if obj is None or isinstance(obj, str):
+        return obj
+    raise TypeError(f"summary.json: {path} has a {type(obj).__name__}, which is not a number, string or dict")
+
+
+def write_summary_json(results: dict, path: str) -> dict:
+    """Write ``results`` to ``path`` as strict JSON (``allow_nan=False``), atomically.
+
+    Non-finite numbers (a ``-inf`` mean log score, a NaN bias of an empty bin) become ``null``, and
+    ``"non_finite"`` maps each one's key path to its value and the reason. Returns what was written.
+    """
+    non_finite: dict = {}
+    safe = _json_safe(results, "", non_finite)
+    if non_finite:
+        safe["non_finite"] = non_finite
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(safe, fh, indent=2, allow_nan=False)
+    os.replace(tmp, path)
+    return safe
+
+
 def run_quickstart(
     volume: float = 0.25,
     seed: int = 0,
@@ -142,7 +194,6 @@ def run_quickstart(
     plots.posterior_examples(post_mdn, truth, reweighted=post_flat, path=os.path.join(out, "posterior_examples.png"))
     plots.pit_histogram(post_flat, truth, path=os.path.join(out, "pit_reweighted.png"))
     plots.coverage_curve(post_flat, truth, path=os.path.join(out, "coverage_reweighted.png"))
-    with open(os.path.join(out, "summary.json"), "w") as fh:
-        json.dump(results, fh, indent=2, default=float)
+    write_summary_json(results, os.path.join(out, "summary.json"))
     print(f"done in {time.perf_counter() - t0:.0f} s; tables and figures in {out}/")
     return results

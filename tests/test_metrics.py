@@ -215,7 +215,7 @@ def test_summary_calibrated(calibrated):
 def test_summary_counts_truths_off_grid():
     post = gaussian_posteriors([14.0, 14.5], 0.2)
     s = M.summary(post, [14.1, 17.5])
-    assert s["n_off_grid"] == 1 and s["log_score_mean"] == -np.inf
+    assert s["n_off_grid"] == 1 and s["n_zero_density"] == 0 and s["log_score_mean"] == -np.inf
 
 
 # ------------------------------------------------------------- priors + metrics: the lecture's reweighting
@@ -247,7 +247,32 @@ def test_reweighting_to_the_population_prior_calibrates_posteriors():
         assert abs(after[f"coverage_hpd_{p}"] - int(p) / 100) < 3.5 * after[f"coverage_stderr_{p}"]
     full_before, full_after = M.summary(flat_post, y), M.summary(post, y)
     assert full_after["crps_mean"] < full_before["crps_mean"]
-    # log score away from the prior's hard lower edge (within one grid cell of 13.5 the interpolated
-    # log density of the reweighted posterior is -inf: a truth there scores -inf)
-    inner = y > 13.5 + 2 * (grid[1] - grid[0])
-    assert M.log_score(post, y)[inner].mean() > M.log_score(flat_post, y)[inner].mean()
+    # every truth lies in the prior's support, including within one grid cell of its 13.5 edge: all score
+    # finitely (the cell straddling the edge is on the grid), and better than under the wrong prior
+    ls = M.log_score(post, y)
+    assert np.isfinite(ls).all() and full_after["n_zero_density"] == 0
+    assert ls.mean() > M.log_score(flat_post, y).mean()
+
+
+def test_summary_json_is_strict_json_with_nulls_and_reasons(tmp_path):
+    import json
+
+    from numpyro_clustermass.quickstart import write_summary_json
+
+    post = gaussian_posteriors([14.0, 14.5], 0.2)
+    s = M.summary(post, [14.1, 17.5], lo=15.0, hi=15.3)  # one truth off the grid, none in the bias range
+    assert s["log_score_mean"] == -np.inf and np.isnan(s["bias_median"])
+    path = tmp_path / "summary.json"
+    write_summary_json({"MDN": s, "n_test": np.int64(2), "x": np.float32(0.5)}, str(path))
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+
+    def reject(token):
+        raise AssertionError(f"non-JSON constant {token}")
+
+    back = json.loads(text, parse_constant=reject)
+    assert back["MDN"]["log_score_mean"] is None and back["MDN"]["bias_median"] is None
+    assert back["n_test"] == 2 and back["x"] == 0.5 and back["MDN"]["n_off_grid"] == 1
+    reason = back["non_finite"]["MDN.log_score_mean"]
+    assert reason["value"] == "-inf" and "zero posterior density" in reason["reason"]
+    assert "no cluster" in back["non_finite"]["MDN.bias_median"]["reason"]

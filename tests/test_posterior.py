@@ -183,7 +183,113 @@ def test_default_grid_and_bad_inputs():
     with pytest.raises(ValueError, match="shape"):
         MassPosterior(GRID, np.zeros((2, 5)))
     post, _, _ = _gaussians()
-    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+    with pytest.raises(ValueError, match=r"prob must be in \(0, 1\]; got prob=\[1.5\]"):
         post.hpdi(1.5)
     with pytest.raises(ValueError, match="quantile levels"):
         post.quantiles([0.5, 2.0])
+
+
+# ------------------------------------------------------------- bad input, faults and edge cases
+@pytest.mark.parametrize("prob", [0.0, -0.1, 1.5, float("nan")])
+def test_hpdi_rejects_a_probability_outside_0_1(prob):
+    post, _, _ = _gaussians(2)
+    with pytest.raises(ValueError, match=r"hpdi probability prob must be in \(0, 1\]; got prob=\[" + str(prob)):
+        post.hpdi(prob)
+    with pytest.raises(TypeError, match="one probability"):
+        post.hpdi([0.5, 0.6])
+
+
+def test_hpdi_tiny_and_full_probability_give_ordered_intervals_inside_the_cells():
+    post, mu, s = _gaussians()
+    lo_cells, hi_cells = GRID[0] - DX / 2, GRID[-1] + DX / 2
+    for prob in (1e-12, 1e-9, 1e-6):
+        lo, hi = post.hpdi(prob)
+        assert np.all(lo <= hi) and np.all(lo >= lo_cells - 1e-6) and np.all(hi <= hi_cells + 1e-6)
+        # the shortest tiny interval sits in the highest cell: within one cell of the mode
+        np.testing.assert_allclose(lo, mu, atol=DX + 1e-4)
+    lo, hi = post.hpdi(1.0)  # every cell holding mass, up to float32 tails below 1e-6 in all
+    assert np.all(lo <= mu - 4 * s) and np.all(hi >= mu + 4 * s) and np.all(hi <= hi_cells + 1e-5)
+
+
+@pytest.mark.parametrize("qs,err,match", [
+    ([float("nan")], ValueError, r"quantile levels must be in \[0, 1\]; got qs=\[nan\] \(NaN is not"),
+    ([0.5, -0.1], ValueError, r"got qs=\[-0.1\]"),
+    ([1.0 + 1e-9], ValueError, r"in \[0, 1\]"),
+    ([[0.1, 0.2]], ValueError, "1-D sequence; got qs of shape"),
+    (["a"], TypeError, "quantile levels must be numbers"),
+])
+def test_quantiles_reject_bad_levels(qs, err, match):
+    post, _, _ = _gaussians(2)
+    with pytest.raises(err, match=match):
+        post.quantiles(qs)
+
+
+def test_quantiles_at_0_and_1_are_the_ends_of_the_cells_with_mass():
+    post, mu, s = _gaussians(2)
+    q = post.quantiles([0.0, 1.0])
+    assert np.all(q[0] >= GRID[0] - DX / 2 - 1e-5) and np.all(q[1] <= GRID[-1] + DX / 2 + 1e-5)
+    assert np.all(q[0] < mu - 4 * s) and np.all(q[1] > mu + 4 * s)
+
+
+@pytest.mark.parametrize("num", [-1, 2.5, True, "3", None])
+def test_sample_rejects_a_bad_num_samples(num):
+    post, _, _ = _gaussians(2)
+    with pytest.raises(ValueError, match=f"num_samples must be a non-negative int .*got {num!r}"):
+        post.sample(jax.random.key(0), num)
+
+
+def test_sample_zero_draws_and_key_types():
+    post, _, _ = _gaussians(2)
+    assert post.sample(jax.random.key(0), 0).shape == (0, 2)
+    np.testing.assert_array_equal(post.sample(3, 5), post.sample(jax.random.key(3), 5))
+    assert post.sample(jax.random.PRNGKey(0), np.int64(4)).shape == (4, 2)
+    with pytest.raises(TypeError, match="rng_key must be a JAX PRNG key"):
+        post.sample(None, 5)
+
+
+def test_log_prob_next_to_a_zero_cell_uses_the_cell_value():
+    g = np.linspace(0.0, 1.0, 11)  # dx = 0.1, cells [g - 0.05, g + 0.05]
+    ld = np.full((1, 11), -np.inf)
+    ld[0, 5:8] = 0.0  # mass on cells 5..7: [0.45, 0.75]
+    post = MassPosterior.from_log_density(g, ld)
+    level = float(np.asarray(post.log_density)[0, 5])
+    out = post.log_prob(np.array([[0.46], [0.5], [0.62], [0.74], [0.44], [0.76]]))[:, 0]
+    np.testing.assert_allclose(out[:4], level, atol=1e-5)  # inside the cells with mass, even between
+    assert np.all(np.isneginf(out[4:]))  # a centre with mass and one without (before: -inf at 0.46, 0.74)
+    # the outer half cells belong to the grid, as for quantiles, samples and metrics.pit
+    edge = MassPosterior.from_log_density(g, np.zeros((1, 11)))
+    np.testing.assert_allclose(edge.log_prob(np.array([[-0.04], [1.04]])), -np.log(1.1), atol=1e-5)
+    with pytest.raises(ValueError, match="log10_mass has 1 NaN"):
+        edge.log_prob(np.array([np.nan]))
+    assert np.all(np.isneginf(edge.log_prob(np.array([[-0.06], [1.06]]))))
+
+
+def test_constructors_reject_nan_inputs_and_bad_chunk_sizes():
+    with pytest.raises(ValueError, match="1 NaN and 1 \\+inf"):
+        MassPosterior.from_log_density(GRID, np.where(np.arange(GRID.size) == 3, np.nan,
+                                                      np.where(np.arange(GRID.size) == 4, np.inf, 0.0))[None])
+    with pytest.raises(ValueError, match="1 of 2 row\\(s\\) with zero density everywhere"):
+        MassPosterior.from_log_density(GRID, np.stack([np.zeros(GRID.size), np.full(GRID.size, -np.inf)]))
+    ones = np.ones((2, 1))
+    with pytest.raises(ValueError, match="scales has 1 value\\(s\\) that are not finite and > 0"):
+        MassPosterior.from_mixture(GRID, 0 * ones, 14 * ones, np.array([[0.2], [0.0]]))
+    with pytest.raises(ValueError, match="locs has 1 non-finite"):
+        MassPosterior.from_mixture(GRID, 0 * ones, np.array([[14.0], [np.nan]]), 0.2 * ones)
+    with pytest.raises(ValueError, match="every component at -inf"):
+        MassPosterior.from_mixture(GRID, np.array([[0.0], [-np.inf]]), 14 * ones, 0.2 * ones)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        MassPosterior.from_mixture(GRID, 0 * ones, 14 * ones, 0.2 * ones, chunk_size=0)
+    with pytest.raises(ValueError, match="log_density must have shape"):
+        MassPosterior.from_log_density(GRID, np.zeros(GRID.size))
+
+
+def test_select_rejects_out_of_range_indices_and_wrong_length_masks():
+    post, mu, _ = _gaussians()
+    with pytest.raises(IndexError, match="1 index\\(es\\) outside \\[-5, 5\\)"):
+        post.select([0, 5])  # JAX indexing would clamp 5 to 4 silently
+    with pytest.raises(ValueError, match="boolean mask of rows must have shape \\(5,\\)"):
+        post.select(np.array([True, False, True]))
+    with pytest.raises(TypeError, match="boolean mask or integer indices"):
+        post.select([0.5])
+    np.testing.assert_allclose(post.select([-1]).mean(), mu[-1:], atol=1e-4)
+    assert len(post.select([])) == 0

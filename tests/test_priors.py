@@ -552,3 +552,58 @@ def test_reweight_disjoint_target_and_source_is_an_error():
     grid = np.linspace(13.0, 16.0, 31)
     with pytest.raises(ValueError, match="no common support"):
         P.reweight_log_density(grid, np.zeros((2, 31)), P.Flat(13.0, 14.0), P.Flat(14.5, 16.0), on_empty="warn")
+
+
+# ------------------------------------------------------------------------------- bad priors, edge cells
+class _BadPrior(P.Prior):
+    """A user's prior whose log_prob is NaN above 15.5 and +inf below 13.2."""
+
+    support = (13.0, 16.0)
+
+    def log_prob(self, x):
+        x = jnp.asarray(x)
+        return jnp.where(x > 15.5, jnp.nan, jnp.where(x < 13.2, jnp.inf, 0.0))
+
+    def __repr__(self):
+        return "BadPrior()"
+
+
+def test_prior_with_nan_or_inf_log_prob_is_rejected_like_the_same_array():
+    grid = np.linspace(13.0, 16.0, 31)  # 5 points above 15.5 (NaN), 2 below 13.2 (+inf)
+    ld = np.zeros((2, 31))
+    as_array = np.asarray(_BadPrior().log_prob(grid))
+    for target, what in ((_BadPrior(), "log_target BadPrior\\(\\): its log_prob"), (as_array, "log_target \\(an array\\)")):
+        with pytest.raises(ValueError, match=what + " gives 5 NaN and 2 \\+inf value\\(s\\) at 7 of 31 grid points"):
+            P.reweight_log_density(grid, ld, target, P.Flat(12.0, 17.0))
+    with pytest.raises(ValueError, match="log_source BadPrior\\(\\): its log_prob gives 5 NaN"):
+        P.reweight_log_density(grid, ld, P.Flat(12.0, 17.0), _BadPrior())
+    with pytest.raises(ValueError, match="BadPrior\\(\\): its log_prob gives 5 NaN"):
+        P.evaluate_on_grid(_BadPrior(), grid)
+
+
+@pytest.mark.parametrize("target", ["flat", None, {"type": "Flat"}, lambda x: x, np.array(["a"] * 31)])
+def test_reweight_target_that_is_not_a_prior_or_an_array_is_a_type_error(target):
+    grid = np.linspace(13.0, 16.0, 31)
+    with pytest.raises(TypeError, match="log_target must be a numpyro_clustermass.priors.Prior"):
+        P.reweight_log_density(grid, np.zeros((1, 31)), target, P.Flat(12.0, 17.0))
+
+
+def test_evaluate_on_cells_gives_a_straddling_cell_its_mean_density():
+    grid = np.linspace(13.0, 16.0, 7)  # dx = 0.5: the cell [13.25, 13.75] of centre 13.5 straddles 13.6
+    lp = np.asarray(P.evaluate_on_cells(P.Flat(13.6, 15.3), grid))
+    assert np.isfinite(lp).tolist() == [False, True, True, True, True, True, False]
+    np.testing.assert_allclose(np.exp(lp[1]), (13.75 - 13.6) / 0.5 / 1.7, rtol=1e-5)
+    np.testing.assert_allclose(np.exp(lp[5]), (15.3 - 15.25) / 0.5 / 1.7, rtol=1e-4)
+    np.testing.assert_allclose(lp[2:5], -np.log(1.7), rtol=1e-6)  # centres inside: the point value
+    # a Gaussian's edge cell: mean of the density over the part of the cell inside the support
+    tn = P.FromDistribution(dist.Normal(14.0, 0.3)).truncate(13.6, 15.3)
+    ref = np.log(_integral(tn, np.linspace(13.6, 13.75, 20001)) / 0.5)
+    np.testing.assert_allclose(np.asarray(P.evaluate_on_cells(tn, grid))[1], ref, rtol=1e-5)
+    # a support narrower than a cell still has its cell
+    narrow = np.asarray(P.evaluate_on_cells(P.Flat(14.1, 14.2), grid))
+    assert np.isfinite(narrow).tolist() == [False, False, True, False, False, False, False]
+    np.testing.assert_allclose(np.exp(narrow[2]), 1 / 0.5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no support on the grid"):
+        P.evaluate_on_cells(P.Flat(17.0, 18.0), grid)
+    with pytest.raises(TypeError, match="must be a priors.Prior"):
+        P.evaluate_on_cells(np.zeros(7), grid)

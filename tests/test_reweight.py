@@ -24,9 +24,10 @@ def test_training_prior_to_itself_and_flat_to_flat_are_identities(mu, sd):
     training = rng.uniform(13.5, 15.3, 3000)
     post = _post(np.array(mu), sd, training)
     same = post.reweight(post.prior)
-    # Identity on the training support; outside it the source is zero and no mass is kept (not divided by 0).
+    # Identity on the grid cells that overlap the training support (the cell straddling an edge is kept
+    # even when its centre lies just outside); outside them the source is zero and no mass is kept.
     lo, hi = post.prior.support
-    inside = (GRID >= lo) & (GRID <= hi)
+    inside = (GRID + post.dx / 2 > lo) & (GRID - post.dx / 2 < hi)
     expected = np.exp(np.asarray(post.log_density)) * inside
     expected /= expected.sum(-1, keepdims=True) * post.dx
     np.testing.assert_allclose(np.exp(same.log_density), expected, atol=2e-5)
@@ -82,3 +83,33 @@ def test_posterior_without_prior_information_asks_for_source():
     post = _post(np.array([14.0]), 0.1)
     with pytest.raises(ValueError, match="source="):
         post.reweight(Flat())
+
+
+def test_reweight_rejects_a_target_that_is_not_a_prior():
+    post = _post(np.array([14.0]), 0.1, np.random.default_rng(0).uniform(13.5, 15.3, 1000))
+    with pytest.raises(TypeError, match="log_target must be a numpyro_clustermass.priors.Prior .* got str 'flat'"):
+        post.reweight("flat")
+    with pytest.raises(TypeError, match="log_source must be a numpyro_clustermass.priors.Prior"):
+        post.reweight(Flat(13.5, 15.3), source="training")
+
+
+def test_truths_just_inside_the_flat_edge_keep_a_finite_log_score():
+    """Case: after reweighting to Flat(13.5, 15.3) on a grid whose cell centre lies below 13.5, truths in
+    [13.5, 13.502] had -inf density and metrics.summary counted them as off the grid."""
+    from numpyro_clustermass import metrics
+
+    grid = np.linspace(13.0, 15.8, 512)  # the quickstart's default_grid: the centre 13.4986 is below 13.5
+    y = np.array([13.5, 13.5005, 13.501, 13.502, 14.4, 15.2995, 15.3])
+    training = np.random.default_rng(0).uniform(13.5, 15.3, 20_000)
+    post = MassPosterior.from_mixture(grid, np.zeros((y.size, 1)), (y + 0.05)[:, None], np.full((y.size, 1), 0.2),
+                                      training_log_mass=training)
+    flat = post.reweight(Flat(13.5, 15.3))
+    ls = flat.log_prob(y)
+    assert np.all(np.isfinite(ls))
+    # the density just inside the edge is the posterior's (a Gaussian 0.05 dex away: log N ~ 0.7), not 0
+    assert np.all(ls[:4] > 0.5)
+    s = metrics.summary(flat, y)
+    assert s["n_off_grid"] == 0 and s["n_zero_density"] == 0 and np.isfinite(s["log_score_mean"])
+    # masses well outside the prior's support still have zero density, and are not called off the grid
+    s2 = metrics.summary(flat, np.where(np.arange(y.size) == 4, 13.45, y))
+    assert s2["n_off_grid"] == 0 and s2["n_zero_density"] == 1 and s2["log_score_mean"] == -np.inf
