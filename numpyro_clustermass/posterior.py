@@ -786,8 +786,8 @@ class MassPosterior:
     @property
     def prior(self):
         """The mass prior these densities are conditioned on: ``source_prior`` if set, else the fit's
-        :class:`~numpyro_clustermass.priors.TrainingPrior` (a smoothed 64-bin histogram of the training
-        log-masses, the lecture's implicit prior)."""
+        :class:`~numpyro_clustermass.priors.TrainingPrior` (a log-spline density estimate of the training
+        log-masses, the lecture's implicit prior; the lecture used a histogram, ``method="histogram"``)."""
         if self.source_prior is not None:
             return self.source_prior
         if self.training_log_mass is None:
