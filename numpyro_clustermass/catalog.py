@@ -52,6 +52,7 @@ MIN_NGAL = 3
 FORMAT_VERSION = 1
 _MEMBERS_KEY = "n_member_rows"  # member-table row count in the file's JSON metadata (None: no members)
 _MEMBERS_SUFFIX = ".members.parquet"
+_DTYPES_KEY = "column_dtypes"  # every column's dtype as written, in the file's JSON metadata
 #: Largest accepted |log_mass - log10(M200c)| [dex]: a float32 M200c is good to about 3e-8 dex.
 LOG_MASS_TOLERANCE = 1e-5
 
@@ -369,8 +370,10 @@ def write_catalog(cat: Catalog, path: str, format: str | None = None, overwrite:
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(path)
     n_members = None if cat.members is None else int(len(cat.members["mock"]))
-    meta_json = json.dumps({**cat.meta, "format_version": FORMAT_VERSION, _MEMBERS_KEY: n_members},
-                           default=_json_default)
+    dtypes = {"columns": {k: np.asarray(v).dtype.str for k, v in cat.columns.items()},
+              "members": {k: np.asarray(v).dtype.str for k, v in (cat.members or {}).items()}}
+    meta_json = json.dumps({**cat.meta, "format_version": FORMAT_VERSION, _MEMBERS_KEY: n_members,
+                            _DTYPES_KEY: dtypes}, default=_json_default)
     tmp, final = _atomic_target(path)
     try:
         if fmt == "fits":
@@ -416,8 +419,30 @@ def write_catalog(cat: Catalog, path: str, format: str | None = None, overwrite:
 def _fits_rec(columns: Mapping[str, np.ndarray]):
     from astropy.table import Table
 
-    t = Table({k: np.asarray(v) for k, v in columns.items()})
+    # FITS has no signed byte or half float: astropy writes int8 as logical (every non-zero value reads back
+    # as True) and float16 as float32. Store them widened; read_catalog narrows them back (META records
+    # every column's dtype).
+    widen = {np.dtype(np.int8): np.int16, np.dtype(np.float16): np.float32}
+    t = Table({k: np.asarray(v).astype(widen.get(np.asarray(v).dtype, np.asarray(v).dtype)) for k, v in columns.items()})
     return t.as_array()
+
+
+def _restore_dtypes(path: str, table: dict[str, np.ndarray] | None, dtypes: Mapping[str, str]):
+    """Cast columns back to the dtypes they were written with, where the file format stored them wider."""
+    if table is None:
+        return table
+    for name, want in dtypes.items():
+        if name in table and table[name].dtype.str != want:
+            want = np.dtype(want)
+            have = table[name]
+            if have.dtype.kind in "OUS" or want.kind in "OUS":
+                continue  # text columns: the formats' own string types are kept
+            back = have.astype(want)
+            if not np.array_equal(back.astype(have.dtype), have, equal_nan=have.dtype.kind == "f"):
+                raise CatalogError(f"{path}: column {name!r} was written as {want} but holds values that do not fit "
+                                   f"it; the file was changed by another tool")
+            table[name] = back
+    return table
 
 
 def _json_default(o):
@@ -466,6 +491,9 @@ def read_catalog(path: str, format: str | None = None, validate: bool = True) ->
         raise CatalogError(f"{path}: format version {version!r} is not one this package reads "
                            f"(it writes version {FORMAT_VERSION}); update numpyro_clustermass")
     n_members = meta.pop(_MEMBERS_KEY, "absent")
+    dtypes = meta.pop(_DTYPES_KEY, None) or {}
+    columns = _restore_dtypes(path, columns, dtypes.get("columns", {}))
+    members = _restore_dtypes(path, members, dtypes.get("members", {}))
     n_rows = len(next(iter(columns.values()))) if columns else 0
     if validate and n_rows == 0:
         raise CatalogError(f"{path}: the catalogue has no rows")

@@ -63,6 +63,9 @@ def _moments_kernel(seg, values, weight, num_segments):
     total = jax.ops.segment_sum(values * w, seg, num_segments=num_segments)
     safe = jnp.maximum(count, 1.0)[:, None]
     mean = total / safe
+    # one refinement step: the float32 sum of many similar values is off by several ulps of their mean,
+    # which would leave identical values a spread of rounding noise; the residuals' mean corrects it
+    mean = mean + jax.ops.segment_sum((values - mean[seg]) * w, seg, num_segments=num_segments) / safe
     d = (values - mean[seg]) * w
     d2 = d * d
     m2 = jax.ops.segment_sum(d2, seg, num_segments=num_segments) / safe
@@ -70,10 +73,15 @@ def _moments_kernel(seg, values, weight, num_segments):
     m4 = jax.ops.segment_sum(d2 * d2, seg, num_segments=num_segments) / safe
     c = count[:, None]
     nan = jnp.nan
+    # A segment with zero spread has undefined shape moments; scipy returns NaN there too. A spread below a
+    # few ulps of the mean is rounding noise (it gave identical values std 1e-8, skew -1, kurt -2): no spread.
+    constant = m2 <= (4.0 * jnp.finfo(values.dtype).eps * jnp.abs(mean)) ** 2
+    m2 = jnp.where(constant, 0.0, m2)
+    m3 = jnp.where(constant, 0.0, m3)
+    m4 = jnp.where(constant, 0.0, m4)
+    ok = (c >= 2) & (m2 > 0)
     std = jnp.where(c >= 1, jnp.sqrt(m2), nan)
     var1 = jnp.where(c >= 2, m2 * c / jnp.maximum(c - 1.0, 1.0), nan)
-    # A segment with zero spread has undefined shape moments; scipy returns NaN there too.
-    ok = (c >= 2) & (m2 > 0)
     m2s = jnp.where(ok, m2, 1.0)
     skew = jnp.where(ok, m3 / m2s**1.5, nan)
     kurt = jnp.where(ok, m4 / (m2s * m2s) - 3.0, nan)

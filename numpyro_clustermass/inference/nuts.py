@@ -45,10 +45,10 @@ Example
 >>> from numpyro_clustermass.estimators import MDN
 >>> from numpyro_clustermass.inference import fit
 >>> rng = np.random.default_rng(0)
->>> y = rng.uniform(13.5, 15.0, 600); x = y[:, None] + 0.1 * rng.normal(size=(600, 3))
->>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="nuts", num_epochs=20,
-...         num_warmup=100, num_samples=100, progress_bar=False)
->>> "max_rhat" in f.info["function_space"], f.info["num_chains"], f.info["trunk_precomputed"]
+>>> y = rng.uniform(13.5, 15.0, 300); x = y[:, None] + 0.1 * rng.normal(size=(300, 3))
+>>> f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="nuts", num_epochs=50,  # doctest: +SKIP
+...         batch_size=64, num_warmup=50, num_samples=50, max_tree_depth=5, progress_bar=False)
+>>> "max_rhat" in f.info["function_space"], f.info["num_chains"], f.info["trunk_precomputed"]  # doctest: +SKIP
 (True, 2, True)
 
 References

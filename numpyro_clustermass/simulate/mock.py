@@ -86,7 +86,7 @@ def mock_catalog(
     --------
     >>> from numpyro_clustermass.simulate import mock_catalog
     >>> cat = mock_catalog(volume=0.01, seed=0)
-    >>> len(cat) > 1000, cat["Ngal"].min() >= 10
+    >>> len(cat) > 1000, bool(cat["Ngal"].min() >= 10)
     (True, True)
     >>> flat = mock_catalog(mass_sampling="flat", n_halos=500, n_background=0.0, infall_fraction=0.0, seed=1)
     >>> int(flat["n_interlopers"].sum())
