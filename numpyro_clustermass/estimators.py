@@ -39,6 +39,10 @@ class Estimator:
     name: str = "estimator"
     feature_names: tuple[str, ...] = FEATURE_NAMES
     obs_site: str = OBS_SITE
+    #: True when the likelihood is a density over the (standardised) log-mass given the features, so that
+    #: its loss can be compared with a Gaussian that ignores the features (``fit`` warns when it is no
+    #: better); False for forward models of the observables given the mass (the M-sigma relation).
+    likelihood_over_mass: bool = True
 
     @property
     def model(self) -> Callable:  # pragma: no cover - abstract

@@ -169,6 +169,7 @@ class MassObservableRelation(Estimator):
 
     name = "mass_sigma"
     obs_site = "obs"
+    likelihood_over_mass = False  # the likelihood is p(observables | M): no mass-density baseline applies
 
     def __post_init__(self):
         names = tuple(self.feature_names)

@@ -731,8 +731,20 @@ def fit(
         history = {k: np.asarray(v) for k, v in res.history.items()}
         return make_fit(res.state, history, dict(res.info))
 
-    return _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
-                         progress_bar, make_fit, f"{method} {est.name}", divergence_factor)
+    result = _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
+                           progress_bar, make_fit, f"{method} {est.name}", divergence_factor)
+    info = result.info
+    if getattr(est, "likelihood_over_mass", True) and info["best_loss"] > info["baseline_loss"] - MIN_IMPROVEMENT:
+        worse = "; training made it worse" if info["best_loss"] > info["initial_loss"] else ""
+        warnings.warn(
+            f"the fit's best {'validation' if info['n_val'] else 'training'} loss, {info['best_loss']:.4f} per "
+            f"cluster, is not {MIN_IMPROVEMENT} below {info['baseline_loss']:.4f}, that of a Gaussian ignoring the "
+            f"features (initial loss {info['initial_loss']:.4f}{worse}): the network has learned next to nothing "
+            f"(a collapsed or untrained fit gives every cluster about the same mass). Lower the learning rate, "
+            f"train longer, or check the features.",
+            FitWarning, stacklevel=2,
+        )
+    return result
 
 
 class _Compiled:
@@ -904,18 +916,8 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
         bar.close()
     epochs_run = len(history["train_loss"])
     final_state = best[1] if has_val else state
-    best_loss = best[0] if has_val else history["train_loss"][-1]
-    if best_loss > baseline - MIN_IMPROVEMENT:
-        warnings.warn(
-            f"the fit's best {'validation' if has_val else 'training'} loss, {best_loss:.4f} per cluster, is not "
-            f"{MIN_IMPROVEMENT} below {baseline:.4f}, that of a Gaussian ignoring the features (initial loss "
-            f"{initial:.4f}{'; training made it worse' if best_loss > initial else ''}): the network has learned "
-            f"next to nothing (a collapsed or untrained fit gives every cluster about the same mass). Lower the "
-            f"learning rate, train longer, or check the features.",
-            FitWarning, stacklevel=3,
-        )
     return make_fit(final_state, hist(), dict(
         epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=stopped_early,
         best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial,
-        baseline_loss=baseline,
+        baseline_loss=baseline, best_loss=best[0] if has_val else history["train_loss"][-1],
     ))
