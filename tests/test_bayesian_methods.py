@@ -536,6 +536,7 @@ def test_nuts_unconverged_chains_warn_with_rhat_and_ess():
     msg = str(w.message)
     assert f"function-space R-hat {fs['max_rhat']:.3f} is above the threshold 1.05 (the chains disagree)" in msg
     assert f"minimum bulk ESS {fs['min_ess_bulk']:.0f} is below 200" in msg
+    assert "bayesian_layers='last'" not in msg  # only the last layer is sampled already (the default)
     assert "run longer (num_warmup=5, num_samples=20 per chain now)" in msg and "on_convergence='raise'" in msg
     assert w.filename == __file__  # points at the caller's fit(...) line
     assert f.info["convergence_problems"] and f.info["min_ess"] == 200

@@ -185,8 +185,10 @@ def _report_convergence(problems: list[str], state: MCMCState, info: dict, targe
     """Warn (or raise, ``on_convergence="raise"``) about a run whose draws may not represent the posterior."""
     fixes = []
     if any(("R-hat" in p or "ESS" in p) and "not checked" not in p for p in problems):
+        fewer = ("" if info.get("bayesian_layers") == "last" else
+                 " or, for a network, sample fewer weights (bayesian_layers='last')")
         fixes.append(f"run longer (num_warmup={info['num_warmup']}, num_samples={info['num_samples']} per chain "
-                     f"now) or, for a network, sample fewer weights (bayesian_layers='last')")
+                     f"now){fewer}")
     if any("divergent" in p for p in problems):
         fixes.append(f"raise target_accept_prob (now {target_accept_prob:g}) toward 0.95, or use a tighter "
                      f"weight_prior")
@@ -377,6 +379,7 @@ def nuts_method(
             "rhat_threshold": rhat_threshold,
             "min_ess": ess_floor,
             "on_convergence": on_convergence,
+            "bayesian_layers": "last" if bayesian_layers is None else bayesian_layers,
             "map_time_s": t_map,
             "mcmc_time_s": t_mcmc,
         })
