@@ -37,7 +37,8 @@ def test_reweighted_mode_removes_the_training_prior_bias():
     # [-0.024, +0.012], the spread over seeds 0.001-0.013 dex per bin. A fresh machine trains another network
     # from the same seed (XLA's CPU code differs between processors), so the bound is the 5-seed maximum plus
     # 0.009 (three times the test set's standard error, 0.003). With the lecture's histogram prior the same
-    # networks reached +0.044 at 10^14.7. MDN mean, median over seeds: -0.072 at 10^14.0, -0.056 at 10^14.9.
+    # networks reached +0.036 at 10^14.7 (`--source histogram`). MDN mean, median over seeds: -0.072 at
+    # 10^14.0, -0.056 at 10^14.9.
     assert np.all(np.abs(mode_bias) <= 0.035), mode_bias
     assert max(abs(mean_bias[0]), abs(mean_bias[-1])) > 0.05, mean_bias
 
