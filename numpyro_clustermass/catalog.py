@@ -330,14 +330,17 @@ class StandardScaler:
 
 
 # ---------------------------------------------------------------------------------------------- I/O
+#: File suffixes that name a catalogue format.
+FORMAT_SUFFIXES = {"fits": (".fits", ".fit", ".fits.gz", ".fts"), "parquet": (".parquet", ".pq")}
+
+
 def _format_of(path: str, fmt: str | None) -> str:
     if fmt is not None:
         return fmt.lower()
     low = str(path).lower()
-    if low.endswith((".fits", ".fit", ".fits.gz", ".fts")):
-        return "fits"
-    if low.endswith((".parquet", ".pq")):
-        return "parquet"
+    for name, suffixes in FORMAT_SUFFIXES.items():
+        if low.endswith(suffixes):
+            return name
     raise ValueError(f"cannot tell the format of {path!r}; use a .fits or .parquet suffix or pass format=")
 
 

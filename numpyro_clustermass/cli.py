@@ -17,9 +17,9 @@ import os
 import sys
 import time
 
+from numpyro_clustermass.catalog import FORMAT_SUFFIXES as SUFFIXES  # the suffixes read_catalog recognises
+
 PROG = "numpyro-clustermass"
-#: File suffixes that name a catalogue format (the ones :func:`numpyro_clustermass.read_catalog` recognises).
-SUFFIXES = {"fits": (".fits", ".fit", ".fits.gz", ".fts"), "parquet": (".parquet", ".pq")}
 #: Exit status of every usage or input error (argparse's convention).
 EXIT_USAGE = 2
 
