@@ -266,13 +266,10 @@ def drive_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng
     stopping, divergence check). Returns ``(state, history, info)``."""
     k_init, k_epochs = jax.random.split(rng_key)
     compiled = _base._Compiled(model, impl, plan)
-    state, history, info = _base._epoch_driver(
+    return _base._epoch_driver(
         compiled, plan, k_init, k_epochs, data.x_train, data.y_train, data.x_val, data.y_val, patience,
         min_delta, progress_bar, lambda s, h, e: (s, h, e), desc,
     )
-    # "stopped early" means fewer epochs than planned: patience running out on the last epoch stops nothing
-    info["stopped_early"] = bool(info["stopped_early"]) and info["epochs_run"] < plan.num_epochs
-    return state, history, info
 
 
 def substitute_params(model: Callable, params: Mapping) -> Callable:
