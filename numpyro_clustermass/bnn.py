@@ -390,6 +390,20 @@ def bayesian_twin(model: Callable, weight_prior=None, bayesian_layers="all") -> 
     return functools.partial(func, *model.args, **kw, weight_prior=weight_prior, bayesian_layers=bayesian_layers)
 
 
+def deterministic_model(twin: Callable) -> Callable:
+    """The deterministic model of a Bayesian twin: the same net, ``flax_module`` instead of
+    ``random_flax_module`` (the inverse of :func:`bayesian_twin`).
+
+    >>> from numpyro_clustermass.estimators import MDN
+    >>> m = MDN(2, (8,)).model
+    >>> deterministic_model(bayesian_twin(m)).func is m.func
+    True
+    """
+    inverse = {v: k for k, v in _TWINS.items()}
+    kw = {k: v for k, v in twin.keywords.items() if k not in ("weight_prior", "bayesian_layers")}
+    return functools.partial(inverse[twin.func], *twin.args, **kw)
+
+
 def with_dropout(model: Callable, dropout_rate: float) -> Callable:
     """A package model whose network has the given dropout rate after each hidden layer.
 

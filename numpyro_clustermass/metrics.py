@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from numpyro_clustermass.priors import LOG_MASS_RANGE
+from numpyro_clustermass.grid import LOG_MASS_RANGE
 
 __all__ = [
     "BIN_WIDTH",
@@ -66,12 +66,15 @@ _CHUNK = 8192
 # --------------------------------------------------------------------------------------------------------
 # input handling
 # --------------------------------------------------------------------------------------------------------
-def _is_posterior(obj) -> bool:
+def is_posterior(obj) -> bool:
+    """Whether ``obj`` is a posterior on a grid (a :class:`~numpyro_clustermass.posterior.MassPosterior` or
+    anything with ``grid``, ``log_density`` and ``quantiles``) rather than an array of point estimates."""
     return hasattr(obj, "grid") and hasattr(obj, "log_density") and hasattr(obj, "quantiles")
 
 
-def _truth(truth, n: int | None = None) -> np.ndarray:
-    """True log10 masses from an array or anything with a ``log_mass`` attribute (a Catalog)."""
+def true_log_mass(truth, n: int | None = None) -> np.ndarray:
+    """True log10 masses from an array or anything with a ``log_mass`` attribute (a Catalog), checked: 1-D,
+    finite, and ``n`` values when ``n`` is given (ValueError otherwise)."""
     if hasattr(truth, "log_mass") and not isinstance(truth, np.ndarray):
         truth = truth.log_mass
     y = np.asarray(truth, dtype=np.float64)
@@ -86,7 +89,7 @@ def _truth(truth, n: int | None = None) -> np.ndarray:
 
 
 def _n(post_or_points) -> int:
-    if _is_posterior(post_or_points):
+    if is_posterior(post_or_points):
         return int(np.shape(post_or_points.log_density)[0])
     return int(np.size(post_or_points))
 
@@ -110,7 +113,7 @@ def point_estimate(post_or_points, estimator: str = "mode") -> np.ndarray:
     >>> point_estimate([14.0, 14.5])
     array([14. , 14.5])
     """
-    if _is_posterior(post_or_points):
+    if is_posterior(post_or_points):
         if estimator not in ("mode", "mean", "median"):
             raise ValueError(f"estimator must be 'mode', 'mean' or 'median', got {estimator!r}")
         return np.asarray(getattr(post_or_points, estimator)(), dtype=np.float64)
@@ -229,7 +232,7 @@ def pit(post, truth_log_mass) -> np.ndarray:
     >>> np.round(pit(post, [14.2]), 3)       # Phi(1)
     array([0.841])
     """
-    y = _truth(truth_log_mass, _n(post))
+    y = true_log_mass(truth_log_mass, _n(post))
     return _pit_crps(post, y)[0]
 
 
@@ -250,7 +253,7 @@ def crps(post, truth_log_mass) -> np.ndarray:
     >>> np.round(crps(post, [14.0]), 4)      # sigma (sqrt 2 - 1)/sqrt(pi)
     array([0.0467])
     """
-    y = _truth(truth_log_mass, _n(post))
+    y = true_log_mass(truth_log_mass, _n(post))
     return _pit_crps(post, y)[1]
 
 
@@ -264,7 +267,7 @@ def log_score(post, truth_log_mass) -> np.ndarray:
     grid[-1] + dx/2]``, or in a cell with no posterior mass (outside the prior's support);
     :func:`summary` counts them in ``n_off_grid`` and ``n_zero_density``.
     """
-    y = _truth(truth_log_mass, _n(post))
+    y = true_log_mass(truth_log_mass, _n(post))
     return np.asarray(post.log_prob(y.astype(np.float32)), dtype=np.float64)
 
 
@@ -376,7 +379,7 @@ def coverage(post, truth_log_mass, probs: Sequence[float] = (0.68, 0.95), kind: 
     >>> bool(abs(c.empirical[0] - 0.68) < 3 * c.stderr[0])
     True
     """
-    y = _truth(truth_log_mass, _n(post))
+    y = true_log_mass(truth_log_mass, _n(post))
     probs = _check_probs(probs)
     inside = _inside(post, y, probs, kind)
     return pd.DataFrame(
@@ -473,9 +476,9 @@ def binned(
     >>> len(df), bool(np.allclose(df.bias_median, 0.1))
     (18, True)
     """
-    is_post = _is_posterior(post_or_points)
+    is_post = is_posterior(post_or_points)
     n = _n(post_or_points)
-    y = _truth(truth_log_mass, n)
+    y = true_log_mass(truth_log_mass, n)
     pred = point_estimate(post_or_points, estimator)
     if pred.size != y.size:
         raise ValueError(f"{pred.size} predictions but {y.size} true masses")
@@ -569,10 +572,10 @@ def summary(
     >>> bool(s["pit_ks_pvalue"] > 0.01), bool(abs(s["coverage_central_68"] - 0.68) < 0.05)
     (True, True)
     """
-    if not _is_posterior(post):
+    if not is_posterior(post):
         raise TypeError("summary needs a MassPosterior; use binned() or residual_stats() for point predictions")
     n = _n(post)
-    y = _truth(truth_log_mass, n)
+    y = true_log_mass(truth_log_mass, n)
     probs_a = _check_probs(probs)
     out: dict = {"n": int(n)}
     cen = _inside(post, y, probs_a, "central").mean(axis=1)

@@ -115,7 +115,7 @@ def binned_predictions(
     (2, ['1:1', 'biased', 'good'])
     """
     if not isinstance(estimates, Mapping):
-        estimates = {"prediction" if not _metrics._is_posterior(estimates) else estimator: estimates}
+        estimates = {"prediction" if not _metrics.is_posterior(estimates) else estimator: estimates}
     if len(estimates) == 0:
         raise ValueError("no estimates to plot")
     if ax is None:
@@ -189,7 +189,7 @@ def training_prior(
     >>> len(fig.axes[0].lines)
     1
     """
-    x = _metrics._truth(log_masses)
+    x = _metrics.true_log_mass(log_masses)
     if range is None:
         range = (float(x.min()), float(x.max()))
     if prior is None:
@@ -248,7 +248,7 @@ def posterior_examples(
     indices = [int(i) for i in indices]
     if any(i < 0 or i >= total for i in indices):
         raise ValueError(f"indices must lie in [0, {total}), got {indices}")
-    y = None if truth_log_mass is None else _metrics._truth(truth_log_mass, total)
+    y = None if truth_log_mass is None else _metrics.true_log_mass(truth_log_mass, total)
     if reweighted is not None and np.shape(reweighted.log_density)[0] != total:
         raise ValueError("reweighted must hold the same clusters as post")
     if ax is None:
@@ -300,7 +300,7 @@ def pit_histogram(post_or_pit, truth_log_mass=None, *, bins: int = 10, ax=None, 
     >>> len(fig.axes[0].patches) >= 10
     True
     """
-    if _metrics._is_posterior(post_or_pit):
+    if _metrics.is_posterior(post_or_pit):
         if truth_log_mass is None:
             raise ValueError("pit_histogram of a posterior needs truth_log_mass")
         u = _metrics.pit(post_or_pit, truth_log_mass)

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numpyro_clustermass.grid import DEFAULT_GRID_SIZE, check_grid, default_grid, normalise_log_density, spacing
+
 __all__ = [
     "MassPosterior",
     "default_grid",
@@ -48,12 +50,8 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
 ]
 
-#: Default number of grid points.
-DEFAULT_GRID_SIZE = 512
 #: Default number of clusters processed per compiled call.
 DEFAULT_CHUNK_SIZE = 2048
-#: Default margin added on both sides of the data range by :func:`default_grid` (dex).
-DEFAULT_GRID_MARGIN = 0.5
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 #: Tolerance, in cells, of :meth:`MassPosterior.log_prob` at cell edges (float32 rounding of the log-mass).
@@ -62,48 +60,7 @@ _EDGE_TOL = 1e-3
 _MAX_UNROLLED_COMPONENTS = 64
 
 
-def default_grid(log_mass, num: int = DEFAULT_GRID_SIZE, margin: float | None = None) -> np.ndarray:
-    """A uniform grid of log10 M covering ``log_mass``'s range with a margin on both sides.
-
-    The margin defaults to ``max(0.5 dex, 25% of the range)``, wide enough for the predictive tails of the
-    lightest and heaviest clusters.
-
-    >>> g = default_grid(np.array([13.5, 15.3]))
-    >>> g.shape, round(float(g[0]), 2), round(float(g[-1]), 2)
-    ((512,), 13.0, 15.8)
-    """
-    log_mass = np.asarray(log_mass, dtype=np.float64)
-    if log_mass.size == 0 or not np.isfinite(log_mass).all():
-        raise ValueError("default_grid needs a non-empty array of finite log-masses")
-    lo, hi = float(log_mass.min()), float(log_mass.max())
-    if margin is None:
-        margin = max(DEFAULT_GRID_MARGIN, 0.25 * (hi - lo))
-    if num < 3:
-        raise ValueError(f"a grid needs at least 3 points; got {num}")
-    return np.linspace(lo - margin, hi + margin, int(num))
-
-
-def _check_grid(grid) -> np.ndarray:
-    grid = np.asarray(grid, dtype=np.float64)
-    if grid.ndim != 1 or grid.size < 3:
-        raise ValueError(f"grid must be 1-D with at least 3 points; got shape {grid.shape}")
-    d = np.diff(grid)
-    if not (d > 0).all() or not np.allclose(d, d[0], rtol=1e-4, atol=0):
-        raise ValueError("grid must be uniform and increasing")
-    return grid
-
-
 # ---------------------------------------------------------------------------------------------- kernels
-def _spacing(grid):
-    """Grid spacing from the end points: a float32 ``grid[1] - grid[0]`` is off by up to 2e-4 relative."""
-    return (grid[-1] - grid[0]) / (grid.shape[0] - 1)
-
-
-def normalise_log_density(log_density: jax.Array, dx) -> jax.Array:
-    """Normalise rows of an unnormalised log-density on a uniform grid so ``exp(.).sum(-1) * dx == 1``."""
-    return log_density - jax.nn.logsumexp(log_density, axis=-1, keepdims=True) - jnp.log(dx)
-
-
 def _mixture_log_density_one(z, logits, locs, scales):
     """log p(z) of a 1-D Gaussian mixture for grid ``z`` (G,) and parameters (c, K): returns (c, G).
 
@@ -157,7 +114,7 @@ def mixture_on_grid(grid, logits, locs, scales, keep_draws: bool = False):
     draws : (S, c, G) or None
     """
     grid = jnp.asarray(grid)
-    dx = _spacing(grid)
+    dx = spacing(grid)
     num_draws = logits.shape[0]
 
     def body(acc, params):
@@ -220,7 +177,7 @@ def _invert_cdf(cdf, mass, u, g0, dx):
 
 @jax.jit
 def _k_mean(log_density, grid):
-    dx = _spacing(grid)
+    dx = spacing(grid)
     centre = grid[grid.shape[0] // 2]
     p = jnp.exp(log_density)
     p = p / jnp.sum(p, axis=-1, keepdims=True)
@@ -240,7 +197,7 @@ def _k_moments(log_density, grid):
 
 @jax.jit
 def _k_mode(log_density, grid):
-    dx = _spacing(grid)
+    dx = spacing(grid)
     num = grid.shape[0]
     i = jnp.argmax(log_density, axis=-1)
     im = jnp.clip(i - 1, 0, num - 1)
@@ -255,7 +212,7 @@ def _k_mode(log_density, grid):
 
 @jax.jit
 def _k_quantiles(log_density, grid, qs):
-    dx = _spacing(grid)
+    dx = spacing(grid)
     cdf, mass = _cdf_edges(log_density, dx)
     u = jnp.broadcast_to(qs[None, :], (log_density.shape[0], qs.shape[0]))
     return _invert_cdf(cdf, mass, u, grid[0], dx).T
@@ -275,7 +232,7 @@ def _k_hpdi(log_density, grid, prob):
     upper end is never below the lower one, and both lie within the cells ``[grid[0] - dx/2,
     grid[-1] + dx/2]``.
     """
-    dx = _spacing(grid)
+    dx = spacing(grid)
     num = grid.shape[0]
     cdf, mass = _cdf_edges(log_density, dx)  # (c, G + 1), (c, G)
     c = cdf.shape[0]
@@ -312,7 +269,7 @@ def _k_hpdi(log_density, grid, prob):
 
 @jax.jit
 def _k_sample(log_density, grid, u):
-    dx = _spacing(grid)
+    dx = spacing(grid)
     cdf, mass = _cdf_edges(log_density, dx)
     return _invert_cdf(cdf, mass, u.T, grid[0], dx).T
 
@@ -323,7 +280,7 @@ def _k_log_prob(log_density, grid, y):
     else the value of the cell ``[g_i - dx/2, g_i + dx/2]`` holding ``y`` (so a value in a cell with mass
     next to a zero cell, e.g. just inside a prior's edge, is not given zero density); ``-inf`` outside the
     cells ``[grid[0] - dx/2, grid[-1] + dx/2]``."""
-    dx = _spacing(grid)
+    dx = spacing(grid)
     num = grid.shape[0]
     t = (y - grid[0]) / dx  # (k, c)
     i = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, num - 2)
@@ -478,7 +435,7 @@ class MassPosterior:
         meta: dict | None = None,
         source_prior=None,
     ):
-        grid = _check_grid(grid)
+        grid = check_grid(grid, min_points=3)
         log_density = jnp.asarray(log_density, dtype=jnp.float32)
         if log_density.ndim != 2 or log_density.shape[1] != grid.size:
             raise ValueError(
@@ -516,7 +473,7 @@ class MassPosterior:
         >>> float(np.exp(p.log_density).sum(-1)[0] * p.dx)
         1.0
         """
-        grid = _check_grid(grid)
+        grid = check_grid(grid, min_points=3)
         dx = float((grid[-1] - grid[0]) / (grid.size - 1))
         ld = jnp.asarray(log_density, dtype=jnp.float32)
         if ld.ndim not in (2, 3) or ld.shape[-1] != grid.size:
@@ -562,7 +519,7 @@ class MassPosterior:
         >>> np.round(p.epistemic_variance, 4), np.round(p.aleatoric_variance, 4)
         (array([0.01], dtype=float32), array([0.01], dtype=float32))
         """
-        grid = _check_grid(grid)
+        grid = check_grid(grid, min_points=3)
         arrs = [jnp.asarray(a, dtype=jnp.float32) for a in (logits, locs, scales)]
         shapes = {a.shape for a in arrs}
         if len(shapes) != 1 or arrs[0].ndim not in (2, 3):

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from numpyro_clustermass.cosmology import DEFAULT_COSMOLOGY, DEFAULT_Z, use_cosmology
+from numpyro_clustermass.grid import LOG_MASS_RANGE, check_grid  # the grid conventions, defined once
 
 __all__ = [
     "Flat",
@@ -54,8 +55,6 @@ __all__ = [
     "reweight_mixture_log_density",
 ]
 
-#: Mass range of the lecture's catalogue (Ho et al. 2019): log10 M200c in [13.5, 15.3] Msun/h.
-LOG_MASS_RANGE = (13.5, 15.3)
 
 #: Overlaps of a prior's support with a grid cell shorter than this fraction of the cell are rounding, not
 #: mass (a bound that falls on a cell edge up to float error): see :func:`evaluate_on_cells`.
@@ -69,51 +68,6 @@ _QUAD_PIECES = 2048
 # --------------------------------------------------------------------------------------------------------
 # grid helpers
 # --------------------------------------------------------------------------------------------------------
-def check_grid(grid) -> np.ndarray:
-    """Validate a log-mass grid: 1-D, finite, at least 2 points, strictly increasing and uniform.
-
-    Parameters
-    ----------
-    grid : array_like, shape (G,)
-
-    Returns
-    -------
-    numpy.ndarray
-        The grid as float64 (for host-side checks; the caller keeps its own array for computation).
-
-    Raises
-    ------
-    ValueError
-        Naming what is wrong and how to fix it.
-
-    Examples
-    --------
-    >>> check_grid(np.linspace(13.0, 16.0, 5)).shape
-    (5,)
-    """
-    g = np.asarray(grid)
-    if g.ndim != 1 or g.shape[0] < 2:
-        raise ValueError(f"grid must be 1-D with at least 2 points, got shape {g.shape}")
-    g64 = g.astype(np.float64)
-    if not np.all(np.isfinite(g64)):
-        raise ValueError(f"grid has {int(np.sum(~np.isfinite(g64)))} non-finite value(s)")
-    d = np.diff(g64)
-    if np.any(d <= 0):
-        raise ValueError(
-            f"grid must be strictly increasing; {int(np.sum(d <= 0))} step(s) are <= 0 "
-            "(build it with numpy.linspace(lo, hi, G))"
-        )
-    dx = (g64[-1] - g64[0]) / (g64.shape[0] - 1)
-    eps = np.finfo(g.dtype).eps if np.issubdtype(g.dtype, np.floating) else 0.0
-    tol = 1e-3 * dx + 8.0 * eps * np.max(np.abs(g64))
-    if np.max(np.abs(d - dx)) > tol:
-        raise ValueError(
-            f"grid must be uniform: steps range over [{d.min():.6g}, {d.max():.6g}] around dx={dx:.6g} "
-            "(build it with numpy.linspace(lo, hi, G))"
-        )
-    return g64
-
-
 def _check_range(lo, hi, what="prior") -> tuple[float, float]:
     lo, hi = float(lo), float(hi)
     if math.isnan(lo) or math.isnan(hi):

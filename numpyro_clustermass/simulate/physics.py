@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from numpyro_clustermass.cosmology import DEFAULT_COSMOLOGY, DEFAULT_Z, use_cosmology
+from numpyro_clustermass.grid import LOG_MASS_RANGE
 
 # --------------------------------------------------------------------------------------- paper numbers
 #: Evrard et al. (2008), eq. 1 and table 3: sigma_DM = SIGMA_15 (h(z) M200c / 1e15 Msun)^ALPHA, where
@@ -29,8 +30,6 @@ VELOCITY_BIAS_MEAN = 1.0
 VELOCITY_BIAS_STD = 0.05
 #: Zheng et al. (2005): satellite occupation <N_sat> proportional to M^alpha with alpha ~ 1.
 ZHENG05_ALPHA_SAT = 1.0
-#: Halo mass range of the lecture's catalogue, log10 M200c [Msun/h].
-LOG_MASS_RANGE = (13.5, 15.3)
 #: Ho et al. (2019, post-review catalogue): stellar-mass selection, log10 M* [Msun].
 LOG_MSTAR_MIN = 9.5
 
