@@ -19,6 +19,7 @@ from numpyro_clustermass import (
     diagnostics,
     estimators,
     features,
+    grid,
     inference,
     metrics,
     models,
@@ -35,10 +36,12 @@ from numpyro_clustermass.estimators import MDN, MSE, ModelEstimator
 from numpyro_clustermass.inference import (
     Fit,
     FitDivergedError,
+    FitFileError,
     FitInterrupted,
     FitWarning,
     available_methods,
     fit,
+    load,
     register_method,
 )
 from numpyro_clustermass.posterior import MassPosterior
@@ -55,6 +58,7 @@ __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
     "FitDivergedError",
+    "FitFileError",
     "FitInterrupted",
     "FitWarning",
     "MassObservableRelation",
@@ -67,7 +71,9 @@ __all__ = [
     "estimators",
     "features",
     "fit",
+    "grid",
     "inference",
+    "load",
     "metrics",
     "models",
     "nets",

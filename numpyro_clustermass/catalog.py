@@ -344,7 +344,9 @@ def _format_of(path: str, fmt: str | None) -> str:
     raise ValueError(f"cannot tell the format of {path!r}; use a .fits or .parquet suffix or pass format=")
 
 
-def _atomic_target(path: str) -> tuple[str, str]:
+def atomic_target(path: str) -> tuple[str, str]:
+    """A fresh temporary file next to ``path`` (mode as the umask gives new files) and ``path``: write the
+    temporary file, then ``os.replace(tmp, path)``, so that ``path`` never holds half a file."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {path!r}: the folder {directory!r} does not exist; create it first")
@@ -377,7 +379,7 @@ def write_catalog(cat: Catalog, path: str, format: str | None = None, overwrite:
               "members": {k: np.asarray(v).dtype.str for k, v in (cat.members or {}).items()}}
     meta_json = json.dumps({**cat.meta, "format_version": FORMAT_VERSION, _MEMBERS_KEY: n_members,
                             _DTYPES_KEY: dtypes}, default=_json_default)
-    tmp, final = _atomic_target(path)
+    tmp, final = atomic_target(path)
     try:
         if fmt == "fits":
             from astropy.io import fits
@@ -402,7 +404,7 @@ def write_catalog(cat: Catalog, path: str, format: str | None = None, overwrite:
             pq.write_table(table, tmp, write_page_checksum=True)
             mpath = path + _MEMBERS_SUFFIX
             if cat.members is not None:
-                mtmp, mfinal = _atomic_target(mpath)
+                mtmp, mfinal = atomic_target(mpath)
                 try:
                     pq.write_table(pa.table(dict(cat.members)), mtmp, write_page_checksum=True)
                     os.replace(mtmp, mfinal)

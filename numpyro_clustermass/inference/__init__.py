@@ -11,8 +11,10 @@ True
 """
 
 from numpyro_clustermass.inference.base import (
+    EarlyStopping,
     Fit,
     FitDivergedError,
+    FitFileError,
     FitInterrupted,
     FitWarning,
     InferenceMethod,
@@ -23,15 +25,19 @@ from numpyro_clustermass.inference.base import (
     clear_cache,
     fit,
     get_method,
+    load,
     register_method,
+    run_epochs,
     standardize_model,
 )
 from numpyro_clustermass.inference import svi  # noqa: F401  (registers "map")
 from numpyro_clustermass.inference import bbb, ensemble, laplace, mc_dropout, nuts  # noqa: F401,E402  (register)
 
 __all__ = [
+    "EarlyStopping",
     "Fit",
     "FitDivergedError",
+    "FitFileError",
     "FitInterrupted",
     "FitWarning",
     "InferenceMethod",
@@ -42,6 +48,8 @@ __all__ = [
     "clear_cache",
     "fit",
     "get_method",
+    "load",
     "register_method",
+    "run_epochs",
     "standardize_model",
 ]

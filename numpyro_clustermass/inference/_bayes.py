@@ -19,13 +19,20 @@ from numpyro import handlers
 from numpyro_clustermass.bnn import (
     NET_NAME,
     bayesian_twin,
+    deterministic_model as det_model_of,
     is_package_model,
     latent_site_names,
     param_shapes,
     resolve_weight_prior,
 )
-from numpyro_clustermass.inference import base as _base
-from numpyro_clustermass.inference.base import InferenceMethod, TrainingData, TrainingPlan, get_method
+from numpyro_clustermass.inference.base import (
+    EarlyStopping,
+    InferenceMethod,
+    TrainingData,
+    TrainingPlan,
+    get_method,
+    run_epochs,
+)
 
 
 # ---------------------------------------------------------------------------------------------- option checks
@@ -159,17 +166,6 @@ def require_latents(model: Callable, x, y, method: str) -> list[str]:
     return names
 
 
-def det_model_of(twin: Callable) -> Callable:
-    """The deterministic model of a Bayesian twin (same net, ``flax_module`` instead of ``random_flax_module``)."""
-    import functools
-
-    from numpyro_clustermass.bnn import _TWINS
-
-    inverse = {v: k for k, v in _TWINS.items()}
-    kw = {k: v for k, v in twin.keywords.items() if k not in ("weight_prior", "bayesian_layers")}
-    return functools.partial(inverse[twin.func], *twin.args, **kw)
-
-
 def flatten_tree(tree, prefix: str = "") -> dict[str, Any]:
     """``{dotted path: leaf}`` of a nested dict of arrays (ParamShape leaves are skipped)."""
     out = {}
@@ -264,12 +260,8 @@ def drive_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng
                  patience, min_delta: float, progress_bar: bool, desc: str):
     """Run ``impl``'s init/step/evaluate in the package's epoch driver (jit-compiled ``lax.scan`` epochs, early
     stopping, divergence check). Returns ``(state, history, info)``."""
-    k_init, k_epochs = jax.random.split(rng_key)
-    compiled = _base._Compiled(model, impl, plan)
-    return _base._epoch_driver(
-        compiled, plan, k_init, k_epochs, data.x_train, data.y_train, data.x_val, data.y_val, patience,
-        min_delta, progress_bar, lambda s, h, e: (s, h, e), desc,
-    )
+    return run_epochs(model, impl, plan, rng_key, data, EarlyStopping(patience, min_delta),
+                      progress_bar=progress_bar, desc=desc)
 
 
 def substitute_params(model: Callable, params: Mapping) -> Callable:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import pathlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -51,18 +52,15 @@ from numpyro import handlers
 
 from numpyro_clustermass.catalog import FEATURE_NAMES, Catalog, CatalogError, StandardScaler, validate_features
 from numpyro_clustermass.estimators import Estimator, as_estimator
-from numpyro_clustermass.posterior import (
-    DEFAULT_GRID_SIZE,
-    MassPosterior,
-    _check_grid,
-    _spacing,
-    default_grid,
-    mixture_on_grid,
-    normalise_log_density,
-)
+from numpyro_clustermass.inference import fitfile
+from numpyro_clustermass.inference.fitfile import FitFileError
+from numpyro_clustermass.grid import DEFAULT_GRID_SIZE, check_grid, default_grid, normalise_log_density, spacing
+from numpyro_clustermass.posterior import MassPosterior, mixture_on_grid
 
 __all__ = [
     "InferenceMethod",
+    "EarlyStopping",
+    "run_epochs",
     "TrainingPlan",
     "TrainingData",
     "RunResult",
@@ -71,6 +69,8 @@ __all__ = [
     "FitInterrupted",
     "FitWarning",
     "fit",
+    "load",
+    "FitFileError",
     "register_method",
     "get_method",
     "available_methods",
@@ -280,9 +280,11 @@ class FitInterrupted(KeyboardInterrupt):
             f = stop.fit
     """
 
-    def __init__(self, message: str, fit: "Fit | None" = None):
+    def __init__(self, message: str, fit: "Fit | None" = None, checkpoint=None):
         super().__init__(message)
         self.fit = fit
+        #: The file the interrupted fit was saved to (``fit(..., checkpoint=...)``), or None.
+        self.checkpoint = checkpoint
 
 
 class FitWarning(UserWarning):
@@ -376,6 +378,10 @@ class Fit:
     info : dict
         Run facts: sizes, epochs run, best epoch, early stop, number of traces of the epoch function, time.
     feature_names : tuple of str or None
+    method_options : dict
+        The options the method was built with (``fit(..., **method_options)``).
+    plan : TrainingPlan
+        Sizes the method was built for; with ``method`` and ``method_options`` it rebuilds the method on load.
     """
 
     estimator: Estimator
@@ -392,6 +398,8 @@ class Fit:
     info: dict
     feature_names: tuple | None
     num_features: int
+    method_options: dict = field(default_factory=dict)
+    plan: TrainingPlan | None = None
     _method: InferenceMethod = field(repr=False, default=None)
     _model: Callable = field(repr=False, default=None)
     _cache: dict = field(repr=False, default_factory=dict)
@@ -440,7 +448,7 @@ class Fit:
             try:
                 mean, var = fn.mean * y_scale + y_mean, fn.variance * y_scale**2
             except NotImplementedError:
-                dx = _spacing(grid)
+                dx = spacing(grid)
                 p = jnp.exp(normalise_log_density(ld, dx)) * dx
                 mean = jnp.sum(p * grid, -1)
                 var = jnp.sum(p * (grid - mean[:, None]) ** 2, -1)
@@ -458,7 +466,7 @@ class Fit:
             a, b, c = jax.lax.map(heads, (draws, keys))  # one compiled body for any number of draws
             if kind_box["kind"] == "mixture":
                 return mixture_on_grid(grid, a, b, c, keep_draws=keep_draws)
-            dx = _spacing(grid)
+            dx = spacing(grid)
             per_draw = normalise_log_density(a, dx)
             ld = normalise_log_density(jax.nn.logsumexp(per_draw, axis=0), dx)
             epi = jnp.var(b, axis=0) if num_draws > 1 else jnp.zeros_like(b[0])
@@ -498,7 +506,7 @@ class Fit:
         MassPosterior
         """
         x = self.features(data)
-        grid = self.grid if grid is None else _check_grid(grid)
+        grid = self.grid if grid is None else check_grid(grid, min_points=3)
         if num_draws is None:
             num_draws = self._method.num_draws
         elif isinstance(num_draws, (bool, np.bool_)) or not float(num_draws).is_integer() or num_draws < 1:
@@ -571,6 +579,70 @@ class Fit:
         """Posterior mean of log10 M per cluster (shorthand for ``fit.posterior(data).mean()``)."""
         return self.posterior(data).mean()
 
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> "pathlib.Path":
+        """Write the fit to one file (a ZIP of ``.npy`` arrays and a JSON manifest with checksums; no
+        pickle), atomically; :func:`load` reads it back. See :mod:`numpyro_clustermass.inference.fitfile`.
+
+        Raises :class:`FitFileError` when a method option or the estimator is a Python object rather than a
+        value (a Distribution as weight prior, a custom optimizer).
+        """
+        return fitfile.save_fit(self, path)
+
+
+def load(path, model: Callable | None = None) -> Fit:
+    """Load a fit written by :meth:`Fit.save`: the estimator from its config, the method from its factory
+    with the saved options and plan, and the method state, so that ``posterior`` gives bitwise what the
+    saved fit gave on the same machine.
+
+    Parameters
+    ----------
+    path : str or Path
+    model : callable, optional
+        The model function of a fit trained with a user model (:class:`ModelEstimator`).
+
+    Raises
+    ------
+    FitFileError
+        Not a fit file, truncated, corrupted (a checksum does not match), another format version, or a
+        state the installed method does not accept.
+    FileNotFoundError, IsADirectoryError
+
+    Example
+    -------
+    >>> import numpyro_clustermass as ncm
+    >>> f = ncm.load("mdn.ncm")                                   # doctest: +SKIP
+    >>> post = f.posterior(catalog)                               # doctest: +SKIP
+    """
+    manifest, array = fitfile.read_fit_file(path)
+    est = fitfile.estimator_from_config(manifest["estimator"], model)
+    method = manifest["method"]
+    if method not in _REGISTRY:
+        raise FitFileError(f"{str(path)!r} was trained with the method {method!r}, which is not registered here "
+                           f"(registered: {', '.join(available_methods())}); import the module that registers it")
+    plan = TrainingPlan(**manifest["plan"])
+    model_fn = standardize_model(est.model)
+    impl = get_method(method)(model_fn, plan, **manifest["method_options"])
+    state = fitfile.decode_state(manifest["state"], array)
+    try:
+        params = impl.get_params(state)
+    except Exception as exc:  # noqa: BLE001 - a state that does not fit the method is a problem of the file
+        raise FitFileError(f"{str(path)!r}: the saved state does not fit the {method!r} method as installed "
+                           f"({type(exc).__name__}: {exc})") from None
+    names = manifest["feature_names"]
+    return Fit(
+        estimator=est, method=method, config=manifest["config"], seed=int(manifest["seed"]), params=params,
+        state=state,
+        x_scaler=StandardScaler(mean=array("x_scaler_mean"), scale=array("x_scaler_scale")),
+        y_scaler=StandardScaler(mean=array("y_scaler_mean"), scale=array("y_scaler_scale")),
+        training_log_mass=array("training_log_mass"),
+        history={k: array(f"history_{k}") for k in manifest["history_keys"]},
+        grid=array("grid"), info=dict(manifest["info"]),
+        feature_names=None if names is None else tuple(names), num_features=int(manifest["num_features"]),
+        method_options=dict(manifest["method_options"]), plan=plan,
+        _method=impl, _model=model_fn if impl.model is None else impl.model, _cache={},
+    )
+
 
 # ---------------------------------------------------------------------------------------------- fit
 def _jsonable(d: dict) -> dict:
@@ -600,6 +672,9 @@ def fit(
     grid=None,
     grid_size: int = DEFAULT_GRID_SIZE,
     divergence_factor: float | None = DIVERGENCE_FACTOR,
+    checkpoint=None,
+    checkpoint_every: int = 10,
+    resume: Fit | None = None,
     **method_options,
 ) -> Fit:
     """Train ``estimator`` on ``data`` with the inference ``method``; return a :class:`Fit`.
@@ -636,6 +711,17 @@ def fit(
         (or that of a Gaussian ignoring the features, if larger), stops training with
         :class:`FitDivergedError` although it is finite (a learning rate far too high drives an MDN's loss
         to 1e15 without a NaN). None: only non-finite losses count.
+    checkpoint : str or Path, optional
+        A file the fit at its best state so far is saved to (:meth:`Fit.save`) every ``checkpoint_every``
+        epochs, at the end, and when training is interrupted (Ctrl-C); epoch-trained methods only.
+    checkpoint_every : int
+        Epochs between checkpoints.
+    resume : Fit, optional
+        Continue training from this fit's state (e.g. ``load(checkpoint)``) with its scalers, for up to
+        ``num_epochs`` more epochs; the estimator, method and options must be the same, and the data the
+        same catalogue (the validation split is drawn from ``seed`` as before). The loss history continues
+        the resumed fit's. The result is not bitwise that of an uninterrupted run: the best state and the
+        early-stopping counter start afresh, and the shuffling continues from the resumed epoch count.
     **method_options
         Passed to the method factory (for ``"map"``: ``learning_rate``, ``schedule``, ``warmup_steps``, ...).
 
@@ -652,7 +738,8 @@ def fit(
     FitDivergedError
         A non-finite or exploding loss; ``error.fit`` holds the fit at the last acceptable state.
     FitInterrupted
-        Ctrl-C during training (a ``KeyboardInterrupt``); ``error.fit`` holds the fit at the best state so far.
+        Ctrl-C during training (a ``KeyboardInterrupt``); ``error.fit`` holds the fit at the best state so far,
+        also saved to ``checkpoint`` when one is given (``error.checkpoint`` is then its path).
 
     Warns
     -----
@@ -673,13 +760,23 @@ def fit(
         raise ValueError(f"batch_size and num_epochs must be >= 1; got {batch_size}, {num_epochs}")
     if divergence_factor is not None and not (math.isfinite(divergence_factor) and divergence_factor > 0):
         raise ValueError(f"divergence_factor must be a positive number or None; got {divergence_factor}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1 (epochs); got {checkpoint_every!r}")
+    if checkpoint is not None:
+        checkpoint = pathlib.Path(checkpoint)
+        if checkpoint.is_dir() or not checkpoint.parent.is_dir():
+            raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: give a file name in a folder that exists")
+    if resume is not None:
+        _check_resume(resume, est, method, method_options)
 
     is_val = _validation_split(n, float(validation_fraction), groups, seed)
     if is_val.all() or (~is_val).sum() < 2:
         raise ValueError(f"validation_fraction={validation_fraction} leaves no training rows")
     x_tr, y_tr = x[~is_val], y[~is_val]
-    x_scaler = StandardScaler.fit(x_tr, names)
-    y_scaler = StandardScaler.fit(y_tr)
+    if resume is None:
+        x_scaler, y_scaler = StandardScaler.fit(x_tr, names), StandardScaler.fit(y_tr)
+    else:  # the resumed state expects the inputs standardised as when it was trained
+        x_scaler, y_scaler = resume.x_scaler, resume.y_scaler
     x_train = jnp.asarray(x_scaler.transform(x_tr), jnp.float32)
     y_train = jnp.asarray(y_scaler.transform(y_tr), jnp.float32)
     has_val = bool(is_val.any())
@@ -712,15 +809,19 @@ def fit(
             estimator=est, method=method, config=config, seed=int(seed),
             params=impl.get_params(state), state=state, x_scaler=x_scaler, y_scaler=y_scaler,
             training_log_mass=np.asarray(y), history=history,
-            grid=default_grid(y, grid_size) if grid is None else _check_grid(grid),
+            grid=default_grid(y, grid_size) if grid is None else check_grid(grid, min_points=3),
             info={**info, **extra, "time_s": time.perf_counter() - t_start},
-            feature_names=names, num_features=int(x.shape[1]), _method=impl,
+            feature_names=names, num_features=int(x.shape[1]), method_options=dict(method_options), plan=plan,
+            _method=impl,
             _model=model if impl.model is None else impl.model,
             _cache=compiled.predict_cache,
         )
 
     if impl.run is not None:
         from numpyro_clustermass.diagnostics import ConvergenceError
+
+        if resume is not None or checkpoint is not None:
+            raise ValueError(f"resume= and checkpoint= apply to methods trained by epochs; {method!r} runs once")
 
         try:
             res = impl.run(k_init, TrainingData(x_train, y_train, x_val, y_val), plan, progress_bar)
@@ -732,7 +833,8 @@ def fit(
         return make_fit(res.state, history, dict(res.info))
 
     result = _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
-                           progress_bar, make_fit, f"{method} {est.name}", divergence_factor)
+                           progress_bar, make_fit, f"{method} {est.name}", divergence_factor,
+                           checkpoint=checkpoint, checkpoint_every=int(checkpoint_every), resume=resume)
     info = result.info
     if getattr(est, "likelihood_over_mass", True) and info["best_loss"] > info["baseline_loss"] - MIN_IMPROVEMENT:
         worse = "; training made it worse" if info["best_loss"] > info["initial_loss"] else ""
@@ -745,6 +847,27 @@ def fit(
             FitWarning, stacklevel=2,
         )
     return result
+
+
+def _check_resume(resume, est, method, method_options) -> None:
+    """``resume`` must be a fit of the same estimator, method and options (its state is continued)."""
+    if not isinstance(resume, Fit):
+        raise TypeError(f"resume must be a Fit (e.g. numpyro_clustermass.load(checkpoint)); got {type(resume).__name__}")
+    if resume.state is None or resume.plan is None:
+        raise ValueError("resume: this fit has no method state to continue from")
+    mismatches = []
+    if resume.estimator.config() != est.config():
+        mismatches.append(f"estimator {resume.estimator.config()} vs {est.config()}")
+    if resume.method != method:
+        mismatches.append(f"method {resume.method!r} vs {method!r}")
+    try:
+        same = fitfile.jsonable_options(resume.method_options) == fitfile.jsonable_options(method_options)
+    except FitFileError:
+        same = resume.method_options == method_options
+    if not same:
+        mismatches.append(f"method options {resume.method_options} vs {method_options}")
+    if mismatches:
+        raise ValueError("resume: the fit to continue differs from this call: " + "; ".join(mismatches))
 
 
 class _Compiled:
@@ -826,10 +949,42 @@ def _gaussian_baseline_loss(y_std) -> float:
     return float(0.5 * math.log(2 * math.pi) + 0.5 * np.mean(y**2))
 
 
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Early stopping on the validation loss: stop after ``patience`` epochs without an improvement of the
+    per-datum loss larger than ``min_delta``; the best state is kept. ``patience=None``: never stop early."""
+
+    patience: int | None = 20
+    min_delta: float = 1e-4
+
+
+def run_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng_key, data: TrainingData,
+               early_stopping: EarlyStopping = EarlyStopping(), *, progress_bar: bool = False, desc: str = "epochs",
+               divergence_factor: float | None = DIVERGENCE_FACTOR):
+    """Train an iterative method (``init``/``step``/``evaluate``) by whole epochs, as :func:`fit` does: each
+    epoch one jit-compiled ``lax.scan`` over device-side shuffled minibatches, early stopping on the
+    validation loss, divergence and explosion checks, Ctrl-C handling, a tqdm bar.
+
+    For methods that train an inner model of their own (a MAP start for BBB or NUTS).
+
+    Returns
+    -------
+    (state, history, info)
+        The best state (by validation loss; the last one without validation data), ``train_loss``/
+        ``val_loss``/``epoch_time`` per epoch, and run facts (``epochs_run``, ``best_epoch``, ...).
+    """
+    k_init, k_epochs = jax.random.split(rng_key)
+    compiled = _Compiled(model, impl, plan)
+    return _epoch_driver(compiled, plan, k_init, k_epochs, data.x_train, data.y_train, data.x_val, data.y_val,
+                         early_stopping.patience, early_stopping.min_delta, progress_bar,
+                         lambda state, history, info: (state, history, info), desc, divergence_factor)
+
+
 def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
-                  progress_bar, make_fit, desc, divergence_factor=DIVERGENCE_FACTOR):
+                  progress_bar, make_fit, desc, divergence_factor=DIVERGENCE_FACTOR, checkpoint=None,
+                  checkpoint_every=10, resume=None):
     """Whole epochs as one jit-compiled ``lax.scan``; early stopping, divergence and explosion checks,
-    Ctrl-C handling, progress bar."""
+    Ctrl-C handling, checkpoints, progress bar."""
     from tqdm.auto import tqdm
 
     impl = compiled.impl
@@ -840,10 +995,15 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
         return {k: v - traces_before[k] for k, v in compiled.traces.items()}
 
     epoch_jit = compiled.epoch
-    state = impl.init(k_init, x_train[:bsz], y_train[:bsz])
+    state = impl.init(k_init, x_train[:bsz], y_train[:bsz]) if resume is None else resume.state
     has_val = x_val is not None
     x_check, y_check = (x_val, y_val) if has_val else (x_train[:bsz], y_train[:bsz])
     history = {"train_loss": [], "val_loss": [], "epoch_time": []}
+    start = 0
+    if resume is not None:  # continue the loss history and the epoch count (which seeds the shuffling)
+        history = {k: [float(v) for v in np.asarray(resume.history.get(k, []))] for k in history}
+        start = min(len(v) for v in history.values())
+        history = {k: v[:start] for k, v in history.items()}
     best = (math.inf, state, -1)
     wait = 0
     stopped_early = False
@@ -855,8 +1015,17 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
     def hist():
         return {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
 
-    bar = tqdm(range(plan.num_epochs), desc=desc, unit="epoch", disable=not progress_bar, leave=False)
-    ep = 0
+    def save_checkpoint(extra):
+        if checkpoint is not None:
+            done = len(history["train_loss"])
+            kept = best[1] if has_val and best[2] >= 0 else state
+            make_fit(kept, hist(), dict(epochs_run=done, best_epoch=best[2] if has_val else done - 1,
+                                        stopped_early=False, best_val_loss=best[0] if has_val else None,
+                                        traces=traces(), initial_loss=initial, **extra)).save(checkpoint)
+
+    bar = tqdm(range(start, start + plan.num_epochs), desc=desc, unit="epoch", disable=not progress_bar,
+               leave=False)
+    ep = start
     try:
         for ep in bar:
             t0 = time.perf_counter()
@@ -896,8 +1065,10 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
                 if val_loss < best[0]:
                     best = (val_loss, state, ep)
                 if has_val and patience is not None and wait >= patience:
-                    stopped_early = ep < plan.num_epochs - 1  # patience ran out with epochs left
+                    stopped_early = ep < start + plan.num_epochs - 1  # patience ran out with epochs left
                     break
+            if (ep + 1 - start) % checkpoint_every == 0:
+                save_checkpoint({"checkpoint": True})
     except KeyboardInterrupt as exc:
         if isinstance(exc, FitInterrupted):
             raise
@@ -909,15 +1080,22 @@ def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_v
         err_fit = make_fit(final_state, hist(), dict(
             epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=False,
             interrupted=True, best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial))
+        saved = ""
+        if checkpoint is not None:
+            err_fit.save(checkpoint)
+            saved = f" and saved to {str(checkpoint)!r}"
         raise FitInterrupted(
             f"training interrupted in epoch {ep} after {epochs_run} complete epochs; {kept} is kept in "
-            f"error.fit (in a notebook: sys.last_value.fit)", fit=err_fit) from None
+            f"error.fit (in a notebook: sys.last_value.fit){saved}", fit=err_fit, checkpoint=checkpoint) from None
     finally:
         bar.close()
     epochs_run = len(history["train_loss"])
     final_state = best[1] if has_val else state
-    return make_fit(final_state, hist(), dict(
+    result = make_fit(final_state, hist(), dict(
         epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=stopped_early,
         best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial,
         baseline_loss=baseline, best_loss=best[0] if has_val else history["train_loss"][-1],
     ))
+    if checkpoint is not None:
+        result.save(checkpoint)
+    return result
