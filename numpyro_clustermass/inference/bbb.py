@@ -41,9 +41,9 @@ Kingma, D. P., Welling, M. (2014). Auto-encoding variational Bayes. ICLR.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
-
+import functools
 import math
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +78,7 @@ from numpyro_clustermass.inference.base import (
     TrainingPlan,
     register_method,
 )
-from numpyro_clustermass.inference.svi import make_optimizer, make_schedule
+from numpyro_clustermass.inference.svi import latent_structure, make_optimizer, make_schedule, prepare_svi
 
 __all__ = ["bbb_method", "MeanFieldGuide", "DEFAULT_INIT_SCALE", "DEFAULT_NUM_DRAWS"]
 
@@ -127,7 +127,9 @@ class MeanFieldGuide:
     shapes : dict
         ``{site name: shape}`` of the latent weight sites.
     init_values : dict, optional
-        Initial means by site (default zeros).
+        Initial means by site (default zeros): the ``"bbb$loc"`` param's initial value when ``SVI.init`` is not
+        given one. The ``"bbb"`` method leaves it out and passes :meth:`loc_vector` of its start values as
+        ``init_params`` instead, so that the start is in the state and the guide depends on shapes only.
     init_scale : float
         Initial standard deviation of every weight.
 
@@ -153,11 +155,14 @@ class MeanFieldGuide:
             self.layout.append((k, start, start + size, shp))
             start += size
         self.size = start
-        init_values = init_values or {}
-        loc = [jnp.reshape(jnp.asarray(init_values[k], jnp.float32), (-1,)) if k in init_values
-               else jnp.zeros(e - b, jnp.float32) for k, b, e, _ in self.layout]
-        self.init_loc = jnp.concatenate(loc) if loc else jnp.zeros(0, jnp.float32)
+        self.init_loc = self.loc_vector(init_values or {})
         self.init_rho = jnp.full(self.size, _inv_softplus(float(init_scale)), jnp.float32)
+
+    def loc_vector(self, values):
+        """The flat vector of means (``"bbb$loc"``) from ``{site: value}``; sites left out get zeros."""
+        loc = [jnp.reshape(jnp.asarray(values[k], jnp.float32), (-1,)) if k in values
+               else jnp.zeros(e - b, jnp.float32) for k, b, e, _ in self.layout]
+        return jnp.concatenate(loc) if loc else jnp.zeros(0, jnp.float32)
 
     def _split(self, flat):
         lead = flat.shape[:-1]
@@ -257,89 +262,89 @@ def bbb_method(
     sched = make_schedule(learning_rate, plan.num_steps, schedule, warmup_steps, final_lr_fraction)
     optim = optax_to_numpyro(make_optimizer(sched, clip_norm=clip_norm))
     num_data = plan.num_data
-    box = {}  # the guide, built at init with the initial locations
+    init_scale = float(init_scale)
 
-    def make_svi(start_params, shapes):
-        if is_twin:
-            guide = MeanFieldGuide(shapes, start_params, init_scale=float(init_scale))
-        else:  # a user's model: any latent sites, with their constraints
-            loc_fn = init_to_median(num_samples=15) if start_params is None else init_to_value(values=start_params)
-            guide = AutoNormal(twin, init_loc_fn=loc_fn, init_scale=float(init_scale))
-        box["guide"] = guide
-        box["elbo"] = TraceMeanField_ELBO(num_particles=int(num_particles))
-        box["svi"] = SVI(twin, guide, optim, box["elbo"])
-        box["eval_elbo"] = TraceMeanField_ELBO(num_particles=int(eval_particles))
-        return box["svi"]
+    # Everything step, evaluate, get_params and sample use is built here from the model and the plan, never by
+    # init or run, so that they work on a state made by another instance of this method (a saved fit), and a
+    # method shared by fits of one configuration shares nothing that depends on a fit. The start of the guide
+    # (flax initial weights or MAP weights) is in init's state: SVI.init's init_params.
+    shapes, _ = latent_structure(twin, plan.batch_size, plan.num_features)
+    if not shapes:  # nothing to be Bayesian about: require_latents raises the explanation
+        require_latents(twin, jnp.zeros((1, plan.num_features), jnp.float32), jnp.zeros(1, jnp.float32), "bbb")
+    sites = list(shapes)
+    if is_twin:
+        guide = MeanFieldGuide({k: v.shape for k, v in shapes.items()}, init_scale=init_scale)
+    else:  # a user's model: any latent sites, with their constraints; set up by prepare_svi (structure only)
+        guide = AutoNormal(twin, init_loc_fn=init_to_median(num_samples=15), init_scale=init_scale)
+    elbo = TraceMeanField_ELBO(num_particles=int(num_particles))
+    eval_elbo = TraceMeanField_ELBO(num_particles=int(eval_particles))
+    svi = prepare_svi(SVI(twin, guide, optim, elbo), plan, num_data=num_data)
+    given_map = None
+    if isinstance(init, Fit):
+        given_map, _ = map_params_from(init, model, plan, None, None, False, None, "bbb")
 
     def start_values(rng_key, x, y, map_params):
-        """Initial guide locations (sample sites), initial params of the twin, and the latent sites' shapes."""
-        sites = require_latents(twin, x, y, "bbb")
-        shapes = {k: jnp.shape(v) for k, v in _latent_values(twin, x, y).items()}
+        """Initial guide locations (sample sites) and initial params of the twin."""
         if map_params is not None:
-            return net_site_values(map_params, sites), point_params(map_params, sites), shapes
+            return net_site_values(map_params, sites), point_params(map_params, sites)
         if is_twin:
             p0 = initial_params(det_model_of(twin), x, y, rng_key)
-            return net_site_values(p0, sites), None, shapes
-        return None, None, shapes
+            return net_site_values(p0, sites), None
+        return None, None
 
-    def init_with(rng_key, x, y, map_params):
+    def init_from(map_params, rng_key, x, y):
         k0, k1 = jax.random.split(rng_key)
-        locs, params, shapes = start_values(k0, x, y, map_params)
-        svi = make_svi(locs, shapes)
+        locs, params = start_values(k0, x, y, map_params)
         init_params = None if params is None else copy_tree(params)
-        return svi.init(k1, x, y, num_data=num_data, init_params=init_params)
-
-    def init_fn(rng_key, x, y):
-        return init_with(rng_key, x, y, box.get("map_params"))
+        if is_twin:
+            init_params = {**(init_params or {}), "bbb$loc": guide.loc_vector(locs)}
+            init_guide = guide
+        else:
+            # AutoNormal takes its initial locations from its first call (seeded by SVI.init's key): a fresh one
+            loc_fn = init_to_median(num_samples=15) if locs is None else init_to_value(values=locs)
+            init_guide = AutoNormal(twin, init_loc_fn=loc_fn, init_scale=init_scale)
+        # its own SVI object: init sets nothing that the other functions use
+        return SVI(twin, init_guide, optim, elbo).init(k1, x, y, num_data=num_data, init_params=init_params)
 
     def step(state, x, y):
-        return box["svi"].update(state, x, y, num_data=num_data)
+        return svi.update(state, x, y, num_data=num_data)
 
     def evaluate(state, x, y):
         # per-datum negative ELBO with the likelihood scaled to the training-set size (comparable to train_loss)
-        params = {**box["svi"].get_params(state), **(state.mutable_state or {})}
+        params = {**svi.get_params(state), **(state.mutable_state or {})}
         # NumPyro ignores mutable state (batch norm) with several particles: use one particle then
-        elbo = box["eval_elbo"] if state.mutable_state is None else box["elbo"]
-        loss = elbo.loss(state.rng_key, params, twin, box["guide"], x, y, num_data=num_data)
+        loss_fn = eval_elbo if state.mutable_state is None else elbo
+        loss = loss_fn.loss(state.rng_key, params, twin, guide, x, y, num_data=num_data)
         return loss / num_data
 
     def get_params(state):
-        params = box["svi"].get_params(state)
-        latent = box["guide"].median(params)
+        params = svi.get_params(state)
+        latent = guide.median(params)
         return {**point_params(params, latent), **latent, **(state.mutable_state or {})}
 
     def sample(rng_key, state, num):
-        params = box["svi"].get_params(state)
-        draws = box["guide"].sample_posterior(rng_key, params, sample_shape=(int(num),))
+        params = svi.get_params(state)
+        draws = guide.sample_posterior(rng_key, params, sample_shape=(int(num),))
         draws = {k: v for k, v in draws.items() if k not in params}
         fixed = {**point_params(params, draws), **(state.mutable_state or {})}
         return {**tile(fixed, int(num)), **draws}
 
-    run = None
-    if isinstance(init, Fit):
-        box["map_params"], _ = map_params_from(init, model, plan, None, None, False, None, "bbb")
-    elif init == "map":
-
-        def run(rng_key, data: TrainingData, plan_: TrainingPlan, progress_bar: bool):
-            k_map, k_bbb = jax.random.split(rng_key)
-            map_params, info = map_params_from(init, model, plan_, data, k_map, progress_bar, map_options, "bbb")
-            box["map_params"] = map_params
-            state, history, extra = drive_epochs(twin, impl_without_run, plan_, k_bbb, data, patience, min_delta,
-                                                 progress_bar, "bbb")
-            return RunResult(state, history, {**info, **extra})
-
-    impl_without_run = InferenceMethod(
-        init=init_fn, step=step, evaluate=evaluate, get_params=get_params, sample=sample,
-        predict_kwargs={"deterministic": True}, num_draws=int(num_draws), name="bbb", model=twin,
+    method = InferenceMethod(
+        init=functools.partial(init_from, given_map), step=step, evaluate=evaluate, get_params=get_params,
+        sample=sample, predict_kwargs={"deterministic": True}, num_draws=int(num_draws), name="bbb", model=twin,
     )
-    return impl_without_run._replace(run=run)
+    if not (isinstance(init, str) and init == "map"):
+        return method
 
+    def run(rng_key, data: TrainingData, plan_: TrainingPlan, progress_bar: bool):
+        k_map, k_bbb = jax.random.split(rng_key)
+        map_params, info = map_params_from(init, model, plan_, data, k_map, progress_bar, map_options, "bbb")
+        from_map = method._replace(init=functools.partial(init_from, map_params))
+        state, history, extra = drive_epochs(twin, from_map, plan_, k_bbb, data, patience, min_delta, progress_bar,
+                                             "bbb")
+        return RunResult(state, history, {**info, **extra})
 
-def _latent_values(model, x, y):
-    from numpyro import handlers
-
-    tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(x, y)
-    return {k: s["value"] for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+    return method._replace(run=run)
 
 
 register_method("bbb", bbb_method)

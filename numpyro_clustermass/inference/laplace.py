@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.optimize import minimize
-from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import initialize_model
 
@@ -68,6 +67,7 @@ from numpyro_clustermass.inference.base import (
     TrainingPlan,
     register_method,
 )
+from numpyro_clustermass.inference.svi import latent_structure
 
 __all__ = ["laplace_method", "gaussian_at_mode", "LaplaceState", "DEFAULT_NUM_DRAWS", "MAX_PARAMS"]
 
@@ -234,7 +234,20 @@ def laplace_method(
     check_init(m, init)
     map_options = check_map_options(m, map_options)
     twin, _ = bayesian_model(model, weight_prior, bayesian_layers, "last", plan.num_features)
-    box = {}
+    # The flattening of the unconstrained latents and their constraining transforms come from the model and the
+    # plan (a trace on abstract inputs of the training set's shape), not from run: sample and get_params work on a
+    # state made by another instance of this method (a saved fit), and share nothing that depends on a fit.
+    shapes, transforms = latent_structure(twin, plan.num_data, plan.num_features, deterministic=True)
+    if not shapes:  # nothing to be Bayesian about: require_latents raises the explanation
+        require_latents(twin, jnp.zeros((1, plan.num_features), jnp.float32), jnp.zeros(1, jnp.float32), "laplace")
+    unconstrained = {k: jax.ShapeDtypeStruct(transforms[k].inverse_shape(v.shape), v.dtype) for k, v in shapes.items()}
+    flat_like, unravel = ravel_pytree({k: jnp.zeros(v.shape, v.dtype) for k, v in unconstrained.items()})
+    dim = int(flat_like.size)
+    if dim > max_params:
+        raise ValueError(
+            f"laplace: {dim} Bayesian weights is more than max_params={max_params} for a dense Hessian; use "
+            f"bayesian_layers='last' (last-layer Laplace) or raise max_params"
+        )
 
     def run(rng_key, data: TrainingData, plan_: TrainingPlan, progress_bar: bool):
         t0 = time.perf_counter()
@@ -252,16 +265,14 @@ def laplace_method(
             model_kwargs={"deterministic": True}, dynamic_args=False,
         )
         z0 = model_info.param_info.z
-        flat0, unravel = ravel_pytree(z0)
-        dim = int(flat0.size)
-        if dim > max_params:
+        found = {k: (tuple(jnp.shape(v)), jnp.result_type(v)) for k, v in z0.items()}
+        expected = {k: (tuple(v.shape), v.dtype) for k, v in unconstrained.items()}
+        if found != expected:
             raise ValueError(
-                f"laplace: {dim} Bayesian weights is more than max_params={max_params} for a dense Hessian; use "
-                f"bayesian_layers='last' (last-layer Laplace) or raise max_params"
+                f"laplace: the model's latent sites on the training data, {found}, differ from those traced on "
+                f"inputs of the training set's shape when the method was built, {expected}; the latent sites' "
+                f"shapes must follow from the shape of the data"
             )
-        transforms = {k: biject_to(s["fn"].support) for k, s in model_info.model_trace.items()
-                      if s["type"] == "sample" and not s["is_observed"]}
-        box["unravel"], box["transforms"] = unravel, transforms
         t1 = time.perf_counter()
         lap = gaussian_at_mode(model_info.potential_fn, z0, refine_mode, max_iter, eigenvalue_floor)
         info.update({"num_latent": dim, "latent_sites": list(z0), **lap["info"], "trunk_precomputed": trunk_pre,
@@ -269,8 +280,8 @@ def laplace_method(
         return RunResult(LaplaceState(lap["mode"], lap["scale"], fixed), {}, info)
 
     def constrain(flat):
-        z = box["unravel"](flat)
-        return {k: box["transforms"][k](v) for k, v in z.items()}
+        z = unravel(flat)
+        return {k: transforms[k](v) for k, v in z.items()}
 
     def get_params(state: LaplaceState):
         return {**state.fixed, **constrain(state.mode)}

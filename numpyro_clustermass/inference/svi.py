@@ -25,6 +25,8 @@ True
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from typing import Callable
 
@@ -32,13 +34,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
 from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoDelta
+from numpyro.infer.autoguide import AutoDelta, AutoGuide
 from numpyro.optim import optax_to_numpyro
 
 from numpyro_clustermass.inference.base import InferenceMethod, TrainingPlan, register_method
 
-__all__ = ["map_method", "make_schedule", "make_optimizer"]
+__all__ = ["map_method", "make_schedule", "make_optimizer", "latent_sites", "latent_structure", "prepare_svi"]
 
 
 def make_schedule(
@@ -150,6 +153,71 @@ def latent_sites(model: Callable, plan: TrainingPlan) -> list[str]:
     return found
 
 
+def latent_structure(model: Callable, num_rows: int, num_features: int, **model_kwargs) -> tuple[dict, dict]:
+    """Shapes and constraining transforms of the model's latent sample sites, from a trace on abstract inputs.
+
+    ``model(x, y, **model_kwargs)`` is traced with ``x`` of shape ``(num_rows, num_features)`` (float32) without
+    computing anything. A method builds from this, once, in its factory, what it needs to read a state (the
+    flattening of the latents, their transforms), so that a state made by another instance of the method (a
+    saved fit) can be sampled without ``init`` or ``run`` having been called on this one. A transform whose
+    parameters would be traced values (a support built with ``jnp`` inside the model) is taken from a trace on
+    zeros instead.
+
+    Returns
+    -------
+    shapes : dict
+        ``{site: jax.ShapeDtypeStruct}`` of the constrained values, in trace order.
+    transforms : dict
+        ``{site: biject_to(support)}``.
+
+    >>> import numpyro, numpyro.distributions as dist
+    >>> def model(x, y=None):
+    ...     s = numpyro.sample("s", dist.HalfNormal(1.0))
+    ...     numpyro.sample("obs", dist.Normal(0.0, s).expand([x.shape[0]]), obs=y)
+    >>> shapes, transforms = latent_structure(model, 10, 2)
+    >>> shapes["s"].shape, type(transforms["s"]).__name__
+    ((), 'ExpTransform')
+    """
+    transforms: dict = {}
+
+    def probe(x, y):
+        tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(x, y, **model_kwargs)
+        latent = {k: s for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+        transforms.clear()
+        transforms.update({k: biject_to(s["fn"].support) for k, s in latent.items()})
+        return {k: s["value"] for k, s in latent.items()}
+
+    x = jax.ShapeDtypeStruct((int(num_rows), int(num_features)), jnp.float32)
+    y = jax.ShapeDtypeStruct((int(num_rows),), jnp.float32)
+    shapes = jax.eval_shape(probe, x, y)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(transforms)):
+        probe(jnp.zeros(x.shape, x.dtype), jnp.zeros(y.shape, y.dtype))
+    order = list(transforms)  # trace order (eval_shape returns the dict with its keys sorted)
+    return {k: shapes[k] for k in order}, {k: transforms[k] for k in order}
+
+
+def prepare_svi(svi: SVI, plan: TrainingPlan, **model_kwargs) -> SVI:
+    """Make ``svi`` able to step, evaluate and read any state of its configuration, without ``svi.init``.
+
+    NumPyro's :class:`~numpyro.infer.SVI` keeps the constraining transforms of its params (``svi.constrain_fn``,
+    used by ``update`` and ``get_params``) from ``SVI.init``, and an autoguide sets itself up (its sites,
+    supports and the functions behind ``median``/``sample_posterior``) on its first call. Both are done here,
+    from the plan alone: an autoguide that is not set up is run once on zeros of one batch's shape, and
+    ``SVI.init`` is traced on abstract inputs (nothing is computed). A method's factory calls this, so that a
+    state made by another instance of the method (a loaded fit) works with this one. Returns ``svi``.
+
+    Only the *structure* comes from the zeros: a state's values (the initial autoguide locations included) come
+    from the method's ``init``, which therefore initialises with a fresh autoguide.
+    """
+    x = jnp.zeros((plan.batch_size, plan.num_features), jnp.float32)
+    y = jnp.zeros((plan.batch_size,), jnp.float32)
+    if isinstance(svi.guide, AutoGuide) and svi.guide.prototype_trace is None:
+        handlers.trace(handlers.seed(svi.guide, 0)).get_trace(x, y, **model_kwargs)
+    jax.eval_shape(lambda key, x, y: svi.init(key, x, y, **model_kwargs), jax.random.key(0),
+                   jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(y.shape, y.dtype))
+    return svi
+
+
 def map_method(
     model: Callable,
     plan: TrainingPlan,
@@ -179,21 +247,40 @@ def map_method(
     optimizer : optax.GradientTransformation, optional
         Replaces the default optimiser entirely.
     guide : callable, optional
-        Default :class:`~numpyro.infer.autoguide.AutoDelta` of the model.
+        Default :class:`~numpyro.infer.autoguide.AutoDelta` of the model (when it has latent sites). An autoguide
+        not yet set up is set up here on zeros of one batch's shape (only its structure is used), and every
+        ``init`` starts from a copy of it as given, so that its initial values come from ``init``'s key and data.
     """
     if optimizer is None:
         sched = make_schedule(learning_rate, plan.num_steps, schedule, warmup_steps, final_lr_fraction)
         optimizer = make_optimizer(sched, b1, b2, weight_decay, clip_norm)
-    if guide is None:
-        guide = AutoDelta(model) if latent_sites(model, plan) else _no_latent_guide
-    svi = SVI(model, guide, optax_to_numpyro(optimizer), Trace_ELBO())
     num_data = plan.num_data
+    optim = optax_to_numpyro(optimizer)
+    fresh_guide = None  # makes the guide that init starts from, for an autoguide
+    if guide is None:
+        if latent_sites(model, plan):
+            guide = AutoDelta(model)
+            fresh_guide = functools.partial(AutoDelta, model)
+        else:
+            guide = _no_latent_guide
+    elif isinstance(guide, AutoGuide) and guide.prototype_trace is None:
+        template = copy.deepcopy(guide)
+        fresh_guide = functools.partial(copy.deepcopy, template)
+    # Everything step/evaluate/get_params/sample use is built here, so that they work on a state made by another
+    # instance of this method (a saved fit): the guide is set up and svi's param transforms are found from the plan.
+    svi = prepare_svi(SVI(model, guide, optim, Trace_ELBO()), plan, num_data=num_data)
+    # init changes nothing of that: it runs its own SVI. An autoguide takes its initial values from its first call
+    # (seeded by SVI.init's key), so init starts a fresh one, as NumPyro would, with Python side effects: eagerly.
     # Without latent sites the guide is empty and SVI.init is pure: one compiled call instead of running the
-    # network's initialisation op by op (3-4 s against 10-15 s on two CPU cores). AutoDelta sets itself up
-    # with Python side effects on its first call, so it is initialised eagerly.
-    svi_init = svi.init if guide is not _no_latent_guide else jax.jit(svi.init, static_argnames="num_data")
+    # network's initialisation op by op (3-4 s against 10-15 s on two CPU cores).
+    if guide is _no_latent_guide:
+        svi_init = jax.jit(SVI(model, guide, optim, svi.loss).init, static_argnames="num_data")
+    elif fresh_guide is None:  # the user's own guide, stateless or already set up
+        svi_init = SVI(model, guide, optim, svi.loss).init
 
     def init(rng_key, x, y):
+        if fresh_guide is not None:
+            return SVI(model, fresh_guide(), optim, svi.loss).init(rng_key, x, y, num_data=num_data)
         return svi_init(rng_key, x, y, num_data=num_data)
 
     def step(state, x, y):
