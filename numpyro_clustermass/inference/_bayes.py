@@ -19,7 +19,7 @@ from numpyro import handlers
 from numpyro_clustermass.bnn import (
     NET_NAME,
     bayesian_twin,
-    deterministic_model as det_model_of,
+    head_only_twin,
     is_package_model,
     latent_site_names,
     param_shapes,
@@ -262,6 +262,18 @@ def drive_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng
     stopping, divergence check). Returns ``(state, history, info)``."""
     return run_epochs(model, impl, plan, rng_key, data, EarlyStopping(patience, min_delta),
                       progress_bar=progress_bar, desc=desc)
+
+
+def fixed_trunk_problem(twin, fixed, x, num_features):
+    """``(model, fixed params, inputs)`` to sample: the head alone on precomputed trunk features when only the head
+    is Bayesian and the trunk is held at the MAP (same posterior, one trunk pass instead of one per gradient)."""
+    ho = head_only_twin(twin, num_features)
+    params = fixed.get("nn$params")
+    if ho is None or not isinstance(params, dict) or "trunk" not in params or "head" not in params:
+        return twin, fixed, x, False
+    trunk_fn, head_twin = ho
+    feats = jax.jit(trunk_fn)(params["trunk"], x)
+    return head_twin, {**fixed, "nn$params": {"head": params["head"]}}, feats, True
 
 
 def substitute_params(model: Callable, params: Mapping) -> Callable:

@@ -55,13 +55,13 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_median, init_to_value
 from numpyro.optim import optax_to_numpyro
 
+from numpyro_clustermass.bnn import deterministic_model
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
     check_float,
     check_int,
     check_map_options,
     copy_tree,
-    det_model_of,
     drive_epochs,
     initial_params,
     map_params_from,
@@ -288,7 +288,7 @@ def bbb_method(
         if map_params is not None:
             return net_site_values(map_params, sites), point_params(map_params, sites)
         if is_twin:
-            p0 = initial_params(det_model_of(twin), x, y, rng_key)
+            p0 = initial_params(deterministic_model(twin), x, y, rng_key)
             return net_site_values(p0, sites), None
         return None, None
 

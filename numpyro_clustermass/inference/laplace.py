@@ -49,6 +49,7 @@ from numpyro.infer.util import initialize_model
 
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
+    fixed_trunk_problem,
     check_float,
     check_init,
     check_int,
@@ -255,9 +256,7 @@ def laplace_method(
         map_params, info = map_params_from(init, model, plan_, data, k_map, progress_bar, map_options, "laplace")
         sites = require_latents(twin, data.x_train[:2], data.y_train[:2], "laplace")
         fixed = point_params(map_params, sites)
-        from numpyro_clustermass.inference.nuts import _fixed_trunk_problem
-
-        sampled, fixed_s, x_s, trunk_pre = _fixed_trunk_problem(twin, fixed, data.x_train, plan_.num_features)
+        sampled, fixed_s, x_s, trunk_pre = fixed_trunk_problem(twin, fixed, data.x_train, plan_.num_features)
         target = substitute_params(sampled, fixed_s)
         start = net_site_values(map_params, sites)
         model_info = initialize_model(

@@ -81,9 +81,9 @@ from numpyro_clustermass.diagnostics import (
     convergence_problems,
     function_space_convergence,
 )
-from numpyro_clustermass.bnn import head_only_twin
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
+    fixed_trunk_problem,
     check_float,
     check_init,
     check_int,
@@ -167,18 +167,6 @@ def _weight_space_max_rhat(samples: Mapping) -> float:
         if np.isfinite(r).any():
             worst = max(worst, float(np.nanmax(r)))
     return worst
-
-
-def _fixed_trunk_problem(twin, fixed, x, num_features):
-    """``(model, fixed params, inputs)`` to sample: the head alone on precomputed trunk features when only the head
-    is Bayesian and the trunk is held at the MAP (same posterior, one trunk pass instead of one per gradient)."""
-    ho = head_only_twin(twin, num_features)
-    params = fixed.get("nn$params")
-    if ho is None or not isinstance(params, dict) or "trunk" not in params or "head" not in params:
-        return twin, fixed, x, False
-    trunk_fn, head_twin = ho
-    feats = jax.jit(trunk_fn)(params["trunk"], x)
-    return head_twin, {**fixed, "nn$params": {"head": params["head"]}}, feats, True
 
 
 def _report_convergence(problems: list[str], state: MCMCState, info: dict, target_accept_prob: float) -> None:
@@ -309,7 +297,7 @@ def nuts_method(
         sites = require_latents(twin, data.x_train[:2], data.y_train[:2], "nuts")
         fixed = point_params(map_params, sites)
         start = net_site_values(map_params, sites)
-        sampled, fixed_s, x_s, trunk_pre = _fixed_trunk_problem(twin, fixed, data.x_train, plan_.num_features)
+        sampled, fixed_s, x_s, trunk_pre = fixed_trunk_problem(twin, fixed, data.x_train, plan_.num_features)
         target = substitute_params(sampled, fixed_s)
         k_lap, k_start, k_mcmc = jax.random.split(k_mcmc, 3)
         init_params, lap_info, nuts_kw = None, {}, {"dense_mass": dense_mass}
