@@ -701,14 +701,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     validation_fraction=args.validation_fraction, patience=args.patience,
                     progress_bar=not args.no_progress, checkpoint_every=args.checkpoint_every, resume=resume)
     try:
-        try:
-            result = fit(estimator, cat, checkpoint=ckpt, **settings, **options)
-        except ValueError as exc:
-            # a one-shot method (nuts, laplace) has no epochs to checkpoint: fit refuses checkpoint= before any
-            # work, so run it without (a --resume of one is the user's error and keeps its message)
-            if resume is not None or "runs once" not in str(exc):
-                raise
-            result = fit(estimator, cat, checkpoint=None, **settings, **options)
+        result = fit(estimator, cat, checkpoint=ckpt, **settings, **options)
     except FitInterrupted as stop:
         saved = getattr(stop, "checkpoint", None)
         if saved is None and stop.fit is not None:

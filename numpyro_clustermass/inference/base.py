@@ -713,7 +713,8 @@ def fit(
         to 1e15 without a NaN). None: only non-finite losses count.
     checkpoint : str or Path, optional
         A file the fit at its best state so far is saved to (:meth:`Fit.save`) every ``checkpoint_every``
-        epochs, at the end, and when training is interrupted (Ctrl-C); epoch-trained methods only.
+        epochs, at the end, and when training is interrupted (Ctrl-C). Methods that run once (NUTS,
+        Laplace) save their result at the end.
     checkpoint_every : int
         Epochs between checkpoints.
     resume : Fit, optional
@@ -820,8 +821,8 @@ def fit(
     if impl.run is not None:
         from numpyro_clustermass.diagnostics import ConvergenceError
 
-        if resume is not None or checkpoint is not None:
-            raise ValueError(f"resume= and checkpoint= apply to methods trained by epochs; {method!r} runs once")
+        if resume is not None:
+            raise ValueError(f"resume= applies to methods trained by epochs; {method!r} runs once")
 
         try:
             res = impl.run(k_init, TrainingData(x_train, y_train, x_val, y_val), plan, progress_bar)
@@ -830,7 +831,10 @@ def fit(
                 err.fit = make_fit(err.state, {}, dict(err.info or {}))
             raise
         history = {k: np.asarray(v) for k, v in res.history.items()}
-        return make_fit(res.state, history, dict(res.info))
+        result = make_fit(res.state, history, dict(res.info))
+        if checkpoint is not None:  # a one-shot method has no epochs to checkpoint: its result is saved
+            result.save(checkpoint)
+        return result
 
     result = _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
                            progress_bar, make_fit, f"{method} {est.name}", divergence_factor,
