@@ -14,12 +14,10 @@ What the method does, in order:
    preconditioning the head weights of a well-trained MDN are so correlated (the trunk's features are nearly
    collinear) that NUTS needs hundreds of leapfrog steps per draw. When only the head is Bayesian, the
    trunk's features are computed once and the head alone is sampled (same posterior, same site names).
-   Measured on 3.2k clusters, MDN(3, (16, 16)), 153 head weights, 2 chains: diagonal adaptation, 500 + 500:
-   383 steps per draw, 680 s, function-space R-hat 1.010; Laplace metric, 500 + 500: 368 steps, 462 s, R-hat
-   1.015, min bulk ESS 512; Laplace metric, 300 + 300 (the default): 458 steps, 406 s, R-hat 1.040, min bulk
-   ESS 98 (``benchmarks/bench_bayesian_methods.py``; a shared 2-core CPU). The step count stays high because
-   a well-trained MDN's posterior is far from Gaussian (Hessian eigenvalues over 4 decades, a few
-   divergences); ``num_warmup``/``num_samples`` trade time for ESS.
+   Steps per draw, time, R-hat and ESS of both metrics are measured by
+   ``python3 benchmarks/bench_bayesian_methods.py`` (figures belong to its output, not to this docstring). The
+   step count stays high because a well-trained MDN's posterior is far from Gaussian (Hessian eigenvalues
+   over 4 decades, a few divergences); ``num_warmup``/``num_samples`` trade time for ESS.
 3. Run NUTS on the *full* training set (no minibatch scale), chains ``"vectorized"`` on one device or
    ``"parallel"`` across devices (``chain_method="auto"`` picks).
 4. Judge convergence in *function space*: split R-hat and bulk/tail ESS of every held-out cluster's predictive
