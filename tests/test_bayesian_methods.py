@@ -314,7 +314,7 @@ def test_nuts_is_generic_and_matches_an_exact_posterior():
     samples = f.state.samples
     assert samples["w"].shape == (2, 500, 2)  # (chains, draws, ...) kept in the state
     # exact posterior on the rows NUTS saw (the training side of the validation split)
-    from numpyro_clustermass.inference.base import _validation_split
+    from numpyro_clustermass.inference.fitting import _validation_split
 
     tr = ~_validation_split(len(y), 0.2, None, 0)
     mean, cov = _exact_linear_posterior(f, x[tr], y[tr])
@@ -343,7 +343,7 @@ def test_nuts_reports_function_space_convergence_on_held_out_clusters(xy):
     c, s = 2, 60
     flat = jax.tree.map(lambda a: a.reshape((c * s,) + a.shape[2:]), f.state.samples)
     fixed = jax.tree.map(lambda a: jnp.broadcast_to(a, (c * s,) + jnp.shape(a)), f.state.fixed)
-    from numpyro_clustermass.inference.base import _validation_split
+    from numpyro_clustermass.inference.fitting import _validation_split
 
     is_val = _validation_split(len(xy[1]), 0.1, None, 0)
     x_val = jnp.asarray(f.features(xy[0][is_val]))

@@ -222,13 +222,13 @@ def test_checkpoint_every_n_epochs_and_resume(tmp_path, xy):
 
 
 def test_ctrl_c_saves_the_checkpoint(tmp_path, xy, monkeypatch):
-    from numpyro_clustermass.inference import base
+    from numpyro_clustermass.inference import epochs
 
     x, y = xy
     est = MDN(2, (8,), feature_names=NAMES)
     kw = dict(num_epochs=6, batch_size=128, progress_bar=False, seed=4)
     fit(est, (x, y), **kw)  # compile this configuration once, then interrupt its epoch 3
-    (entry,) = [c for c in base._COMPILED.data.values() if c.plan.num_epochs == 6 and c.plan.batch_size == 128
+    (entry,) = [c for c in epochs._COMPILED.data.values() if c.plan.num_epochs == 6 and c.plan.batch_size == 128
                 and c.impl.name == "map"][-1:]
     real, calls = entry.epoch, []
 

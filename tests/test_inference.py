@@ -221,7 +221,7 @@ def test_mdn_log_score_beats_mse_and_both_are_biased_toward_the_centre(mock_fits
 
 
 def test_validation_split_is_grouped_by_halo():
-    from numpyro_clustermass.inference.base import _validation_split
+    from numpyro_clustermass.inference.fitting import _validation_split
 
     groups = np.repeat(np.arange(500), 3)
     is_val = _validation_split(groups.size, 0.2, groups, seed=4)
@@ -281,11 +281,11 @@ def test_a_collapsed_fit_warns_with_numbers():
 
 
 def test_ctrl_c_hands_back_the_best_state(small_fit, monkeypatch):
-    from numpyro_clustermass.inference import base
+    from numpyro_clustermass.inference import epochs
 
     x, y, g = small_fit[1]
     fit(SMALL_MDN, (x, y, g), num_epochs=8, batch_size=256, progress_bar=False, seed=3)  # same configuration
-    (entry,) = [c for c in base._COMPILED.data.values() if c.model is not None and c.plan.num_epochs == 8
+    (entry,) = [c for c in epochs._COMPILED.data.values() if c.model is not None and c.plan.num_epochs == 8
                 and c.plan.batch_size == 256 and c.impl.name == "map"][-1:]
     real = entry.epoch
     calls = []

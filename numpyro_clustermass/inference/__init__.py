@@ -10,11 +10,11 @@ Example
 True
 """
 
-from numpyro_clustermass.inference.base import (
-    EarlyStopping,
-    Fit,
+from numpyro_clustermass.inference.epochs import EarlyStopping, clear_cache, run_epochs
+from numpyro_clustermass.inference.fitfile import FitFileError
+from numpyro_clustermass.inference.fitting import Fit, fit, load
+from numpyro_clustermass.inference.protocol import (
     FitDivergedError,
-    FitFileError,
     FitInterrupted,
     FitWarning,
     InferenceMethod,
@@ -22,12 +22,8 @@ from numpyro_clustermass.inference.base import (
     TrainingData,
     TrainingPlan,
     available_methods,
-    clear_cache,
-    fit,
     get_method,
-    load,
     register_method,
-    run_epochs,
     standardize_model,
 )
 from numpyro_clustermass.inference import svi  # noqa: F401  (registers "map")

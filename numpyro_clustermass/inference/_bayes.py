@@ -25,14 +25,8 @@ from numpyro_clustermass.bnn import (
     param_shapes,
     resolve_weight_prior,
 )
-from numpyro_clustermass.inference.base import (
-    EarlyStopping,
-    InferenceMethod,
-    TrainingData,
-    TrainingPlan,
-    get_method,
-    run_epochs,
-)
+from numpyro_clustermass.inference.epochs import EarlyStopping, run_epochs
+from numpyro_clustermass.inference.protocol import InferenceMethod, TrainingData, TrainingPlan, get_method
 
 
 # ---------------------------------------------------------------------------------------------- option checks
@@ -88,7 +82,7 @@ def check_float(method: str, name: str, value, low: float | None = None, high: f
 
 def check_init(method: str, init, allowed: tuple[str, ...] = ("map",)) -> None:
     """``init`` is one of the ``allowed`` strings or a :class:`Fit` (a MAP fit to start from)."""
-    from numpyro_clustermass.inference.base import Fit
+    from numpyro_clustermass.inference.fitting import Fit
 
     if isinstance(init, Fit) or (isinstance(init, str) and init in allowed):
         return
@@ -218,7 +212,7 @@ def map_params_from(init, model: Callable, plan: TrainingPlan, data: TrainingDat
 
     Returns ``(params, info)``; ``params`` are the constrained param and latent values of the MAP fit.
     """
-    from numpyro_clustermass.inference.base import Fit
+    from numpyro_clustermass.inference.fitting import Fit
 
     if isinstance(init, Fit):
         if init.info.get("n_train") != plan.num_data or init.num_features != plan.num_features:

@@ -70,8 +70,8 @@ from numpyro_clustermass.inference._bayes import (
     require_latents,
     tile,
 )
-from numpyro_clustermass.inference.base import (
-    Fit,
+from numpyro_clustermass.inference.fitting import Fit
+from numpyro_clustermass.inference.protocol import (
     InferenceMethod,
     RunResult,
     TrainingData,

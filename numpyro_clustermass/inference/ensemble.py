@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_clustermass.inference._bayes import check_int, check_map_passthrough
-from numpyro_clustermass.inference.base import InferenceMethod, TrainingPlan, get_method, register_method
+from numpyro_clustermass.inference.protocol import InferenceMethod, TrainingPlan, get_method, register_method
 
 __all__ = ["ensemble_method", "DEFAULT_NUM_MEMBERS"]
 

@@ -61,7 +61,7 @@ from numpyro_clustermass.inference._bayes import (
     substitute_params,
     tile,
 )
-from numpyro_clustermass.inference.base import (
+from numpyro_clustermass.inference.protocol import (
     InferenceMethod,
     RunResult,
     TrainingData,

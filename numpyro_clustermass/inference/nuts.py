@@ -94,7 +94,7 @@ from numpyro_clustermass.inference._bayes import (
     tile,
 )
 from numpyro_clustermass.inference.laplace import gaussian_at_mode
-from numpyro_clustermass.inference.base import (
+from numpyro_clustermass.inference.protocol import (
     InferenceMethod,
     RunResult,
     TrainingData,

@@ -39,7 +39,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta, AutoGuide
 from numpyro.optim import optax_to_numpyro
 
-from numpyro_clustermass.inference.base import InferenceMethod, TrainingPlan, register_method
+from numpyro_clustermass.inference.protocol import InferenceMethod, TrainingPlan, register_method
 
 __all__ = ["map_method", "make_schedule", "make_optimizer", "latent_sites", "latent_structure", "prepare_svi"]
 

@@ -1,24 +1,13 @@
-"""The one inference interface: the method protocol, the method registry, :func:`fit` and :class:`Fit`.
-
-A *method* ("map", "bbb", "mc_dropout", "nuts", "laplace", ...) is an :class:`InferenceMethod`: a NamedTuple
-of pure functions in the style of Optax's ``GradientTransformation`` and BlackJAX's algorithms::
-
-    init(rng_key, x_batch, y_batch) -> state
-    step(state, x_batch, y_batch) -> (state, loss)          # loss: full-data objective of the minibatch
-    evaluate(state, x, y) -> loss per datum                  # held-out loss for early stopping
-    get_params(state) -> dict of site values                 # constrained params (+ mutable state)
-    sample(rng_key, state, num_draws) -> draws               # dict of site values, leading axis S
-
-A method is built by a *factory* ``factory(model, plan, **options) -> InferenceMethod`` that closes the pure
-functions over the model and the :class:`TrainingPlan` (data size, batch size, steps). Factories are
-registered by name with :func:`register_method`; ``fit`` looks them up with :func:`get_method`, so adding a
-method is one new file that calls ``register_method``.
+"""Fitting: :func:`fit`, the :class:`Fit` it returns, and :func:`load` for a saved one.
 
 :func:`fit` only orchestrates: it validates and standardises the data (scalers fitted on the training side),
-splits off a validation set by ``halo_id``, builds the method, and runs whole epochs as one jit-compiled
-``lax.scan`` over device-side shuffled batches, with early stopping on the validation loss, a tqdm bar and a
-divergence check. A method that does not train by epochs (NUTS, Laplace) provides ``run`` instead and the
-epoch driver is skipped.
+splits off a validation set by ``halo_id``, builds the registered method
+(:mod:`~numpyro_clustermass.inference.protocol`) and trains it: an iterative method by whole epochs in the epoch
+driver (:mod:`~numpyro_clustermass.inference.epochs`: one jit-compiled ``lax.scan`` per epoch over device-side
+shuffled batches, early stopping on the validation loss, a tqdm bar, a divergence check), a method that runs once
+(NUTS, Laplace) by its ``run``. :meth:`Fit.posterior` turns the method's draws into a
+:class:`~numpyro_clustermass.posterior.MassPosterior`; :meth:`Fit.save` and :func:`load` write and read a fit file
+(:mod:`~numpyro_clustermass.inference.fitfile`).
 
 Example
 -------
@@ -36,13 +25,12 @@ Example
 
 from __future__ import annotations
 
-import inspect
 import math
 import pathlib
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,36 +40,25 @@ from numpyro import handlers
 
 from numpyro_clustermass.catalog import FEATURE_NAMES, Catalog, CatalogError, StandardScaler, validate_features
 from numpyro_clustermass.estimators import Estimator, as_estimator
-from numpyro_clustermass.inference import fitfile
-from numpyro_clustermass.inference.fitfile import FitFileError
 from numpyro_clustermass.grid import DEFAULT_GRID_SIZE, check_grid, default_grid, normalise_log_density, spacing
+from numpyro_clustermass.inference import fitfile
+from numpyro_clustermass.inference.epochs import DIVERGENCE_FACTOR, EarlyStopping, compiled_method, epoch_loop
+from numpyro_clustermass.inference.fitfile import FitFileError
+from numpyro_clustermass.inference.protocol import (
+    FitWarning,
+    InferenceMethod,
+    TrainingData,
+    TrainingPlan,
+    available_methods,
+    get_method,
+    standardize_model,
+)
 from numpyro_clustermass.posterior import MassPosterior, mixture_on_grid
 
-__all__ = [
-    "InferenceMethod",
-    "EarlyStopping",
-    "run_epochs",
-    "TrainingPlan",
-    "TrainingData",
-    "RunResult",
-    "Fit",
-    "FitDivergedError",
-    "FitInterrupted",
-    "FitWarning",
-    "fit",
-    "load",
-    "FitFileError",
-    "register_method",
-    "get_method",
-    "available_methods",
-    "standardize_model",
-]
+__all__ = ["Fit", "fit", "load", "POSTERIOR_CHUNK_SIZE", "MIN_IMPROVEMENT", "EDGE_FRACTION"]
 
 #: Default number of clusters per compiled call when building a posterior.
 POSTERIOR_CHUNK_SIZE = 4096
-#: A loss this many times max(1, |reference|) above the reference (the initial loss, or a Gaussian that
-#: ignores the features if that is larger) is an explosion, even when it stays finite.
-DIVERGENCE_FACTOR = 1e3
 #: A fit whose best held-out loss is not this much (nats per cluster) below that of a Gaussian that ignores
 #: the features has learned nothing worth using: it gets a :class:`FitWarning`.
 MIN_IMPROVEMENT = 0.05
@@ -89,146 +66,7 @@ MIN_IMPROVEMENT = 0.05
 EDGE_FRACTION = 0.02
 
 
-# ---------------------------------------------------------------------------------------------- protocol
-class TrainingPlan(NamedTuple):
-    """What a method factory needs to know about the training run.
-
-    Attributes
-    ----------
-    num_data : int
-        Number of training examples (the likelihood of a minibatch is scaled by ``num_data / batch_size``).
-    batch_size : int
-    steps_per_epoch : int
-    num_epochs : int
-        Maximum number of epochs (early stopping may end sooner).
-    num_features : int
-    """
-
-    num_data: int
-    batch_size: int
-    steps_per_epoch: int
-    num_epochs: int
-    num_features: int
-
-    @property
-    def num_steps(self) -> int:
-        return self.steps_per_epoch * self.num_epochs
-
-
-class TrainingData(NamedTuple):
-    """Standardised float32 device arrays handed to a method's ``run``."""
-
-    x_train: jax.Array
-    y_train: jax.Array
-    x_val: jax.Array | None
-    y_val: jax.Array | None
-
-
-class RunResult(NamedTuple):
-    """What a method's ``run`` returns: its final state and a history of scalars per iteration/epoch."""
-
-    state: Any
-    history: dict
-    info: dict
-
-
-class InferenceMethod(NamedTuple):
-    """An inference method: pure functions closed over one model (see the module docstring).
-
-    Attributes
-    ----------
-    init, step, evaluate, get_params, sample : callables
-        The protocol; ``init``/``step``/``evaluate`` may be ``None`` when ``run`` is given.
-    run : callable, optional
-        ``run(rng_key, data: TrainingData, plan, progress_bar) -> RunResult``; opts out of the epoch driver.
-    predict_kwargs : dict
-        Keyword arguments for the model at prediction time (``{"deterministic": True}`` switches dropout
-        off for point fits; MC dropout leaves it on).
-    num_draws : int
-        Default number of predictive draws for :meth:`Fit.posterior` (1 for point fits).
-    name : str
-    model : callable, optional
-        The model :meth:`Fit.posterior` substitutes the draws into, when it is not the estimator's model (a
-        Bayesian twin, a net with dropout added); default None: the estimator's model.
-    """
-
-    init: Callable | None
-    step: Callable | None
-    evaluate: Callable | None
-    get_params: Callable
-    sample: Callable
-    run: Callable | None = None
-    predict_kwargs: dict = {}
-    num_draws: int = 1
-    name: str = ""
-    model: Callable | None = None
-
-
-_REGISTRY: dict[str, Callable[..., InferenceMethod]] = {}
-
-
-def register_method(name: str, factory: Callable[..., InferenceMethod], overwrite: bool = False) -> None:
-    """Register ``factory(model, plan, **options) -> InferenceMethod`` under ``name``.
-
-    >>> "map" in available_methods()
-    True
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError("a method name must be a non-empty string")
-    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not factory:
-        raise ValueError(f"an inference method named {name!r} is already registered; pass overwrite=True")
-    _REGISTRY[name] = factory
-
-
-def available_methods() -> list[str]:
-    """Names of the registered inference methods."""
-    return sorted(_REGISTRY)
-
-
-def get_method(name: str) -> Callable[..., InferenceMethod]:
-    """The factory registered under ``name``; unknown names raise a ValueError listing the registered ones."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown inference method {name!r}; registered methods are {available_methods()}"
-        ) from None
-
-
-# ---------------------------------------------------------------------------------------------- models
-def _accepted_kwargs(fn) -> tuple[set[str], bool]:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return set(), True
-    names = {p.name for p in sig.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-    return names, var_kw
-
-
-def standardize_model(model: Callable) -> Callable:
-    """Give any model function the package's signature ``model(x, y=None, num_data=None, **kwargs)``.
-
-    Keyword arguments the model does not accept are dropped; if it does not accept ``num_data``, the whole
-    model is scaled by ``num_data / batch`` (the same objective for a model without priors).
-    """
-    names, var_kw = _accepted_kwargs(model)
-    if var_kw or {"num_data", "deterministic"} <= names:
-        return model
-
-    def wrapped(x, y=None, num_data=None, **kwargs):
-        kw = {k: v for k, v in kwargs.items() if k in names}
-        if "num_data" in names:
-            return model(x, y, num_data=num_data, **kw)
-        if num_data is None:
-            return model(x, y, **kw)
-        with handlers.scale(scale=num_data / x.shape[0]):
-            return model(x, y, **kw)
-
-    wrapped.__name__ = getattr(model, "__name__", "model")
-    return wrapped
-
-
+# ---------------------------------------------------------------------------------------------- heads
 def _unwrap(fn):
     while isinstance(fn, (dist.ExpandedDistribution, dist.MaskedDistribution)):
         fn = fn.base_dist
@@ -258,40 +96,8 @@ def _mixture_params(fn, batch_shape):
     return None
 
 
+
 # ---------------------------------------------------------------------------------------------- data
-class FitDivergedError(FloatingPointError):
-    """Training diverged: a non-finite loss, or one that exploded past ``divergence_factor`` times the
-    initial loss. ``error.fit`` holds a :class:`Fit` with the last state whose loss was acceptable."""
-
-    def __init__(self, message: str, fit: "Fit | None" = None):
-        super().__init__(message)
-        self.fit = fit
-
-
-class FitInterrupted(KeyboardInterrupt):
-    """Training was interrupted (Ctrl-C). ``error.fit`` holds a :class:`Fit` with the best state so far.
-
-    It is a ``KeyboardInterrupt``, so a script still stops; in a notebook, recover the fit with
-    ``import sys; f = sys.last_value.fit``, or catch it::
-
-        try:
-            f = ncm.fit(est, train)
-        except ncm.FitInterrupted as stop:
-            f = stop.fit
-    """
-
-    def __init__(self, message: str, fit: "Fit | None" = None, checkpoint=None):
-        super().__init__(message)
-        self.fit = fit
-        #: The file the interrupted fit was saved to (``fit(..., checkpoint=...)``), or None.
-        self.checkpoint = checkpoint
-
-
-class FitWarning(UserWarning):
-    """A fit or posterior that returned but may be wrong: no better than ignoring the features, a grid
-    that does not cover the training masses, posteriors piled on the grid's edge."""
-
-
 def _as_xy(data, feature_names, where: str):
     """Return float64 ``x`` (n, d), ``y`` (n,) or None, groups or None; with clear errors."""
     groups = None
@@ -617,7 +423,7 @@ def load(path, model: Callable | None = None) -> Fit:
     manifest, array = fitfile.read_fit_file(path)
     est = fitfile.estimator_from_config(manifest["estimator"], model)
     method = manifest["method"]
-    if method not in _REGISTRY:
+    if method not in available_methods():
         raise FitFileError(f"{str(path)!r} was trained with the method {method!r}, which is not registered here "
                            f"(registered: {', '.join(available_methods())}); import the module that registers it")
     plan = TrainingPlan(**manifest["plan"])
@@ -750,7 +556,7 @@ def fit(
     """
     t_start = time.perf_counter()
     est = as_estimator(estimator)
-    factory = get_method(method)
+    get_method(method)  # an unknown method is an error before the data is read
     x, y, groups, names = _as_xy(data, est.feature_names, "fit")
     if y is None:
         raise CatalogError("fit: the training data has no target log-masses (M200c or log_mass)")
@@ -789,14 +595,7 @@ def fit(
     steps = n_train // bsz
     plan = TrainingPlan(num_data=n_train, batch_size=bsz, steps_per_epoch=steps, num_epochs=int(num_epochs),
                         num_features=int(x.shape[1]))
-    cache_key = _cache_key(est, method, method_options, plan)
-    compiled = _COMPILED.get(cache_key) if cache_key is not None else None
-    if compiled is None:
-        model = standardize_model(est.model)
-        impl = factory(model, plan, **method_options)
-        compiled = _Compiled(model, impl, plan)
-        if cache_key is not None:
-            _COMPILED.put(cache_key, compiled)
+    compiled = compiled_method(est, method, method_options, plan)
     model, impl = compiled.model, compiled.impl
     key = jax.random.key(seed)
     k_init, k_epochs = jax.random.split(key)
@@ -836,9 +635,10 @@ def fit(
             result.save(checkpoint)
         return result
 
-    result = _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
-                           progress_bar, make_fit, f"{method} {est.name}", divergence_factor,
-                           checkpoint=checkpoint, checkpoint_every=int(checkpoint_every), resume=resume)
+    result = epoch_loop(compiled, k_init, k_epochs, TrainingData(x_train, y_train, x_val, y_val),
+                        EarlyStopping(patience, min_delta), make_fit, progress_bar=progress_bar,
+                        desc=f"{method} {est.name}", divergence_factor=divergence_factor, checkpoint=checkpoint,
+                        checkpoint_every=int(checkpoint_every), resume=resume)
     info = result.info
     if getattr(est, "likelihood_over_mass", True) and info["best_loss"] > info["baseline_loss"] - MIN_IMPROVEMENT:
         worse = "; training made it worse" if info["best_loss"] > info["initial_loss"] else ""
@@ -873,233 +673,3 @@ def _check_resume(resume, est, method, method_options) -> None:
     if mismatches:
         raise ValueError("resume: the fit to continue differs from this call: " + "; ".join(mismatches))
 
-
-class _Compiled:
-    """A method built for one (estimator, method, options, plan) with its jit-compiled epoch and evaluation.
-
-    Kept in a small LRU cache so that repeated fits of the same configuration (ensembles, benchmarks,
-    tests) compile once; every fit still traces its epoch function at most once.
-    """
-
-    def __init__(self, model, impl: InferenceMethod, plan: TrainingPlan):
-        self.model, self.impl, self.plan = model, impl, plan
-        self.traces = {"epoch": 0, "evaluate": 0}
-        self.predict_cache: dict = {}  # compiled posterior functions, shared by the fits of this entry
-        n, bsz, steps = plan.num_data, plan.batch_size, plan.steps_per_epoch
-
-        def evaluate(state, x, y):
-            self.traces["evaluate"] += 1
-            return impl.evaluate(state, x, y)
-
-        def epoch(state, base_key, index, x, y, x_check, y_check):
-            """One epoch of steps over shuffled minibatches, then the loss of the new state on the check set
-            (validation data, or one training batch), all in one compiled call with one result to fetch."""
-            self.traces["epoch"] += 1  # runs at trace time only
-            rng_key = jax.random.fold_in(base_key, index)
-            perm = jax.random.permutation(rng_key, n)[: steps * bsz]
-            xb = jnp.take(x, perm, axis=0).reshape(steps, bsz, x.shape[-1])
-            yb = jnp.take(y, perm, axis=0).reshape(steps, bsz)
-
-            def body(s, batch):
-                return impl.step(s, *batch)
-
-            state, losses = jax.lax.scan(body, state, (xb, yb))
-            return state, jnp.mean(losses) / n, evaluate(state, x_check, y_check)
-
-        self.epoch = jax.jit(epoch) if impl.step is not None else None
-        # the initial loss, the reference of the explosion check (not counted in ``traces``: one call a fit)
-        self.initial_loss = jax.jit(impl.evaluate) if impl.evaluate is not None else None
-
-
-class _LRU:
-    def __init__(self, size: int):
-        self.size, self.data = size, {}
-
-    def get(self, key):
-        if key in self.data:
-            self.data[key] = self.data.pop(key)
-            return self.data[key]
-        return None
-
-    def put(self, key, value):
-        self.data[key] = value
-        while len(self.data) > self.size:
-            self.data.pop(next(iter(self.data)))
-
-    def clear(self):
-        self.data.clear()
-
-
-_COMPILED = _LRU(8)
-
-
-def clear_cache() -> None:
-    """Forget the compiled training functions kept for repeated fits of the same configuration."""
-    _COMPILED.clear()
-
-
-def _cache_key(est, method, options, plan):
-    try:
-        key = (est, method, tuple(sorted(options.items())), plan)
-        hash(key)
-        return key
-    except TypeError:
-        return None
-
-
-def _gaussian_baseline_loss(y_std) -> float:
-    """Per-datum negative log likelihood of standardised targets under N(0, 1): a model ignoring the features."""
-    y = np.asarray(jax.device_get(y_std), dtype=np.float64)
-    return float(0.5 * math.log(2 * math.pi) + 0.5 * np.mean(y**2))
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """Early stopping on the validation loss: stop after ``patience`` epochs without an improvement of the
-    per-datum loss larger than ``min_delta``; the best state is kept. ``patience=None``: never stop early."""
-
-    patience: int | None = 20
-    min_delta: float = 1e-4
-
-
-def run_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng_key, data: TrainingData,
-               early_stopping: EarlyStopping = EarlyStopping(), *, progress_bar: bool = False, desc: str = "epochs",
-               divergence_factor: float | None = DIVERGENCE_FACTOR):
-    """Train an iterative method (``init``/``step``/``evaluate``) by whole epochs, as :func:`fit` does: each
-    epoch one jit-compiled ``lax.scan`` over device-side shuffled minibatches, early stopping on the
-    validation loss, divergence and explosion checks, Ctrl-C handling, a tqdm bar.
-
-    For methods that train an inner model of their own (a MAP start for BBB or NUTS).
-
-    Returns
-    -------
-    (state, history, info)
-        The best state (by validation loss; the last one without validation data), ``train_loss``/
-        ``val_loss``/``epoch_time`` per epoch, and run facts (``epochs_run``, ``best_epoch``, ...).
-    """
-    k_init, k_epochs = jax.random.split(rng_key)
-    compiled = _Compiled(model, impl, plan)
-    return _epoch_driver(compiled, plan, k_init, k_epochs, data.x_train, data.y_train, data.x_val, data.y_val,
-                         early_stopping.patience, early_stopping.min_delta, progress_bar,
-                         lambda state, history, info: (state, history, info), desc, divergence_factor)
-
-
-def _epoch_driver(compiled, plan, k_init, k_epochs, x_train, y_train, x_val, y_val, patience, min_delta,
-                  progress_bar, make_fit, desc, divergence_factor=DIVERGENCE_FACTOR, checkpoint=None,
-                  checkpoint_every=10, resume=None):
-    """Whole epochs as one jit-compiled ``lax.scan``; early stopping, divergence and explosion checks,
-    Ctrl-C handling, checkpoints, progress bar."""
-    from tqdm.auto import tqdm
-
-    impl = compiled.impl
-    bsz = plan.batch_size
-    traces_before = dict(compiled.traces)
-
-    def traces():
-        return {k: v - traces_before[k] for k, v in compiled.traces.items()}
-
-    epoch_jit = compiled.epoch
-    state = impl.init(k_init, x_train[:bsz], y_train[:bsz]) if resume is None else resume.state
-    has_val = x_val is not None
-    x_check, y_check = (x_val, y_val) if has_val else (x_train[:bsz], y_train[:bsz])
-    history = {"train_loss": [], "val_loss": [], "epoch_time": []}
-    start = 0
-    if resume is not None:  # continue the loss history and the epoch count (which seeds the shuffling)
-        history = {k: [float(v) for v in np.asarray(resume.history.get(k, []))] for k in history}
-        start = min(len(v) for v in history.values())
-        history = {k: v[:start] for k, v in history.items()}
-    best = (math.inf, state, -1)
-    wait = 0
-    stopped_early = False
-    baseline = _gaussian_baseline_loss(y_check)
-    initial = float(compiled.initial_loss(state, x_check, y_check)) if compiled.initial_loss else math.nan
-    ref = max(initial, baseline) if math.isfinite(initial) else baseline
-    limit = math.inf if divergence_factor is None else ref + divergence_factor * max(1.0, abs(ref))
-
-    def hist():
-        return {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
-
-    def save_checkpoint(extra):
-        if checkpoint is not None:
-            done = len(history["train_loss"])
-            kept = best[1] if has_val and best[2] >= 0 else state
-            make_fit(kept, hist(), dict(epochs_run=done, best_epoch=best[2] if has_val else done - 1,
-                                        stopped_early=False, best_val_loss=best[0] if has_val else None,
-                                        traces=traces(), initial_loss=initial, **extra)).save(checkpoint)
-
-    bar = tqdm(range(start, start + plan.num_epochs), desc=desc, unit="epoch", disable=not progress_bar,
-               leave=False)
-    ep = start
-    try:
-        for ep in bar:
-            t0 = time.perf_counter()
-            # the loss of the new state is evaluated on the validation set, or on one training batch without
-            # one, so that the state we keep is always one whose loss was seen to be finite
-            new_state, train_loss, val_loss = epoch_jit(state, k_epochs, ep, x_train, y_train, x_check, y_check)
-            train_loss, val_loss = (float(v) for v in jax.device_get((train_loss, val_loss)))
-            history["epoch_time"].append(time.perf_counter() - t0)
-            history["train_loss"].append(train_loss)
-            history["val_loss"].append(val_loss if has_val else math.nan)
-            finite = math.isfinite(train_loss) and math.isfinite(val_loss)
-            if not finite or max(train_loss, val_loss) > limit:
-                what = "training" if not math.isfinite(train_loss) or train_loss > limit else "validation"
-                bad = train_loss if what == "training" else val_loss
-                kept = "the initial parameters" if ep == 0 else f"the parameters after epoch {ep - 1}"
-                err_fit = make_fit(state, hist(), dict(epochs_run=ep, best_epoch=ep - 1, diverged_at_epoch=ep,
-                                                       stopped_early=False, traces=traces(),
-                                                       best_val_loss=best[0] if has_val else None,
-                                                       initial_loss=initial))
-                how = ("non-finite" if not finite else
-                       f"exploding (above {limit:.4g} = {ref:.4g} + divergence_factor {divergence_factor:g} x "
-                       f"max(1, |{ref:.4g}|), the initial loss per datum)")
-                raise FitDivergedError(
-                    f"{how} {what} loss ({bad:.4g}) in epoch {ep}: training stopped (diverged). The last "
-                    f"acceptable state, {kept}, is kept in error.fit. Lower the learning rate, clip gradients "
-                    f"(clip_norm=...) or check the inputs.",
-                    fit=err_fit,
-                )
-            state = new_state
-            if not has_val:
-                val_loss = train_loss
-            bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}" if has_val else "-")
-            if val_loss < best[0] - min_delta:
-                best, wait = (val_loss, state, ep), 0
-            else:
-                wait += 1
-                if val_loss < best[0]:
-                    best = (val_loss, state, ep)
-                if has_val and patience is not None and wait >= patience:
-                    stopped_early = ep < start + plan.num_epochs - 1  # patience ran out with epochs left
-                    break
-            if (ep + 1 - start) % checkpoint_every == 0:
-                save_checkpoint({"checkpoint": True})
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, FitInterrupted):
-            raise
-        epochs_run = min(len(v) for v in history.values())  # an epoch counts once all its entries are in
-        history = {k: v[:epochs_run] for k, v in history.items()}
-        final_state = best[1] if has_val and best[2] >= 0 else state
-        kept = (f"the best state (epoch {best[2]}, validation loss {best[0]:.4f})" if has_val and best[2] >= 0
-                else ("the initial parameters" if epochs_run == 0 else f"the state after epoch {epochs_run - 1}"))
-        err_fit = make_fit(final_state, hist(), dict(
-            epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=False,
-            interrupted=True, best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial))
-        saved = ""
-        if checkpoint is not None:
-            err_fit.save(checkpoint)
-            saved = f" and saved to {str(checkpoint)!r}"
-        raise FitInterrupted(
-            f"training interrupted in epoch {ep} after {epochs_run} complete epochs; {kept} is kept in "
-            f"error.fit (in a notebook: sys.last_value.fit){saved}", fit=err_fit, checkpoint=checkpoint) from None
-    finally:
-        bar.close()
-    epochs_run = len(history["train_loss"])
-    final_state = best[1] if has_val else state
-    result = make_fit(final_state, hist(), dict(
-        epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=stopped_early,
-        best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial,
-        baseline_loss=baseline, best_loss=best[0] if has_val else history["train_loss"][-1],
-    ))
-    if checkpoint is not None:
-        result.save(checkpoint)
-    return result

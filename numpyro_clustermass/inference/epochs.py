@@ -1,0 +1,360 @@
+"""The epoch driver: iterative methods trained by whole jit-compiled epochs, and the cache of compiled methods.
+
+An iterative method (``init``/``step``/``evaluate``, :mod:`~numpyro_clustermass.inference.protocol`) is trained
+by :func:`epoch_loop`: each epoch is one jit-compiled ``lax.scan`` of ``step`` over device-side shuffled
+minibatches followed by the loss on the validation set, with one result fetched per epoch; around it, early
+stopping (:class:`EarlyStopping`), divergence and explosion checks, Ctrl-C handling, checkpoints and a tqdm bar.
+:func:`run_epochs` is the entry point for methods that train an inner model of their own (the MAP start of BBB,
+NUTS, Laplace); :func:`~numpyro_clustermass.inference.fit` uses :func:`compiled_method` and :func:`epoch_loop`.
+
+Example
+-------
+>>> import jax, numpy as np
+>>> from numpyro_clustermass.estimators import MSE
+>>> from numpyro_clustermass.inference import TrainingData, TrainingPlan, get_method, standardize_model
+>>> from numpyro_clustermass.inference.epochs import EarlyStopping, run_epochs
+>>> rng = np.random.default_rng(0)
+>>> x = rng.normal(size=(512, 2)).astype("float32"); y = (x[:, 0] + 0.1 * rng.normal(size=512)).astype("float32")
+>>> plan = TrainingPlan(num_data=512, batch_size=128, steps_per_epoch=4, num_epochs=3, num_features=2)
+>>> model = standardize_model(MSE(hidden=(8,), feature_names=("a", "b")).model)
+>>> state, history, info = run_epochs(model, get_method("map")(model, plan), plan, jax.random.key(0),
+...                                   TrainingData(x, y, None, None), EarlyStopping(patience=None))
+>>> info["epochs_run"], history["train_loss"].shape
+(3, (3,))
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from numpyro_clustermass.inference.protocol import (
+    FitDivergedError,
+    FitInterrupted,
+    InferenceMethod,
+    TrainingData,
+    TrainingPlan,
+    get_method,
+    standardize_model,
+)
+
+__all__ = [
+    "EarlyStopping",
+    "run_epochs",
+    "epoch_loop",
+    "CompiledMethod",
+    "compiled_method",
+    "clear_cache",
+    "gaussian_baseline_loss",
+    "DIVERGENCE_FACTOR",
+]
+
+#: A loss this many times max(1, |reference|) above the reference (the initial loss, or a Gaussian that
+#: ignores the features if that is larger) is an explosion, even when it stays finite.
+DIVERGENCE_FACTOR = 1e3
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Early stopping on the validation loss: stop after ``patience`` epochs without an improvement of the
+    per-datum loss larger than ``min_delta``; the best state is kept. ``patience=None``: never stop early."""
+
+    patience: int | None = 20
+    min_delta: float = 1e-4
+
+
+def run_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng_key, data: TrainingData,
+               early_stopping: EarlyStopping = EarlyStopping(), *, progress_bar: bool = False, desc: str = "epochs",
+               divergence_factor: float | None = DIVERGENCE_FACTOR):
+    """Train an iterative method (``init``/``step``/``evaluate``) by whole epochs, as :func:`fit` does: each
+    epoch one jit-compiled ``lax.scan`` over device-side shuffled minibatches, early stopping on the
+    validation loss, divergence and explosion checks, Ctrl-C handling, a tqdm bar.
+
+    For methods that train an inner model of their own (a MAP start for BBB or NUTS).
+
+    Returns
+    -------
+    (state, history, info)
+        The best state (by validation loss; the last one without validation data), ``train_loss``/
+        ``val_loss``/``epoch_time`` per epoch, and run facts (``epochs_run``, ``best_epoch``, ...).
+    """
+    k_init, k_epochs = jax.random.split(rng_key)
+    compiled = CompiledMethod(model, impl, plan)
+    return epoch_loop(compiled, k_init, k_epochs, data, early_stopping,
+                      lambda state, history, info: (state, history, info), progress_bar=progress_bar, desc=desc,
+                      divergence_factor=divergence_factor)
+
+
+class CompiledMethod:
+    """A method built for one (estimator, method, options, plan) with its jit-compiled epoch and evaluation.
+
+    Kept in a small LRU cache (:func:`compiled_method`) so that repeated fits of the same configuration
+    (ensembles, benchmarks, tests) compile once; every fit still traces its epoch function at most once.
+
+    Attributes
+    ----------
+    model : callable
+        The standardised model the method was built for.
+    impl : InferenceMethod
+    plan : TrainingPlan
+    traces : dict
+        How often ``epoch`` and ``evaluate`` were traced (compiled) so far.
+    predict_cache : dict
+        Compiled posterior functions, shared by the fits of this entry.
+    epoch : callable or None
+        ``epoch(state, base_key, index, x, y, x_check, y_check) -> (state, train loss, check loss)``,
+        jit-compiled; None for a method that runs once.
+    initial_loss : callable or None
+        The jit-compiled ``evaluate``, for the loss of the initial state.
+    """
+
+    def __init__(self, model, impl: InferenceMethod, plan: TrainingPlan):
+        self.model, self.impl, self.plan = model, impl, plan
+        self.traces = {"epoch": 0, "evaluate": 0}
+        self.predict_cache: dict = {}  # compiled posterior functions, shared by the fits of this entry
+        n, bsz, steps = plan.num_data, plan.batch_size, plan.steps_per_epoch
+
+        def evaluate(state, x, y):
+            self.traces["evaluate"] += 1
+            return impl.evaluate(state, x, y)
+
+        def epoch(state, base_key, index, x, y, x_check, y_check):
+            """One epoch of steps over shuffled minibatches, then the loss of the new state on the check set
+            (validation data, or one training batch), all in one compiled call with one result to fetch."""
+            self.traces["epoch"] += 1  # runs at trace time only
+            rng_key = jax.random.fold_in(base_key, index)
+            perm = jax.random.permutation(rng_key, n)[: steps * bsz]
+            xb = jnp.take(x, perm, axis=0).reshape(steps, bsz, x.shape[-1])
+            yb = jnp.take(y, perm, axis=0).reshape(steps, bsz)
+
+            def body(s, batch):
+                return impl.step(s, *batch)
+
+            state, losses = jax.lax.scan(body, state, (xb, yb))
+            return state, jnp.mean(losses) / n, evaluate(state, x_check, y_check)
+
+        self.epoch = jax.jit(epoch) if impl.step is not None else None
+        # the initial loss, the reference of the explosion check (not counted in ``traces``: one call a fit)
+        self.initial_loss = jax.jit(impl.evaluate) if impl.evaluate is not None else None
+
+
+class _LRU:
+    def __init__(self, size: int):
+        self.size, self.data = size, {}
+
+    def get(self, key):
+        if key in self.data:
+            self.data[key] = self.data.pop(key)
+            return self.data[key]
+        return None
+
+    def put(self, key, value):
+        self.data[key] = value
+        while len(self.data) > self.size:
+            self.data.pop(next(iter(self.data)))
+
+    def clear(self):
+        self.data.clear()
+
+
+_COMPILED = _LRU(8)
+
+
+def clear_cache() -> None:
+    """Forget the compiled training functions kept for repeated fits of the same configuration."""
+    _COMPILED.clear()
+
+
+def _cache_key(est, method, options, plan):
+    try:
+        key = (est, method, tuple(sorted(options.items())), plan)
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def gaussian_baseline_loss(y_std) -> float:
+    """Per-datum negative log likelihood of standardised targets under N(0, 1): a model ignoring the features."""
+    y = np.asarray(jax.device_get(y_std), dtype=np.float64)
+    return float(0.5 * math.log(2 * math.pi) + 0.5 * np.mean(y**2))
+
+
+def compiled_method(estimator, method: str, options: dict, plan: TrainingPlan) -> CompiledMethod:
+    """The registered ``method`` built for ``estimator``'s model and ``plan`` with ``options``, with its compiled
+    epoch: from the cache when this configuration was built before (and is hashable), else built and cached.
+
+    Fits of one configuration share the entry's method and compiled functions; everything that depends on a fit
+    is in its state (:mod:`~numpyro_clustermass.inference.protocol`), so sharing them is safe.
+    """
+    key = _cache_key(estimator, method, options, plan)
+    compiled = _COMPILED.get(key) if key is not None else None
+    if compiled is None:
+        model = standardize_model(estimator.model)
+        impl = get_method(method)(model, plan, **options)
+        compiled = CompiledMethod(model, impl, plan)
+        if key is not None:
+            _COMPILED.put(key, compiled)
+    return compiled
+
+
+def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, early_stopping: EarlyStopping,
+               make_result: Callable, *, progress_bar: bool = False, desc: str = "epochs",
+               divergence_factor: float | None = DIVERGENCE_FACTOR, checkpoint=None, checkpoint_every: int = 10,
+               resume=None):
+    """Train ``compiled``'s iterative method by whole epochs: the loop behind :func:`run_epochs` and
+    :func:`~numpyro_clustermass.inference.fit`.
+
+    Each epoch is one call of ``compiled.epoch`` (a jit-compiled ``lax.scan`` over device-side shuffled
+    minibatches, then the loss on the check set); around it: early stopping on the validation loss (the best
+    state is kept), divergence and explosion checks (:class:`FitDivergedError`), Ctrl-C handling
+    (:class:`FitInterrupted`), checkpoints and a tqdm bar.
+
+    Parameters
+    ----------
+    compiled : CompiledMethod
+        The method and its compiled epoch (its ``plan`` sets the batch size and the number of epochs).
+    k_init, k_epochs : PRNG keys
+        The key of ``init`` and the base key of the epochs' shuffling (folded with the epoch number).
+    data : TrainingData
+        Standardised device arrays; without validation data, one training batch is the check set.
+    early_stopping : EarlyStopping
+    make_result : callable
+        ``make_result(state, history, info)`` builds what is returned (and raised with
+        :class:`FitDivergedError`/:class:`FitInterrupted` as ``error.fit``); with ``checkpoint`` it must have a
+        ``save(path)`` method (a :class:`~numpyro_clustermass.inference.Fit`).
+    progress_bar : bool
+    desc : str
+        Label of the progress bar.
+    divergence_factor : float or None
+        See :func:`~numpyro_clustermass.inference.fit`.
+    checkpoint, checkpoint_every
+        Save ``make_result(...)`` of the best state so far to ``checkpoint`` every ``checkpoint_every`` epochs,
+        at the end and when interrupted.
+    resume : object, optional
+        A result to continue (its ``state`` and ``history``): the loss history and the epoch count go on.
+    """
+    plan = compiled.plan
+    x_train, y_train, x_val, y_val = data
+    patience, min_delta = early_stopping.patience, early_stopping.min_delta
+    make_fit = make_result
+    from tqdm.auto import tqdm
+
+    impl = compiled.impl
+    bsz = plan.batch_size
+    traces_before = dict(compiled.traces)
+
+    def traces():
+        return {k: v - traces_before[k] for k, v in compiled.traces.items()}
+
+    epoch_jit = compiled.epoch
+    state = impl.init(k_init, x_train[:bsz], y_train[:bsz]) if resume is None else resume.state
+    has_val = x_val is not None
+    x_check, y_check = (x_val, y_val) if has_val else (x_train[:bsz], y_train[:bsz])
+    history = {"train_loss": [], "val_loss": [], "epoch_time": []}
+    start = 0
+    if resume is not None:  # continue the loss history and the epoch count (which seeds the shuffling)
+        history = {k: [float(v) for v in np.asarray(resume.history.get(k, []))] for k in history}
+        start = min(len(v) for v in history.values())
+        history = {k: v[:start] for k, v in history.items()}
+    best = (math.inf, state, -1)
+    wait = 0
+    stopped_early = False
+    baseline = gaussian_baseline_loss(y_check)
+    initial = float(compiled.initial_loss(state, x_check, y_check)) if compiled.initial_loss else math.nan
+    ref = max(initial, baseline) if math.isfinite(initial) else baseline
+    limit = math.inf if divergence_factor is None else ref + divergence_factor * max(1.0, abs(ref))
+
+    def hist():
+        return {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
+
+    def save_checkpoint(extra):
+        if checkpoint is not None:
+            done = len(history["train_loss"])
+            kept = best[1] if has_val and best[2] >= 0 else state
+            make_fit(kept, hist(), dict(epochs_run=done, best_epoch=best[2] if has_val else done - 1,
+                                        stopped_early=False, best_val_loss=best[0] if has_val else None,
+                                        traces=traces(), initial_loss=initial, **extra)).save(checkpoint)
+
+    bar = tqdm(range(start, start + plan.num_epochs), desc=desc, unit="epoch", disable=not progress_bar,
+               leave=False)
+    ep = start
+    try:
+        for ep in bar:
+            t0 = time.perf_counter()
+            # the loss of the new state is evaluated on the validation set, or on one training batch without
+            # one, so that the state we keep is always one whose loss was seen to be finite
+            new_state, train_loss, val_loss = epoch_jit(state, k_epochs, ep, x_train, y_train, x_check, y_check)
+            train_loss, val_loss = (float(v) for v in jax.device_get((train_loss, val_loss)))
+            history["epoch_time"].append(time.perf_counter() - t0)
+            history["train_loss"].append(train_loss)
+            history["val_loss"].append(val_loss if has_val else math.nan)
+            finite = math.isfinite(train_loss) and math.isfinite(val_loss)
+            if not finite or max(train_loss, val_loss) > limit:
+                what = "training" if not math.isfinite(train_loss) or train_loss > limit else "validation"
+                bad = train_loss if what == "training" else val_loss
+                kept = "the initial parameters" if ep == 0 else f"the parameters after epoch {ep - 1}"
+                err_fit = make_fit(state, hist(), dict(epochs_run=ep, best_epoch=ep - 1, diverged_at_epoch=ep,
+                                                       stopped_early=False, traces=traces(),
+                                                       best_val_loss=best[0] if has_val else None,
+                                                       initial_loss=initial))
+                how = ("non-finite" if not finite else
+                       f"exploding (above {limit:.4g} = {ref:.4g} + divergence_factor {divergence_factor:g} x "
+                       f"max(1, |{ref:.4g}|), the initial loss per datum)")
+                raise FitDivergedError(
+                    f"{how} {what} loss ({bad:.4g}) in epoch {ep}: training stopped (diverged). The last "
+                    f"acceptable state, {kept}, is kept in error.fit. Lower the learning rate, clip gradients "
+                    f"(clip_norm=...) or check the inputs.",
+                    fit=err_fit,
+                )
+            state = new_state
+            if not has_val:
+                val_loss = train_loss
+            bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}" if has_val else "-")
+            if val_loss < best[0] - min_delta:
+                best, wait = (val_loss, state, ep), 0
+            else:
+                wait += 1
+                if val_loss < best[0]:
+                    best = (val_loss, state, ep)
+                if has_val and patience is not None and wait >= patience:
+                    stopped_early = ep < start + plan.num_epochs - 1  # patience ran out with epochs left
+                    break
+            if (ep + 1 - start) % checkpoint_every == 0:
+                save_checkpoint({"checkpoint": True})
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, FitInterrupted):
+            raise
+        epochs_run = min(len(v) for v in history.values())  # an epoch counts once all its entries are in
+        history = {k: v[:epochs_run] for k, v in history.items()}
+        final_state = best[1] if has_val and best[2] >= 0 else state
+        kept = (f"the best state (epoch {best[2]}, validation loss {best[0]:.4f})" if has_val and best[2] >= 0
+                else ("the initial parameters" if epochs_run == 0 else f"the state after epoch {epochs_run - 1}"))
+        err_fit = make_fit(final_state, hist(), dict(
+            epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=False,
+            interrupted=True, best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial))
+        saved = ""
+        if checkpoint is not None:
+            err_fit.save(checkpoint)
+            saved = f" and saved to {str(checkpoint)!r}"
+        raise FitInterrupted(
+            f"training interrupted in epoch {ep} after {epochs_run} complete epochs; {kept} is kept in "
+            f"error.fit (in a notebook: sys.last_value.fit){saved}", fit=err_fit, checkpoint=checkpoint) from None
+    finally:
+        bar.close()
+    epochs_run = len(history["train_loss"])
+    final_state = best[1] if has_val else state
+    result = make_fit(final_state, hist(), dict(
+        epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=stopped_early,
+        best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial,
+        baseline_loss=baseline, best_loss=best[0] if has_val else history["train_loss"][-1],
+    ))
+    if checkpoint is not None:
+        result.save(checkpoint)
+    return result

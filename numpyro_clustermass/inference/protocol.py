@@ -1,0 +1,229 @@
+"""The inference protocol: what a method is, how it is registered, and what :func:`fit` hands it.
+
+A *method* ("map", "bbb", "mc_dropout", "nuts", "laplace", ...) is an :class:`InferenceMethod`: a NamedTuple
+of pure functions in the style of Optax's ``GradientTransformation`` and BlackJAX's algorithms::
+
+    init(rng_key, x_batch, y_batch) -> state
+    step(state, x_batch, y_batch) -> (state, loss)          # loss: full-data objective of the minibatch
+    evaluate(state, x, y) -> loss per datum                  # held-out loss for early stopping
+    get_params(state) -> dict of site values                 # constrained params (+ mutable state)
+    sample(rng_key, state, num_draws) -> draws               # dict of site values, leading axis S
+
+A method that does not train by epochs (NUTS, Laplace) provides ``run`` instead, which returns a
+:class:`RunResult`, and the epoch driver (:mod:`numpyro_clustermass.inference.epochs`) is skipped.
+
+A method is built by a *factory* ``factory(model, plan, **options) -> InferenceMethod`` that closes the pure
+functions over the model and the :class:`TrainingPlan` (data size, batch size, steps). Factories are
+registered by name with :func:`register_method`; :func:`~numpyro_clustermass.inference.fit` looks them up with
+:func:`get_method`, so adding a method is one new file that calls ``register_method``. Everything a method
+needs later lives in its state pytree or in the factory's closure, never in a mutable closure filled by
+``init`` or ``run``: a saved fit rebuilds its method from the factory and puts the saved state back.
+
+This module also holds :func:`standardize_model` (the model signature methods can rely on) and the errors and
+warnings of fitting (:class:`FitDivergedError`, :class:`FitInterrupted`, :class:`FitWarning`).
+
+Example
+-------
+>>> from numpyro_clustermass.inference.protocol import TrainingPlan, available_methods
+>>> "map" in available_methods()
+True
+>>> TrainingPlan(num_data=1000, batch_size=100, steps_per_epoch=10, num_epochs=5, num_features=14).num_steps
+50
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import jax
+from numpyro import handlers
+
+__all__ = [
+    "TrainingPlan",
+    "TrainingData",
+    "RunResult",
+    "InferenceMethod",
+    "register_method",
+    "get_method",
+    "available_methods",
+    "standardize_model",
+    "FitDivergedError",
+    "FitInterrupted",
+    "FitWarning",
+]
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+class TrainingPlan(NamedTuple):
+    """What a method factory needs to know about the training run.
+
+    Attributes
+    ----------
+    num_data : int
+        Number of training examples (the likelihood of a minibatch is scaled by ``num_data / batch_size``).
+    batch_size : int
+    steps_per_epoch : int
+    num_epochs : int
+        Maximum number of epochs (early stopping may end sooner).
+    num_features : int
+    """
+
+    num_data: int
+    batch_size: int
+    steps_per_epoch: int
+    num_epochs: int
+    num_features: int
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps_per_epoch * self.num_epochs
+
+
+class TrainingData(NamedTuple):
+    """Standardised float32 device arrays handed to a method's ``run``."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_val: jax.Array | None
+    y_val: jax.Array | None
+
+
+class RunResult(NamedTuple):
+    """What a method's ``run`` returns: its final state and a history of scalars per iteration/epoch."""
+
+    state: Any
+    history: dict
+    info: dict
+
+
+class InferenceMethod(NamedTuple):
+    """An inference method: pure functions closed over one model (see the module docstring).
+
+    Attributes
+    ----------
+    init, step, evaluate, get_params, sample : callables
+        The protocol; ``init``/``step``/``evaluate`` may be ``None`` when ``run`` is given.
+    run : callable, optional
+        ``run(rng_key, data: TrainingData, plan, progress_bar) -> RunResult``; opts out of the epoch driver.
+    predict_kwargs : dict
+        Keyword arguments for the model at prediction time (``{"deterministic": True}`` switches dropout
+        off for point fits; MC dropout leaves it on).
+    num_draws : int
+        Default number of predictive draws for :meth:`Fit.posterior` (1 for point fits).
+    name : str
+    model : callable, optional
+        The model :meth:`Fit.posterior` substitutes the draws into, when it is not the estimator's model (a
+        Bayesian twin, a net with dropout added); default None: the estimator's model.
+    """
+
+    init: Callable | None
+    step: Callable | None
+    evaluate: Callable | None
+    get_params: Callable
+    sample: Callable
+    run: Callable | None = None
+    predict_kwargs: dict = {}
+    num_draws: int = 1
+    name: str = ""
+    model: Callable | None = None
+
+
+_REGISTRY: dict[str, Callable[..., InferenceMethod]] = {}
+
+
+def register_method(name: str, factory: Callable[..., InferenceMethod], overwrite: bool = False) -> None:
+    """Register ``factory(model, plan, **options) -> InferenceMethod`` under ``name``.
+
+    >>> "map" in available_methods()
+    True
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("a method name must be a non-empty string")
+    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not factory:
+        raise ValueError(f"an inference method named {name!r} is already registered; pass overwrite=True")
+    _REGISTRY[name] = factory
+
+
+def available_methods() -> list[str]:
+    """Names of the registered inference methods."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> Callable[..., InferenceMethod]:
+    """The factory registered under ``name``; unknown names raise a ValueError listing the registered ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown inference method {name!r}; registered methods are {available_methods()}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------- models
+def _accepted_kwargs(fn) -> tuple[set[str], bool]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return set(), True
+    names = {p.name for p in sig.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    return names, var_kw
+
+
+def standardize_model(model: Callable) -> Callable:
+    """Give any model function the package's signature ``model(x, y=None, num_data=None, **kwargs)``.
+
+    Keyword arguments the model does not accept are dropped; if it does not accept ``num_data``, the whole
+    model is scaled by ``num_data / batch`` (the same objective for a model without priors).
+    """
+    names, var_kw = _accepted_kwargs(model)
+    if var_kw or {"num_data", "deterministic"} <= names:
+        return model
+
+    def wrapped(x, y=None, num_data=None, **kwargs):
+        kw = {k: v for k, v in kwargs.items() if k in names}
+        if "num_data" in names:
+            return model(x, y, num_data=num_data, **kw)
+        if num_data is None:
+            return model(x, y, **kw)
+        with handlers.scale(scale=num_data / x.shape[0]):
+            return model(x, y, **kw)
+
+    wrapped.__name__ = getattr(model, "__name__", "model")
+    return wrapped
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class FitDivergedError(FloatingPointError):
+    """Training diverged: a non-finite loss, or one that exploded past ``divergence_factor`` times the
+    initial loss. ``error.fit`` holds a :class:`Fit` with the last state whose loss was acceptable."""
+
+    def __init__(self, message: str, fit: Any = None):
+        super().__init__(message)
+        self.fit = fit
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C). ``error.fit`` holds a :class:`Fit` with the best state so far.
+
+    It is a ``KeyboardInterrupt``, so a script still stops; in a notebook, recover the fit with
+    ``import sys; f = sys.last_value.fit``, or catch it::
+
+        try:
+            f = ncm.fit(est, train)
+        except ncm.FitInterrupted as stop:
+            f = stop.fit
+    """
+
+    def __init__(self, message: str, fit: Any = None, checkpoint=None):
+        super().__init__(message)
+        self.fit = fit
+        #: The file the interrupted fit was saved to (``fit(..., checkpoint=...)``), or None.
+        self.checkpoint = checkpoint
+
+
+class FitWarning(UserWarning):
+    """A fit or posterior that returned but may be wrong: no better than ignoring the features, a grid
+    that does not cover the training masses, posteriors piled on the grid's edge."""
+
