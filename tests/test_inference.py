@@ -17,12 +17,16 @@ from numpyro_clustermass.inference import (
     FitInterrupted,
     FitWarning,
     InferenceMethod,
+    IterativeMethod,
+    OneShotMethod,
     RunResult,
+    TrainingPlan,
     available_methods,
     clear_cache,
     fit,
     get_method,
     register_method,
+    standardize_model,
 )
 from numpyro_clustermass.posterior import MassPosterior
 
@@ -178,9 +182,9 @@ def test_a_new_method_is_one_registration(small_fit):
         def run(rng_key, data, plan_, progress_bar):
             return RunResult(state=params, history={"loss": [0.0]}, info={"ran": True, "n": int(data.x_train.shape[0])})
 
-        return InferenceMethod(init=None, step=None, evaluate=None, get_params=lambda s: s,
-                               sample=lambda k, s, n: jax.tree.map(lambda a: jnp.stack([a] * n), s),
-                               run=run, predict_kwargs={"deterministic": True}, num_draws=4, name="frozen")
+        return OneShotMethod(run=run, get_params=lambda s: s,
+                             sample=lambda k, s, n: jax.tree.map(lambda a: jnp.stack([a] * n), s),
+                             predict_kwargs={"deterministic": True}, num_draws=4, name="frozen")
 
     register_method("frozen_test", frozen_factory, overwrite=True)
     f = fit(SMALL_MDN, (x, y, g), method="frozen_test", params=f0.params, progress_bar=False, seed=3)
@@ -190,6 +194,24 @@ def test_a_new_method_is_one_registration(small_fit):
     np.testing.assert_allclose(post.mean(), f0.posterior(x[:20]).mean(), atol=1e-4)
     with pytest.raises(ValueError, match="already registered"):
         register_method("map", frozen_factory)
+
+
+def test_a_method_is_one_of_two_kinds_and_a_factory_returning_anything_else_is_refused():
+    """BlackJAX-style protocol: a method trained by epochs or one that runs once, never a tuple with None slots."""
+    plan = TrainingPlan(num_data=256, batch_size=64, steps_per_epoch=4, num_epochs=1, num_features=3)
+    assert isinstance(get_method("map")(standardize_model(SMALL_MSE.model), plan), IterativeMethod)
+    assert IterativeMethod._fields[:3] == ("init", "step", "evaluate") and "run" not in IterativeMethod._fields
+    assert OneShotMethod._fields[0] == "run" and "step" not in OneShotMethod._fields
+    assert isinstance(OneShotMethod(run=None, get_params=None, sample=None), InferenceMethod)  # the union
+
+    def dict_factory(model, plan):
+        return {"init": None, "step": None}
+
+    register_method("dict_method_test", dict_factory, overwrite=True)
+    x, y, g = _synthetic(300)
+    with pytest.raises(TypeError, match=r"factory of inference method 'dict_method_test' returned a builtins\.dict; "
+                                        r"a method factory must return an IterativeMethod .* or a OneShotMethod"):
+        fit(SMALL_MDN, (x, y, g), method="dict_method_test", progress_bar=False)
 
 
 # ---------------------------------------------------------------------------------------------- the lecture

@@ -18,7 +18,14 @@ import pytest
 from numpyro import handlers
 
 from numpyro_clustermass.estimators import MDN, ModelEstimator
-from numpyro_clustermass.inference import TrainingData, TrainingPlan, get_method, standardize_model
+from numpyro_clustermass.inference import (
+    IterativeMethod,
+    OneShotMethod,
+    TrainingData,
+    TrainingPlan,
+    get_method,
+    standardize_model,
+)
 from numpyro_clustermass.inference.svi import latent_structure
 
 N, BSZ, FEATURES = 256, 64, 2
@@ -78,6 +85,7 @@ ITERATIVE = [
 def test_iterative_method_state_works_with_another_instance(data, method, estimator, options):
     x, y = data
     first, second = _two_instances(method, estimator, options)
+    assert isinstance(first, IterativeMethod)
     state = first.init(jax.random.key(0), x[:BSZ], y[:BSZ])
     step1 = jax.jit(first.step)
     for i in range(2):
@@ -95,6 +103,7 @@ ONE_SHOT = [
     ("laplace", "user", {"map_options": {"num_epochs": 1}}),
     ("nuts", "mdn", {"map_options": {"num_epochs": 1}, "num_chains": 1, "num_warmup": 5, "num_samples": 6,
                      "max_tree_depth": 3}),
+    ("bbb", "mdn", {"init": "map", "map_options": {"num_epochs": 1}}),  # trains its MAP start, then BBB: one run
 ]
 
 
@@ -104,6 +113,7 @@ def test_one_shot_method_state_works_with_another_instance(data, method, estimat
     train = TrainingData(x[:-BSZ], y[:-BSZ], x[-BSZ:], y[-BSZ:])
     plan = PLAN._replace(num_data=N - BSZ, steps_per_epoch=(N - BSZ) // BSZ)
     first, second = _two_instances(method, estimator, options, plan)
+    assert isinstance(first, OneShotMethod)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one short chain: a ConvergenceWarning, beside the point here
         state = first.run(jax.random.key(0), train, plan, False).state

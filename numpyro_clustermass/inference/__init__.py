@@ -1,7 +1,14 @@
 """Inference: one entry point, :func:`fit`, and a registry of methods (one file per method family).
 
-Registered here: ``"map"`` (:mod:`numpyro_clustermass.inference.svi`). A new method is one new module that
-builds an :class:`InferenceMethod` and calls :func:`register_method`; import it below to register it.
+Registered here: ``"map"`` (:mod:`numpyro_clustermass.inference.svi`), ``"mc_dropout"``, ``"ensemble"``, ``"bbb"``,
+``"laplace"`` and ``"nuts"``. A new method is one new module whose factory builds an :class:`IterativeMethod`
+(trained by epochs) or a :class:`OneShotMethod` (runs once) and calls :func:`register_method`; import it below to
+register it.
+
+The layout: :mod:`~numpyro_clustermass.inference.protocol` (the method types, the registry, the errors),
+:mod:`~numpyro_clustermass.inference.epochs` (the epoch driver and the cache of compiled methods),
+:mod:`~numpyro_clustermass.inference.fitting` (:func:`fit`, :class:`Fit`, :func:`load`),
+:mod:`~numpyro_clustermass.inference.fitfile` (the file format), and one module per method family.
 
 Example
 -------
@@ -18,6 +25,8 @@ from numpyro_clustermass.inference.protocol import (
     FitInterrupted,
     FitWarning,
     InferenceMethod,
+    IterativeMethod,
+    OneShotMethod,
     RunResult,
     TrainingData,
     TrainingPlan,
@@ -37,6 +46,8 @@ __all__ = [
     "FitInterrupted",
     "FitWarning",
     "InferenceMethod",
+    "IterativeMethod",
+    "OneShotMethod",
     "RunResult",
     "TrainingData",
     "TrainingPlan",

@@ -26,7 +26,7 @@ from numpyro_clustermass.bnn import (
     resolve_weight_prior,
 )
 from numpyro_clustermass.inference.epochs import EarlyStopping, run_epochs
-from numpyro_clustermass.inference.protocol import InferenceMethod, TrainingData, TrainingPlan, get_method
+from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingData, TrainingPlan, get_method
 
 
 # ---------------------------------------------------------------------------------------------- option checks
@@ -250,7 +250,7 @@ def run_map(model: Callable, plan: TrainingPlan, data: TrainingData, rng_key, pr
     return impl.get_params(state), info
 
 
-def drive_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng_key, data: TrainingData,
+def drive_epochs(model: Callable, impl: IterativeMethod, plan: TrainingPlan, rng_key, data: TrainingData,
                  patience, min_delta: float, progress_bar: bool, desc: str):
     """Run ``impl``'s init/step/evaluate in the package's epoch driver (jit-compiled ``lax.scan`` epochs, early
     stopping, divergence check). Returns ``(state, history, info)``."""

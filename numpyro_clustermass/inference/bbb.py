@@ -73,6 +73,8 @@ from numpyro_clustermass.inference._bayes import (
 from numpyro_clustermass.inference.fitting import Fit
 from numpyro_clustermass.inference.protocol import (
     InferenceMethod,
+    IterativeMethod,
+    OneShotMethod,
     RunResult,
     TrainingData,
     TrainingPlan,
@@ -245,7 +247,10 @@ def bbb_method(
 
     Returns
     -------
-    InferenceMethod
+    IterativeMethod or OneShotMethod
+        An :class:`~numpyro_clustermass.inference.IterativeMethod` trained by :func:`fit`'s epochs; with
+        ``init="map"`` a :class:`~numpyro_clustermass.inference.OneShotMethod` whose ``run`` trains the MAP fit and
+        then the BBB epochs itself (``patience``, ``min_delta``).
     """
     m = "bbb"
     init_scale = check_float(m, "init_scale", init_scale, 0, low_open=True, hint=" (default 0.01)")
@@ -329,7 +334,7 @@ def bbb_method(
         fixed = {**point_params(params, draws), **(state.mutable_state or {})}
         return {**tile(fixed, int(num)), **draws}
 
-    method = InferenceMethod(
+    method = IterativeMethod(
         init=functools.partial(init_from, given_map), step=step, evaluate=evaluate, get_params=get_params,
         sample=sample, predict_kwargs={"deterministic": True}, num_draws=int(num_draws), name="bbb", model=twin,
     )
@@ -344,7 +349,8 @@ def bbb_method(
                                              "bbb")
         return RunResult(state, history, {**info, **extra})
 
-    return method._replace(run=run)
+    return OneShotMethod(run=run, get_params=get_params, sample=sample, predict_kwargs=method.predict_kwargs,
+                         num_draws=method.num_draws, name=method.name, model=method.model)
 
 
 register_method("bbb", bbb_method)

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from numpyro_clustermass.inference._bayes import check_int, check_map_passthrough
-from numpyro_clustermass.inference.protocol import InferenceMethod, TrainingPlan, get_method, register_method
+from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, get_method, register_method
 
 __all__ = ["ensemble_method", "DEFAULT_NUM_MEMBERS"]
 
@@ -46,7 +46,7 @@ DEFAULT_NUM_MEMBERS = 5
 
 
 def ensemble_method(model: Callable, plan: TrainingPlan, *, num_members: int = DEFAULT_NUM_MEMBERS,
-                    **map_options) -> InferenceMethod:
+                    **map_options) -> IterativeMethod:
     """Build the ``"ensemble"`` method: ``num_members`` vmapped ``"map"`` fits.
 
     Parameters
@@ -85,7 +85,7 @@ def ensemble_method(model: Callable, plan: TrainingPlan, *, num_members: int = D
         # the draws of an ensemble are its members, mixed with equal weights
         return get_params(state)
 
-    return InferenceMethod(
+    return IterativeMethod(
         init=init, step=step, evaluate=evaluate, get_params=get_params, sample=sample,
         predict_kwargs=dict(base.predict_kwargs), num_draws=k, name="ensemble", model=None,
     )

@@ -38,9 +38,10 @@ from numpyro_clustermass.inference.protocol import (
     FitDivergedError,
     FitInterrupted,
     InferenceMethod,
+    IterativeMethod,
     TrainingData,
     TrainingPlan,
-    get_method,
+    build_method,
     standardize_model,
 )
 
@@ -69,7 +70,7 @@ class EarlyStopping:
     min_delta: float = 1e-4
 
 
-def run_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng_key, data: TrainingData,
+def run_epochs(model: Callable, impl: IterativeMethod, plan: TrainingPlan, rng_key, data: TrainingData,
                early_stopping: EarlyStopping = EarlyStopping(), *, progress_bar: bool = False, desc: str = "epochs",
                divergence_factor: float | None = DIVERGENCE_FACTOR):
     """Train an iterative method (``init``/``step``/``evaluate``) by whole epochs, as :func:`fit` does: each
@@ -84,6 +85,8 @@ def run_epochs(model: Callable, impl: InferenceMethod, plan: TrainingPlan, rng_k
         The best state (by validation loss; the last one without validation data), ``train_loss``/
         ``val_loss``/``epoch_time`` per epoch, and run facts (``epochs_run``, ``best_epoch``, ...).
     """
+    if not isinstance(impl, IterativeMethod):
+        raise TypeError(f"run_epochs trains an IterativeMethod (init/step/evaluate); got a {type(impl).__name__}")
     k_init, k_epochs = jax.random.split(rng_key)
     compiled = CompiledMethod(model, impl, plan)
     return epoch_loop(compiled, k_init, k_epochs, data, early_stopping,
@@ -109,9 +112,9 @@ class CompiledMethod:
         Compiled posterior functions, shared by the fits of this entry.
     epoch : callable or None
         ``epoch(state, base_key, index, x, y, x_check, y_check) -> (state, train loss, check loss)``,
-        jit-compiled; None for a method that runs once.
+        jit-compiled; None for a :class:`~numpyro_clustermass.inference.protocol.OneShotMethod`.
     initial_loss : callable or None
-        The jit-compiled ``evaluate``, for the loss of the initial state.
+        The jit-compiled ``evaluate``, for the loss of the initial state (None for a one-shot method).
     """
 
     def __init__(self, model, impl: InferenceMethod, plan: TrainingPlan):
@@ -139,9 +142,10 @@ class CompiledMethod:
             state, losses = jax.lax.scan(body, state, (xb, yb))
             return state, jnp.mean(losses) / n, evaluate(state, x_check, y_check)
 
-        self.epoch = jax.jit(epoch) if impl.step is not None else None
+        iterative = isinstance(impl, IterativeMethod)
+        self.epoch = jax.jit(epoch) if iterative else None
         # the initial loss, the reference of the explosion check (not counted in ``traces``: one call a fit)
-        self.initial_loss = jax.jit(impl.evaluate) if impl.evaluate is not None else None
+        self.initial_loss = jax.jit(impl.evaluate) if iterative else None
 
 
 class _LRU:
@@ -197,7 +201,7 @@ def compiled_method(estimator, method: str, options: dict, plan: TrainingPlan) -
     compiled = _COMPILED.get(key) if key is not None else None
     if compiled is None:
         model = standardize_model(estimator.model)
-        impl = get_method(method)(model, plan, **options)
+        impl = build_method(method, model, plan, **options)
         compiled = CompiledMethod(model, impl, plan)
         if key is not None:
             _COMPILED.put(key, compiled)
@@ -208,7 +212,7 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
                make_result: Callable, *, progress_bar: bool = False, desc: str = "epochs",
                divergence_factor: float | None = DIVERGENCE_FACTOR, checkpoint=None, checkpoint_every: int = 10,
                resume=None):
-    """Train ``compiled``'s iterative method by whole epochs: the loop behind :func:`run_epochs` and
+    """Train ``compiled``'s :class:`~numpyro_clustermass.inference.protocol.IterativeMethod` by whole epochs: the loop behind :func:`run_epochs` and
     :func:`~numpyro_clustermass.inference.fit`.
 
     Each epoch is one call of ``compiled.epoch`` (a jit-compiled ``lax.scan`` over device-side shuffled
@@ -240,6 +244,9 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
     resume : object, optional
         A result to continue (its ``state`` and ``history``): the loss history and the epoch count go on.
     """
+    if not isinstance(compiled.impl, IterativeMethod):
+        raise TypeError(f"epoch_loop trains an IterativeMethod (init/step/evaluate); got a "
+                        f"{type(compiled.impl).__name__}")
     plan = compiled.plan
     x_train, y_train, x_val, y_val = data
     patience, min_delta = early_stopping.patience, early_stopping.min_delta

@@ -47,9 +47,11 @@ from numpyro_clustermass.inference.fitfile import FitFileError
 from numpyro_clustermass.inference.protocol import (
     FitWarning,
     InferenceMethod,
+    OneShotMethod,
     TrainingData,
     TrainingPlan,
     available_methods,
+    build_method,
     get_method,
     standardize_model,
 )
@@ -428,7 +430,7 @@ def load(path, model: Callable | None = None) -> Fit:
                            f"(registered: {', '.join(available_methods())}); import the module that registers it")
     plan = TrainingPlan(**manifest["plan"])
     model_fn = standardize_model(est.model)
-    impl = get_method(method)(model_fn, plan, **manifest["method_options"])
+    impl = build_method(method, model_fn, plan, **manifest["method_options"])
     state = fitfile.decode_state(manifest["state"], array)
     try:
         params = impl.get_params(state)
@@ -617,7 +619,7 @@ def fit(
             _cache=compiled.predict_cache,
         )
 
-    if impl.run is not None:
+    if isinstance(impl, OneShotMethod):
         from numpyro_clustermass.diagnostics import ConvergenceError
 
         if resume is not None:

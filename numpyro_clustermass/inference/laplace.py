@@ -62,7 +62,7 @@ from numpyro_clustermass.inference._bayes import (
     tile,
 )
 from numpyro_clustermass.inference.protocol import (
-    InferenceMethod,
+    OneShotMethod,
     RunResult,
     TrainingData,
     TrainingPlan,
@@ -199,7 +199,7 @@ def laplace_method(
     max_iter: int = 500,
     eigenvalue_floor: float = 1e-10,
     max_params: int = MAX_PARAMS,
-) -> InferenceMethod:
+) -> OneShotMethod:
     """Build the ``"laplace"`` method (see the module docstring).
 
     Parameters
@@ -291,9 +291,9 @@ def laplace_method(
         draws = jax.vmap(constrain)(flat)
         return {**tile(state.fixed, int(num)), **draws}
 
-    return InferenceMethod(
-        init=None, step=None, evaluate=None, get_params=get_params, sample=sample, run=run,
-        predict_kwargs={"deterministic": True}, num_draws=int(num_draws), name="laplace", model=twin,
+    return OneShotMethod(
+        run=run, get_params=get_params, sample=sample, predict_kwargs={"deterministic": True},
+        num_draws=int(num_draws), name="laplace", model=twin,
     )
 
 

@@ -35,7 +35,7 @@ from typing import Callable
 
 from numpyro_clustermass.bnn import is_package_model, with_dropout
 from numpyro_clustermass.inference._bayes import check_int, check_map_passthrough, tile
-from numpyro_clustermass.inference.protocol import InferenceMethod, TrainingPlan, get_method, register_method
+from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, get_method, register_method
 
 __all__ = ["mc_dropout_method", "DEFAULT_DROPOUT_RATE", "DEFAULT_NUM_DRAWS"]
 
@@ -52,7 +52,7 @@ def mc_dropout_method(
     dropout_rate: float | None = None,
     num_draws: int = DEFAULT_NUM_DRAWS,
     **map_options,
-) -> InferenceMethod:
+) -> IterativeMethod:
     """Build the ``"mc_dropout"`` method.
 
     Parameters

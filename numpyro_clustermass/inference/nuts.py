@@ -95,7 +95,7 @@ from numpyro_clustermass.inference._bayes import (
 )
 from numpyro_clustermass.inference.laplace import gaussian_at_mode
 from numpyro_clustermass.inference.protocol import (
-    InferenceMethod,
+    OneShotMethod,
     RunResult,
     TrainingData,
     TrainingPlan,
@@ -210,7 +210,7 @@ def nuts_method(
     rhat_threshold: float = RHAT_THRESHOLD,
     min_ess: float | None = None,
     on_convergence: str = "warn",
-) -> InferenceMethod:
+) -> OneShotMethod:
     """Build the ``"nuts"`` method (see the module docstring).
 
     Parameters
@@ -257,7 +257,7 @@ def nuts_method(
 
     Returns
     -------
-    InferenceMethod
+    OneShotMethod
     """
     m = "nuts"
     num_chains = check_int(m, "num_chains", num_chains, 1, hint=" (2 or more for R-hat)")
@@ -393,9 +393,9 @@ def nuts_method(
         n = int(jax.tree.leaves(flat)[0].shape[0])
         return {**tile(state.fixed, n), **flat}
 
-    return InferenceMethod(
-        init=None, step=None, evaluate=None, get_params=get_params, sample=sample, run=run,
-        predict_kwargs={"deterministic": True}, num_draws=int(num_draws), name="nuts", model=twin,
+    return OneShotMethod(
+        run=run, get_params=get_params, sample=sample, predict_kwargs={"deterministic": True},
+        num_draws=int(num_draws), name="nuts", model=twin,
     )
 
 

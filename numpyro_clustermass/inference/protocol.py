@@ -1,7 +1,11 @@
 """The inference protocol: what a method is, how it is registered, and what :func:`fit` hands it.
 
-A *method* ("map", "bbb", "mc_dropout", "nuts", "laplace", ...) is an :class:`InferenceMethod`: a NamedTuple
-of pure functions in the style of Optax's ``GradientTransformation`` and BlackJAX's algorithms::
+A *method* ("map", "bbb", "mc_dropout", "nuts", "laplace", ...) is a NamedTuple of pure functions in the style of
+Optax's ``GradientTransformation`` and BlackJAX's algorithms, of one of two kinds (:data:`InferenceMethod` is
+their union).
+
+An :class:`IterativeMethod` ("map", "mc_dropout", "ensemble", "bbb") is trained by
+:func:`~numpyro_clustermass.inference.fit` in whole epochs (:mod:`~numpyro_clustermass.inference.epochs`)::
 
     init(rng_key, x_batch, y_batch) -> state
     step(state, x_batch, y_batch) -> (state, loss)          # loss: full-data objective of the minibatch
@@ -9,13 +13,17 @@ of pure functions in the style of Optax's ``GradientTransformation`` and BlackJA
     get_params(state) -> dict of site values                 # constrained params (+ mutable state)
     sample(rng_key, state, num_draws) -> draws               # dict of site values, leading axis S
 
-A method that does not train by epochs (NUTS, Laplace) provides ``run`` instead, which returns a
-:class:`RunResult`, and the epoch driver (:mod:`numpyro_clustermass.inference.epochs`) is skipped.
+A :class:`OneShotMethod` ("nuts", "laplace", "bbb" with ``init="map"``) does its whole inference in one call and
+the epoch driver is skipped::
 
-A method is built by a *factory* ``factory(model, plan, **options) -> InferenceMethod`` that closes the pure
-functions over the model and the :class:`TrainingPlan` (data size, batch size, steps). Factories are
-registered by name with :func:`register_method`; :func:`~numpyro_clustermass.inference.fit` looks them up with
-:func:`get_method`, so adding a method is one new file that calls ``register_method``. Everything a method
+    run(rng_key, data: TrainingData, plan, progress_bar) -> RunResult(state, history, info)
+    get_params(state), sample(rng_key, state, num_draws)     # as above
+
+A method is built by a *factory* ``factory(model, plan, **options) -> IterativeMethod | OneShotMethod`` that
+closes the pure functions over the model and the :class:`TrainingPlan` (data size, batch size, steps).
+Factories are registered by name with :func:`register_method`; :func:`~numpyro_clustermass.inference.fit` builds
+them with :func:`build_method` (which refuses anything but the two kinds), so adding a method is one new file
+that calls ``register_method``. Everything a method
 needs later lives in its state pytree or in the factory's closure, never in a mutable closure filled by
 ``init`` or ``run``: a saved fit rebuilds its method from the factory and puts the saved state back.
 
@@ -24,17 +32,22 @@ warnings of fitting (:class:`FitDivergedError`, :class:`FitInterrupted`, :class:
 
 Example
 -------
->>> from numpyro_clustermass.inference.protocol import TrainingPlan, available_methods
+>>> from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, available_methods, build_method
 >>> "map" in available_methods()
 True
->>> TrainingPlan(num_data=1000, batch_size=100, steps_per_epoch=10, num_epochs=5, num_features=14).num_steps
+>>> from numpyro_clustermass.estimators import MSE
+>>> plan = TrainingPlan(num_data=1000, batch_size=100, steps_per_epoch=10, num_epochs=5, num_features=1)
+>>> method = build_method("map", MSE(hidden=(4,), feature_names=("a",)).model, plan)
+>>> isinstance(method, IterativeMethod), method.name
+(True, 'map')
+>>> plan.num_steps
 50
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 from numpyro import handlers
@@ -43,9 +56,12 @@ __all__ = [
     "TrainingPlan",
     "TrainingData",
     "RunResult",
+    "IterativeMethod",
+    "OneShotMethod",
     "InferenceMethod",
     "register_method",
     "get_method",
+    "build_method",
     "available_methods",
     "standardize_model",
     "FitDivergedError",
@@ -97,15 +113,21 @@ class RunResult(NamedTuple):
     info: dict
 
 
-class InferenceMethod(NamedTuple):
-    """An inference method: pure functions closed over one model (see the module docstring).
+class IterativeMethod(NamedTuple):
+    """A method trained by epochs: pure functions closed over one model (see the module docstring).
 
     Attributes
     ----------
-    init, step, evaluate, get_params, sample : callables
-        The protocol; ``init``/``step``/``evaluate`` may be ``None`` when ``run`` is given.
-    run : callable, optional
-        ``run(rng_key, data: TrainingData, plan, progress_bar) -> RunResult``; opts out of the epoch driver.
+    init : callable
+        ``init(rng_key, x_batch, y_batch) -> state``.
+    step : callable
+        ``step(state, x_batch, y_batch) -> (state, loss)``, the loss being the full-data objective of the batch.
+    evaluate : callable
+        ``evaluate(state, x, y) -> loss per datum`` (the held-out loss of early stopping).
+    get_params : callable
+        ``get_params(state) -> {site: value}``: the point values (constrained params, mutable state).
+    sample : callable
+        ``sample(rng_key, state, num_draws) -> {site: values}`` with a leading draw axis.
     predict_kwargs : dict
         Keyword arguments for the model at prediction time (``{"deterministic": True}`` switches dropout
         off for point fits; MC dropout leaves it on).
@@ -117,16 +139,52 @@ class InferenceMethod(NamedTuple):
         Bayesian twin, a net with dropout added); default None: the estimator's model.
     """
 
-    init: Callable | None
-    step: Callable | None
-    evaluate: Callable | None
+    init: Callable
+    step: Callable
+    evaluate: Callable
     get_params: Callable
     sample: Callable
-    run: Callable | None = None
     predict_kwargs: dict = {}
     num_draws: int = 1
     name: str = ""
     model: Callable | None = None
+
+
+class OneShotMethod(NamedTuple):
+    """A method that runs once instead of by epochs (MCMC, a Laplace approximation): pure functions closed over
+    one model (see the module docstring).
+
+    Attributes
+    ----------
+    run : callable
+        ``run(rng_key, data: TrainingData, plan: TrainingPlan, progress_bar: bool) -> RunResult``.
+    get_params : callable
+        ``get_params(state) -> {site: value}``: the point values (e.g. posterior means and the fixed params).
+    sample : callable
+        ``sample(rng_key, state, num_draws) -> {site: values}`` with a leading draw axis.
+    predict_kwargs : dict
+        Keyword arguments for the model at prediction time (``{"deterministic": True}`` switches dropout
+        off for point fits; MC dropout leaves it on).
+    num_draws : int
+        Default number of predictive draws for :meth:`Fit.posterior` (1 for point fits).
+    name : str
+    model : callable, optional
+        The model :meth:`Fit.posterior` substitutes the draws into, when it is not the estimator's model (a
+        Bayesian twin, a net with dropout added); default None: the estimator's model.
+    """
+
+    run: Callable
+    get_params: Callable
+    sample: Callable
+    predict_kwargs: dict = {}
+    num_draws: int = 1
+    name: str = ""
+    model: Callable | None = None
+
+
+#: What a method factory returns: an :class:`IterativeMethod` (trained by epochs) or a :class:`OneShotMethod`
+#: (runs once). A ``typing.Union`` for annotations and ``isinstance`` checks; build one of the two NamedTuples.
+InferenceMethod = Union[IterativeMethod, OneShotMethod]
 
 
 _REGISTRY: dict[str, Callable[..., InferenceMethod]] = {}
@@ -158,6 +216,19 @@ def get_method(name: str) -> Callable[..., InferenceMethod]:
         raise ValueError(
             f"unknown inference method {name!r}; registered methods are {available_methods()}"
         ) from None
+
+
+def build_method(name: str, model: Callable, plan: TrainingPlan, **options) -> InferenceMethod:
+    """Build the method registered under ``name`` for ``model`` and ``plan``: ``get_method(name)(model, plan,
+    **options)``, checked to be an :class:`IterativeMethod` or a :class:`OneShotMethod` (a TypeError otherwise)."""
+    method = get_method(name)(model, plan, **options)
+    if not isinstance(method, (IterativeMethod, OneShotMethod)):
+        raise TypeError(
+            f"the factory of inference method {name!r} returned a {type(method).__module__}."
+            f"{type(method).__qualname__}; a method factory must return an IterativeMethod (init/step/evaluate, "
+            f"trained by epochs) or a OneShotMethod (run, runs once), from numpyro_clustermass.inference"
+        )
+    return method
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -39,7 +39,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta, AutoGuide
 from numpyro.optim import optax_to_numpyro
 
-from numpyro_clustermass.inference.protocol import InferenceMethod, TrainingPlan, register_method
+from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, register_method
 
 __all__ = ["map_method", "make_schedule", "make_optimizer", "latent_sites", "latent_structure", "prepare_svi"]
 
@@ -232,7 +232,7 @@ def map_method(
     clip_norm: float | None = None,
     optimizer: optax.GradientTransformation | None = None,
     guide: Callable | None = None,
-) -> InferenceMethod:
+) -> IterativeMethod:
     """Build the ``"map"`` method: SVI, point-mass guide, Optax Adam with a schedule.
 
     Parameters
@@ -301,7 +301,7 @@ def map_method(
         # a point fit: one "draw", whatever num_draws asks for
         return jax.tree.map(lambda a: a[None], get_params(state))
 
-    return InferenceMethod(
+    return IterativeMethod(
         init=init, step=step, evaluate=evaluate, get_params=get_params, sample=sample,
         predict_kwargs={"deterministic": True}, num_draws=1, name="map",
     )
