@@ -311,7 +311,8 @@ def _read_archive(path: pathlib.Path) -> tuple[dict, Callable[[str], np.ndarray]
         raise IsADirectoryError(f"{where} is a folder, not a fit file")
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, zlib.error):  # a damaged directory
+    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, EOFError, zlib.error,
+            NotImplementedError):  # a damaged directory (a flipped version byte: 'zip file version 7.8')
         size = path.stat().st_size
         raise FitFileError(f"{where} is not a fit file, or it is truncated ({size} bytes; a fit file is a ZIP "
                            f"archive written by Fit.save)") from None
