@@ -7,7 +7,8 @@ mean of log10 M for held-out clusters), which are invariant to those symmetries.
 
 ArviZ 0.x (Python 3.11) returns ``InferenceData``; ArviZ 1.x (Python >= 3.12) returns an xarray
 ``DataTree`` and refuses variable names containing ``/``. Everything here goes through one adapter,
-:func:`to_arviz`, that renames variables and works with both.
+:func:`to_arviz`, that renames variables and works with both; :func:`fit_to_arviz` turns any fit into such an
+object (posterior, posterior predictive, pointwise log-likelihood for ``az.loo``, sampler statistics).
 
 Example
 -------
@@ -33,6 +34,7 @@ __all__ = [
     "arviz_major_version",
     "sanitize_name",
     "to_arviz",
+    "fit_to_arviz",
     "function_space_convergence",
     "compare_posteriors",
 ]
@@ -125,13 +127,25 @@ def to_arviz(
     posterior_predictive: Mapping[str, Any] | None = None,
     log_likelihood: Mapping[str, Any] | None = None,
     observed_data: Mapping[str, Any] | None = None,
+    constant_data: Mapping[str, Any] | None = None,
+    sample_stats: Mapping[str, Any] | None = None,
+    sample_stats_per_draw: bool = True,
     coords: Mapping[str, Any] | None = None,
     dims: Mapping[str, list[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
 ):
     """Build an ArviZ object (``InferenceData`` on ArviZ 0.x, ``DataTree`` on 1.x) from arrays.
 
-    Every array in ``posterior``, ``posterior_predictive`` and ``log_likelihood`` has leading dimensions
-    ``(chain, draw)``. Names are sanitised with :func:`sanitize_name` (and ``dims`` keys with them).
+    Every array in ``posterior``, ``posterior_predictive`` and ``log_likelihood`` (and in ``sample_stats`` when
+    ``sample_stats_per_draw``) has leading dimensions ``(chain, draw)``; ``observed_data`` and ``constant_data``
+    have none. With ``sample_stats_per_draw=False`` the ``sample_stats`` variables have no chain or draw dimension
+    either (an optimiser's loss per epoch: give its dimension in ``dims``). Names are sanitised with
+    :func:`sanitize_name` (and ``dims`` keys with them); ``attrs`` become the object's global attributes.
+
+    >>> import numpy as np
+    >>> idata = to_arviz({"nn/w": np.zeros((2, 10, 3))}, observed_data={"y": np.ones(4)})
+    >>> [str(v) for v in idata.posterior.data_vars]
+    ['nn.w']
     """
     az = _az()
 
@@ -146,25 +160,384 @@ def to_arviz(
             out[name] = np.asarray(v)
         return out
 
-    dims = {sanitize_name(k): v for k, v in (dims or {}).items()}
+    dims = {sanitize_name(k): list(v) for k, v in (dims or {}).items()}
+    coords = dict(coords or {})
+    stats = clean(sample_stats)
     kwargs = dict(
         posterior=clean(posterior),
         posterior_predictive=clean(posterior_predictive),
         log_likelihood=clean(log_likelihood),
         observed_data=clean(observed_data),
-        coords=dict(coords or {}),
+        constant_data=clean(constant_data),
+        sample_stats=stats if sample_stats_per_draw else None,
+        coords=coords,
         dims=dims,
     )
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if hasattr(az, "from_dict"):
-        return az.from_dict(**kwargs) if arviz_major_version() < 1 else _from_dict_v1(az, kwargs)
-    raise RuntimeError("this ArviZ has no from_dict; install arviz>=0.20")
+    attrs = {str(k): v for k, v in (attrs or {}).items()}
+    if not hasattr(az, "from_dict"):
+        raise RuntimeError("this ArviZ has no from_dict; install arviz>=0.20")
+    if arviz_major_version() < 1:
+        idata = az.from_dict(**kwargs, attrs=dict(attrs))
+        if stats and not sample_stats_per_draw:  # no (chain, draw): built apart, as from_dict would add them
+            ds = az.dict_to_dataset(stats, coords=coords, dims=dims, default_dims=[], attrs=dict(attrs))
+            idata.add_groups(sample_stats=ds)
+        return idata
+    tree = _from_dict_v1(az, kwargs, attrs)
+    if stats and not sample_stats_per_draw:
+        import xarray as xr
+
+        to_dataset = getattr(az, "dict_to_dataset", None)
+        if to_dataset is None:
+            from arviz_base import dict_to_dataset as to_dataset
+        tree["sample_stats"] = xr.DataTree(dataset=to_dataset(stats, coords=coords, dims=dims, sample_dims=[]))
+    return tree
 
 
-def _from_dict_v1(az, kwargs):
-    # ArviZ 1.x: from_dict takes one mapping of group name -> variables.
+def _from_dict_v1(az, kwargs, attrs=None):
+    # ArviZ 1.x: from_dict takes one mapping of group name -> variables; global attributes under "/".
     coords, dims = kwargs.pop("coords", None), kwargs.pop("dims", None)
+    if attrs:
+        return az.from_dict(kwargs, coords=coords, dims=dims, attrs={"/": dict(attrs)})
     return az.from_dict(kwargs, coords=coords, dims=dims)
+
+
+#: Predictive draws of a point fit (one parameter value, e.g. ``"map"``) in :func:`fit_to_arviz` when ``num_draws``
+#: is not given: the posterior predictive samples that many masses per cluster from the one predictive density.
+POINT_FIT_DRAWS = 100
+#: Per-draw grid densities :func:`fit_to_arviz` holds at once (bytes of float32); larger catalogues go in chunks.
+ARVIZ_DENSITY_BYTES = 2**27
+#: ``fold_in`` tag of the posterior predictive's random stream (distinct from the draws' of ``Fit.posterior``).
+_PREDICTIVE_STREAM = 0x9D
+#: NumPyro's names of NUTS statistics -> ArviZ's (the names ``az.from_numpyro`` uses).
+_ARVIZ_STAT_NAMES = {"num_steps": "n_steps", "accept_prob": "acceptance_rate", "potential_energy": "lp"}
+
+
+def fit_to_arviz(fit, catalog, num_draws: int | None = None, seed: int | None = None, chunk_size: int | None = None):
+    """Any :class:`~numpyro_clustermass.inference.Fit` as an ArviZ object, for ``az.summary``, ``az.loo``,
+    ``az.compare`` and ArviZ's plots (``InferenceData`` on ArviZ 0.x, ``DataTree`` on 1.x; built through
+    :func:`to_arviz`).
+
+    Groups (those that exist for the fit):
+
+    ``posterior``
+        The parameters with ``chain`` and ``draw`` dimensions: the network weights (named as the Bayesian twin
+        names them, ``nn.head.locs.kernel``, whatever the method, so that fits can be put side by side) or a
+        scaling relation's ``intercept``, ``slope``, ``scatter``. NUTS: its chains and draws (``fit.state``).
+        Methods that sample (``"bbb"``, ``"laplace"``, ...): ``num_draws`` draws of the method's ``sample`` as one
+        chain, the same draws :meth:`Fit.posterior` mixes for this ``seed``; where only some weights are sampled
+        (a last-layer BNN) the others, held at the MAP fit, are in ``constant_data``. Ensemble: the members as the
+        draws of one chain: they are independent, exchangeable draws, so ``az.loo`` takes a relative efficiency of 1
+        (one chain) and ``az.summary`` gives their mean, spread and an ESS; as chains of one draw each, ArviZ
+        computes neither R-hat nor ESS (it needs 4 draws per chain), and R-hat across members, which sit in different
+        modes by design, would not mean convergence anyway. A point fit (``"map"``): one chain, one draw. Where every
+        draw carries the same parameters (``"mc_dropout"``: the draws differ by their dropout masks, drawn inside the
+        network) they are stored once, as one draw.
+    ``posterior_predictive``
+        ``log_mass``: one log10 M per cluster per draw, sampled from that draw's predictive density on the grid (a
+        point fit: ``num_draws`` samples, default :data:`POINT_FIT_DRAWS`, from its one density).
+    ``log_likelihood``
+        ``log_mass``: log p(true log10 M_i | x_i, draw) per cluster and draw, per dex of log10 M, from the same
+        per-draw densities (:meth:`MassPosterior.log_prob`), so that ``az.loo`` works. Each draw's density is
+        normalised on the grid (the density of a mass known to lie in the grid's range), as in
+        ``MassPosterior.draws_log_density``. For one draw its ``exp`` is the density of :meth:`Fit.posterior` at
+        the truth; for several, the mean of ``exp`` over draws is that density where every draw's density lies
+        within the grid (``Fit.posterior`` mixes the draws before normalising, which weights a draw by its mass
+        inside the grid). A point fit's is the same in every draw: ``az.loo`` then gives the in-sample log score
+        (there is no posterior to leave a cluster out of) and ArviZ reports Pareto k = inf, as it cannot fit a tail
+        to constant weights.
+    ``observed_data``
+        ``log_mass``: the catalogue's true log10 M, when it has one.
+    ``constant_data``
+        ``features`` (``cluster`` x ``feature``, as in the catalogue, not standardised), ``halo_id`` when the
+        catalogue has it, and the parameters held fixed while others were sampled.
+    ``sample_stats``
+        NUTS, per chain and draw: ``diverging``, ``tree_depth``, ``n_steps``, ``energy``, ``step_size``,
+        ``acceptance_rate``, ``lp`` (ArviZ's names, as ``az.from_numpyro`` gives them). Methods trained by epochs:
+        the loss trace ``train_loss``, ``val_loss``, ``epoch_time`` along an ``epoch`` dimension (no chain or draw:
+        it is the optimiser's history, not a statistic of a draw).
+
+    Parameters
+    ----------
+    fit : Fit
+    catalog : Catalog, array (n, n_features) or (x, y) tuple
+        The clusters; with true masses (a catalogue's ``log_mass``, the ``y`` of a tuple) for ``observed_data`` and
+        ``log_likelihood``.
+    num_draws : int, optional
+        Draws per fit. Default: NUTS every draw of every chain, other sampling methods their ``num_draws``, a point
+        fit :data:`POINT_FIT_DRAWS` predictive draws, an ensemble its members (``num_draws`` is ignored, as by
+        :meth:`Fit.posterior`). For NUTS a smaller number thins every chain evenly to ``ceil(num_draws / chains)``.
+    seed : int, optional
+        Seed of the draws (default the fit's). The parameter draws, and so every per-draw density, are those of
+        ``fit.posterior(catalog, num_draws=S, seed=seed, keep_draws=True)`` for the same ``S`` (for ``"mc_dropout"``
+        also the same ``chunk_size``: a dropout mask depends on a cluster's place in its chunk).
+    chunk_size : int, optional
+        Clusters per call of :meth:`Fit.posterior`; default as many as :data:`ARVIZ_DENSITY_BYTES` of per-draw
+        densities allow, at most ``Fit.posterior``'s own default. The predictive samples depend on it.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+
+    Example
+    -------
+    >>> import arviz as az, numpy as np
+    >>> from numpyro_clustermass.estimators import MDN
+    >>> from numpyro_clustermass.inference import fit
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.uniform(13.5, 15.0, 600); x = y[:, None] + 0.1 * rng.normal(size=(600, 2))
+    >>> f = fit(MDN(2, (8,), feature_names=("a", "b")), (x, y), num_epochs=20, batch_size=128,
+    ...         progress_bar=False)
+    >>> idata = fit_to_arviz(f, (x[:50], y[:50]), num_draws=40)
+    >>> idata.posterior["nn.head.locs.kernel"].shape        # a MAP fit: one chain, one draw
+    (1, 1, 8, 2)
+    >>> idata.log_likelihood["log_mass"].shape              # (chain, draw, cluster)
+    (1, 40, 50)
+    >>> post = f.posterior(x[:50])
+    >>> bool(np.allclose(idata.log_likelihood["log_mass"][0, 0], post.log_prob(y[:50]), atol=1e-5))
+    True
+    >>> az.plot_ppc(idata)                                   # doctest: +SKIP
+    >>> bayes = fit_to_arviz(ncm.fit(est, train, method="nuts"), test)   # doctest: +SKIP
+    >>> az.compare({"map": idata, "nuts": bayes})            # doctest: +SKIP
+    """
+    import copy
+    import math
+
+    import jax
+
+    from numpyro_clustermass.posterior import MassPosterior
+
+    if num_draws is not None and (isinstance(num_draws, (bool, np.bool_)) or not float(num_draws).is_integer()
+                                  or num_draws < 1):
+        raise ValueError(f"num_draws must be an integer >= 1 (draws per fit); got {num_draws!r}")
+    seed = int(fit.seed if seed is None else seed)
+    x, y, names, extra_data = _catalog_arrays(fit, catalog)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("fit_to_arviz: the catalogue holds no clusters")
+    key = jax.random.key(seed)
+    k_draws = jax.random.split(key)[0]  # the draws' key of Fit.posterior for this seed
+    k_pred = jax.random.fold_in(key, _PREDICTIVE_STREAM)
+
+    state = fit.state
+    fixed: dict = {}
+    stats, stats_per_draw = None, True
+    if _is_mcmc_state(state):
+        # NUTS & co: all chains, thinned evenly; Fit.posterior takes every draw of the (thinned) state in order
+        lead = np.shape(jax.tree.leaves(state.samples)[0])[:2]
+        num_chains, length = int(lead[0]), int(lead[1])
+        per_chain = length if num_draws is None else min(length, max(1, math.ceil(int(num_draws) / num_chains)))
+        idx = np.unique(np.round(np.linspace(0, length - 1, per_chain)).astype(np.int64))
+        samples = jax.tree.map(lambda a: a[:, idx], state.samples)
+        source = copy.copy(fit)
+        source.state = state._replace(samples=samples)
+        num_request = num_chains * idx.size
+        post_params = {k: np.asarray(v) for k, v in _flatten_draws(samples).items()}
+        fixed = {k: np.asarray(v) for k, v in _flatten_draws(state.fixed).items() if k not in post_params}
+        stats = _mcmc_stats(fit.history, num_chains, length, idx)
+        num_out, shape_out = num_request, (num_chains, idx.size)
+        draw_coord = idx  # the draws' places in their chains
+    else:
+        source = fit
+        num_request = int(fit._method.num_draws if num_draws is None else num_draws)
+        draws = fit._method.sample(k_draws, state, num_request)
+        flat = {k: np.asarray(v) for k, v in _flatten_draws(draws).items()}
+        num_got = int(next(iter(flat.values())).shape[0]) if flat else 1
+        if num_got > 1 and all((v == v[:1]).all() for v in flat.values()):
+            flat = {k: v[:1] for k, v in flat.items()}  # the same parameters in every draw (MC dropout)
+        elif num_got > 1:
+            latent = set(_latent_site_names(fit, x))
+            if latent & set(flat):
+                fixed = {k: v[0] for k, v in flat.items() if k not in latent}
+                flat = {k: v for k, v in flat.items() if k in latent}
+        post_params = {k: v[None] for k, v in flat.items()}  # one chain
+        num_out = num_got if num_got > 1 else int(POINT_FIT_DRAWS if num_draws is None else num_draws)
+        shape_out = (1, num_out)
+        stats, stats_per_draw = _loss_trace(fit.history), False
+        draw_coord = None
+
+    # per-draw predictive densities, cluster chunk by cluster chunk
+    grid_size = int(np.size(fit.grid))
+    default_chunk = _posterior_default_chunk(fit)
+    if chunk_size is None:
+        budget = max(1, ARVIZ_DENSITY_BYTES // (4 * max(num_request, 1) * grid_size))
+        chunk = int(min(n, default_chunk, budget))
+    else:
+        if isinstance(chunk_size, (bool, np.bool_)) or not float(chunk_size).is_integer() or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1 (clusters per call); got {chunk_size!r}")
+        chunk = int(min(n, chunk_size))
+    predictive = np.empty((num_out, n), np.float32)
+    loglik = None if y is None else np.empty((num_out, n), np.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        k = stop - start
+        xc = x[start:stop]
+        if k < chunk:  # pad as Fit.posterior pads its last chunk, so that every chunk is computed alike
+            xc = np.concatenate([xc, np.repeat(xc[-1:], chunk - k, axis=0)])
+        post = source.posterior(xc, num_draws=num_request, seed=seed, keep_draws=True, chunk_size=chunk)
+        dl = np.asarray(post.draws_log_density)[:, :k]  # (S, k, G), normalised per draw
+        s = dl.shape[0]
+        per_draw = MassPosterior(post.grid, dl.reshape(s * k, -1), np.zeros(s * k, np.float32),
+                                 np.zeros(s * k, np.float32))
+        k_chunk = jax.random.fold_in(k_pred, start)
+        if s == num_out:
+            predictive[:, start:stop] = per_draw.sample(k_chunk, 1)[0].reshape(s, k)
+        elif s == 1:  # a point fit: num_out masses from its one density
+            predictive[:, start:stop] = per_draw.sample(k_chunk, num_out)
+        else:
+            raise RuntimeError(f"fit_to_arviz: Fit.posterior gave {s} per-draw densities where {num_out} were "
+                               f"expected (the method's sample returned a different number of draws)")
+        if loglik is not None:
+            ll = per_draw.log_prob(np.tile(y[start:stop], s)).reshape(s, k)
+            loglik[:, start:stop] = ll if s == num_out else np.broadcast_to(ll, (num_out, k))
+
+    coords = {"cluster": np.arange(n), "feature": list(names)}
+    if draw_coord is not None:
+        coords["draw"] = draw_coord
+    dims = {"log_mass": ["cluster"], "features": ["cluster", "feature"]}
+    constant = {"features": x}
+    for k, v in extra_data.items():
+        constant[k] = v
+        dims[k] = ["cluster"]
+    constant.update(fixed)
+    if stats and not stats_per_draw:
+        epochs = {np.shape(v)[0] for v in stats.values()}
+        for k, v in stats.items():
+            dims[k] = ["epoch"] if len(epochs) == 1 else [f"{k}_epoch"]
+    import numpyro
+
+    attrs = {
+        "method": str(fit.method),
+        "estimator": str(getattr(fit.estimator, "name", type(fit.estimator).__name__)),
+        "seed": seed,
+        "num_draws": int(num_out),
+        "units": "log_mass: log10 M [Msun/h]; log_likelihood: log density per dex of log10 M",
+        "inference_library": "numpyro",
+        "inference_library_version": str(numpyro.__version__),
+    }
+    return to_arviz(
+        post_params,
+        posterior_predictive={"log_mass": predictive.reshape(shape_out + (n,))},
+        log_likelihood=None if loglik is None else {"log_mass": loglik.reshape(shape_out + (n,))},
+        observed_data=None if y is None else {"log_mass": y},
+        constant_data=constant,
+        sample_stats=stats or None,
+        sample_stats_per_draw=stats_per_draw,
+        coords=coords,
+        dims=dims,
+        attrs=attrs,
+    )
+
+
+def _is_mcmc_state(state) -> bool:
+    """A state holding MCMC draws: ``samples`` with leading ``(chain, draw)`` axes and ``fixed`` parameters."""
+    return (isinstance(state, tuple) and hasattr(state, "_replace") and isinstance(getattr(state, "samples", None),
+                                                                                   Mapping)
+            and isinstance(getattr(state, "fixed", None), Mapping) and bool(state.samples))
+
+
+def _flatten_draws(tree: Mapping) -> dict[str, Any]:
+    """``{name: array}`` of a dict of site values. A nested dict of network parameters ``"nn$params"`` gets the names
+    the Bayesian twin gives its weight sites (``"nn/head.locs.kernel"``), so that a MAP weight and its NUTS draws
+    share a name; where the twin's site is there too (its draws), the parameter it replaces in the model is left
+    out. An AutoGuide's own parameters (``"scale_auto_loc"``) are left out next to their site."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if "_auto_" in k and k.split("_auto_")[0] in tree:
+            continue
+        if not isinstance(v, Mapping) and hasattr(v, "shape"):
+            out[k] = v
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            base = k[: -len("$params")] if k.endswith("$params") else k
+            for path, leaf in _flatten_nested(v):
+                out.setdefault(f"{base}/{path}", leaf)
+    return out
+
+
+def _flatten_nested(tree: Mapping, prefix: str = ""):
+    for k, v in tree.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            yield from _flatten_nested(v, path)
+        elif hasattr(v, "shape"):
+            yield path, v
+
+
+def _latent_site_names(fit, x) -> list[str]:
+    """The latent sample sites of the model the fit's draws go into (its Bayesian twin, or the user's model)."""
+    import jax.numpy as jnp
+
+    from numpyro_clustermass.bnn import latent_site_names
+
+    xs = jnp.asarray(fit.features(x[:2]))
+    return latent_site_names(fit._model, xs, jnp.zeros(xs.shape[0], xs.dtype))
+
+
+def _posterior_default_chunk(fit) -> int:
+    """``Fit.posterior``'s default ``chunk_size`` (read from its signature; 4096 if it has none)."""
+    import inspect
+
+    try:
+        default = inspect.signature(type(fit).posterior).parameters["chunk_size"].default
+        return int(default) if isinstance(default, (int, np.integer)) and default > 0 else 4096
+    except (KeyError, TypeError, ValueError):
+        return 4096
+
+
+def _catalog_arrays(fit, data):
+    """Raw features ``x`` (n, d), true log-masses ``y`` or None, feature names, and per-cluster extras."""
+    from numpyro_clustermass.catalog import FEATURE_NAMES, Catalog
+
+    fit.features(data)  # the fit's own validation: feature columns, counts, NaN, with its error messages
+    extra = {}
+    if isinstance(data, Catalog):
+        names = tuple(fit.feature_names) if fit.feature_names is not None else FEATURE_NAMES
+        x = data.features(names)
+        y = data.log_mass if ("M200c" in data or "log_mass" in data) else None
+        if "halo_id" in data:
+            extra["halo_id"] = np.asarray(data["halo_id"])
+    else:
+        if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+            x, y = data[0], data[1]
+        else:
+            x, y = data, None
+        x = np.asarray(x, dtype=np.float64)
+        names = (tuple(fit.feature_names) if fit.feature_names is not None
+                 else tuple(f"x{i}" for i in range(x.shape[1])))
+    if y is not None:
+        y = np.asarray(y, dtype=np.float64)
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"fit_to_arviz: the true log-masses have shape {y.shape}; expected ({x.shape[0]},), "
+                             f"one per cluster")
+        bad = ~np.isfinite(y)
+        if bad.any():
+            raise ValueError(f"fit_to_arviz: {int(bad.sum())} of {y.size} true log-masses are NaN or infinite "
+                             f"(first rows: {np.flatnonzero(bad)[:5].tolist()}); remove those rows")
+    return x, y, names, extra
+
+
+def _mcmc_stats(history: Mapping, num_chains: int, length: int, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-draw sampler statistics (flat in ``fit.history``) as ``(chain, draw)`` arrays under ArviZ's names."""
+    out = {}
+    for k, v in (history or {}).items():
+        v = np.asarray(v)
+        if v.size != num_chains * length:
+            continue
+        v = v.reshape(num_chains, length)[:, idx]
+        if k == "potential_energy":
+            v = -v  # ArviZ's lp is the log density, the negative potential energy
+        out[_ARVIZ_STAT_NAMES.get(k, k)] = v
+        if k == "num_steps":
+            out["tree_depth"] = (np.floor(np.log2(np.maximum(v, 1))) + 1).astype(np.int64)
+    if "diverging" in out:
+        out["diverging"] = out["diverging"].astype(bool)
+    return out
+
+
+def _loss_trace(history: Mapping) -> dict[str, np.ndarray]:
+    """The 1-D per-epoch entries of a fit's history (loss trace, epoch times)."""
+    return {k: np.asarray(v) for k, v in (history or {}).items() if np.ndim(v) == 1 and np.size(v) > 0}
 
 
 def function_space_convergence(draws: np.ndarray) -> dict[str, np.ndarray]:

@@ -28,7 +28,8 @@ What the method does, in order:
 
 ``fit.info`` holds ``function_space`` (``max_rhat``, ``min_ess_bulk``, ``min_ess_tail``, ...), ``converged``
 (max R-hat below ``rhat_threshold``), ``weight_space_max_rhat``, ``num_divergent``, ``convergence_problems`` and the
-sampler's timing.
+sampler's timing; ``fit.history`` the sampler's statistics per draw (:data:`SAMPLE_STATS`: divergences, leapfrog
+steps, energy, step size), which :func:`numpyro_clustermass.diagnostics.fit_to_arviz` puts in ``sample_stats``.
 
 A run that may be wrong says so: a function-space R-hat at or above ``rhat_threshold``, any divergent transition,
 or a minimum bulk ESS below ``min_ess`` (default 100 per chain, Vehtari et al. 2021) issues a
@@ -104,7 +105,7 @@ from numpyro_clustermass.inference.protocol import (
 from numpyro_clustermass.models import OBS_SITE
 
 __all__ = ["nuts_method", "MCMCState", "predictive_means", "DEFAULT_NUM_DRAWS", "RHAT_THRESHOLD",
-           "MIN_ESS_PER_CHAIN", "MAX_TREE_DEPTH"]
+           "MIN_ESS_PER_CHAIN", "MAX_TREE_DEPTH", "SAMPLE_STATS"]
 
 #: Default number of posterior draws mixed per predictive (thinned from all chains).
 DEFAULT_NUM_DRAWS = 200
@@ -116,6 +117,10 @@ RHAT_THRESHOLD = 1.05
 MIN_ESS_PER_CHAIN = 100
 #: Largest ``max_tree_depth`` accepted: a draw takes up to ``2**max_tree_depth`` leapfrog steps.
 MAX_TREE_DEPTH = 30
+#: Per-draw statistics of the sampler kept in ``fit.history`` (flattened over chains, then draws), under the last
+#: part of each name (``"step_size"``): ``diverging``, ``num_steps`` (leapfrog steps), ``energy`` (the Hamiltonian),
+#: ``potential_energy``, ``accept_prob`` and the step size.
+SAMPLE_STATS = ("diverging", "num_steps", "energy", "potential_energy", "accept_prob", "adapt_state.step_size")
 #: Held-out clusters used for the function-space diagnostics (the first ones of the validation split).
 MAX_DIAGNOSTIC_CLUSTERS = 2000
 
@@ -323,8 +328,7 @@ def nuts_method(
                     chain_method=method_, progress_bar=progress_bar)
         t1 = time.perf_counter()
         # full batch: num_data=None, no likelihood scale; dropout (if any) off
-        mcmc.run(k_mcmc, x_s, data.y_train, deterministic=True, extra_fields=("diverging", "num_steps"),
-                 init_params=init_params)
+        mcmc.run(k_mcmc, x_s, data.y_train, deterministic=True, extra_fields=SAMPLE_STATS, init_params=init_params)
         samples = mcmc.get_samples(group_by_chain=True)
         jax.block_until_ready(samples)
         t_mcmc = time.perf_counter() - t1
@@ -369,7 +373,8 @@ def nuts_method(
             "map_time_s": t_map,
             "mcmc_time_s": t_mcmc,
         })
-        history = {"num_steps": np.asarray(extra["num_steps"]).reshape(-1)}
+        # per-draw sampler statistics, flattened chain by chain (``diagnostics.fit_to_arviz`` reshapes them)
+        history = {k.rsplit(".", 1)[-1]: np.asarray(extra[k]).reshape(-1) for k in SAMPLE_STATS}
         problems = convergence_problems(fs.get("max_rhat"), rhat_threshold, info["num_divergent"], c * s,
                                         fs.get("min_ess_bulk"), ess_floor)
         if c < 2:
