@@ -141,6 +141,7 @@ def test_point_fit_log_likelihood_is_the_posterior_density_at_the_truth(fitted, 
     idata = fit_to_arviz(f, (x, y))
     ll = idata.log_likelihood["log_mass"].values
     assert ll.shape == (1, POINT_FIT_DRAWS, len(y))
+    np.testing.assert_array_equal(f.to_arviz((x, y)).log_likelihood["log_mass"].values, ll)  # the Fit method
     assert idata.posterior.sizes["draw"] == 1  # one chain, one draw of the parameters
     post = f.posterior((x, y))
     expected = post.log_prob(y)

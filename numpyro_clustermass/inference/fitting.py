@@ -38,6 +38,7 @@ import numpy as np
 import numpyro.distributions as dist
 from numpyro import handlers
 
+from numpyro_clustermass import diagnostics
 from numpyro_clustermass.catalog import FEATURE_NAMES, Catalog, CatalogError, StandardScaler, validate_features
 from numpyro_clustermass.estimators import Estimator, as_estimator
 from numpyro_clustermass.grid import DEFAULT_GRID_SIZE, check_grid, default_grid, normalise_log_density, spacing
@@ -388,6 +389,16 @@ class Fit:
         return self.posterior(data).mean()
 
     # ------------------------------------------------------------------ persistence
+    def to_arviz(self, catalog, num_draws: int | None = None, seed: int | None = None):
+        """The fit as an ArviZ object (posterior, posterior_predictive, pointwise log_likelihood,
+        observed_data, constant_data, sample_stats) for ``az.summary``, ``az.loo``, ``az.compare`` and
+        ArviZ's plots; see :func:`numpyro_clustermass.diagnostics.fit_to_arviz`.
+
+        >>> import arviz as az                                          # doctest: +SKIP
+        >>> az.loo(fit.to_arviz(test))                                  # doctest: +SKIP
+        """
+        return diagnostics.fit_to_arviz(self, catalog, num_draws=num_draws, seed=seed)
+
     def save(self, path) -> "pathlib.Path":
         """Write the fit to one file (a ZIP of ``.npy`` arrays and a JSON manifest with checksums; no
         pickle), atomically; :func:`load` reads it back. See :mod:`numpyro_clustermass.inference.fitfile`.
