@@ -42,7 +42,8 @@ Measured on 2 shared CPU cores: ``--volume 0.25`` (54.5k training, 13.6k test mo
 seeds (per seed: ours 33-45 s, sbi 388-647 s), so about 50 min for the default 5 seeds.
 
 Options for the investigation of issue 12: ``--ours-components/--ours-hidden`` (e.g. 5 and 50 50),
-``--ours-weight-decay``, ``--ours-batch-size``, ``--ours-lr``, ``--skip-sbi`` (needs no sbi).
+``--ours-weight-decay``, ``--ours-batch-size``, ``--ours-lr``, ``--ours-init equal_mixture`` (sbi's
+initialisation, ``MDN(weight_init="equal_mixture")``), ``--skip-sbi`` (needs no sbi).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _fit_ours(train, test, seed: int, args):
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        f = ncm.fit(ncm.MDN(args.ours_components, tuple(args.ours_hidden)), train, **opts)
+        f = ncm.fit(ncm.MDN(args.ours_components, tuple(args.ours_hidden), weight_init=args.ours_init), train, **opts)
     t_train = time.perf_counter() - t
     t = time.perf_counter()
     post = f.posterior(test)
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ours-components", type=int, default=16)
     ap.add_argument("--ours-hidden", type=int, nargs="+", default=[128, 128, 64])
     ap.add_argument("--ours-lr", type=float, default=3e-4)
+    ap.add_argument("--ours-init", choices=["flax", "equal_mixture"], default="flax",
+                    help="MDN weight initialisation (numpyro_clustermass.nets.INITS)")
     ap.add_argument("--ours-batch-size", type=int, default=None, help="default: fit()'s")
     ap.add_argument("--ours-weight-decay", type=float, default=None, help="map method's weight_decay")
     args = ap.parse_args(argv)
@@ -205,7 +208,8 @@ def main(argv=None) -> int:
     y = test.log_mass
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; volume {args.volume} (Gpc/h)^3: "
           f"{len(train)} training, {len(test)} test mocks ({time.perf_counter() - t0:.0f} s to simulate)")
-    ours_label = (f"ours MDN({args.ours_components}, {tuple(args.ours_hidden)}) lr {args.ours_lr:g}"
+    ours_label = (f"ours MDN({args.ours_components}, {tuple(args.ours_hidden)}, weight_init={args.ours_init!r}) "
+                  f"lr {args.ours_lr:g}"
                   + (f" batch {args.ours_batch_size}" if args.ours_batch_size else "")
                   + (f" wd {args.ours_weight_decay:g}" if args.ours_weight_decay is not None else ""))
 

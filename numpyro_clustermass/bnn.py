@@ -457,7 +457,7 @@ def head_only_twin(twin: Callable, num_features: int):
         return None
     net = twin.keywords.get("net")
     if isinstance(net, MDNNet):
-        head = MixtureHead(net.num_components, net.min_scale)
+        head = MixtureHead(net.num_components, net.min_scale, net.weight_init)
     elif isinstance(net, RegressionNet):
         head = PointHead()
     else:
@@ -467,7 +467,7 @@ def head_only_twin(twin: Callable, num_features: int):
     prior = resolve_weight_prior(shapes, kw.get("weight_prior"), kw.get("bayesian_layers", "all"))
     if set(prior) != {p for p in shapes if p.startswith("head.")}:
         return None
-    trunk = MLP(net.hidden, net.activations, 0.0)
+    trunk = MLP(net.hidden, net.activations, 0.0, net.weight_init)
 
     def trunk_fn(trunk_params, x):
         return trunk.apply({"params": trunk_params}, x, deterministic=True)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from numpyro_clustermass.catalog import FEATURE_NAMES
 from numpyro_clustermass.models import OBS_SITE, mdn_model, regression_model
-from numpyro_clustermass.nets import DEFAULT_HIDDEN, MIN_SCALE, MDNNet, RegressionNet
+from numpyro_clustermass.nets import DEFAULT_HIDDEN, MIN_SCALE, MDNNet, RegressionNet, check_init
 
 __all__ = ["Estimator", "MSE", "MDN", "ModelEstimator", "as_estimator"]
 
@@ -132,6 +132,11 @@ class MDN(Estimator):
         As for :class:`MSE`.
     min_scale : float
         Floor added to the softplus scales (standardised target units; default 1e-3 as in the lecture).
+    weight_init : {"flax", "equal_mixture"}
+        Weight initialisation: Flax's defaults (the lecture's), or PyTorch-style trunk weights and a head that
+        starts as an equal-weight mixture of unit-width components, as sbi's MDN does
+        (:data:`numpyro_clustermass.nets.INITS`; ``python3 benchmarks/vs_sbi.py --ours-init equal_mixture``
+        measures the held-out log score of both).
 
     Example
     -------
@@ -145,6 +150,7 @@ class MDN(Estimator):
     dropout_rate: float = 0.0
     min_scale: float = MIN_SCALE
     feature_names: tuple[str, ...] = FEATURE_NAMES
+    weight_init: str = "flax"
     name: str = field(default="mdn", init=False)
 
     def __post_init__(self):
@@ -158,6 +164,7 @@ class MDN(Estimator):
         object.__setattr__(self, "feature_names", tuple(self.feature_names))
         if not self.min_scale > 0:
             raise ValueError(f"min_scale must be > 0; got {self.min_scale}")
+        check_init(self.weight_init)
 
     @property
     def net(self) -> MDNNet:
@@ -167,6 +174,7 @@ class MDN(Estimator):
             activations=self.activations,
             dropout_rate=self.dropout_rate,
             min_scale=self.min_scale,
+            weight_init=self.weight_init,
         )
 
     @property

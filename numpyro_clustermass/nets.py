@@ -22,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -38,6 +39,8 @@ __all__ = [
     "RegressionNet",
     "MDNNet",
     "get_activation",
+    "INITS",
+    "check_init",
 ]
 
 #: The lecture's trunk widths.
@@ -75,6 +78,28 @@ def get_activation(name: str | Callable) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
 
 
+#: Weight initialisations: ``"flax"`` (Flax's defaults: LeCun-normal kernels, zero biases; the lecture's) and
+#: ``"equal_mixture"`` (PyTorch's defaults in the trunk, U(+-1/sqrt(fan_in)) kernels and biases, as in sbi; a
+#: mixture head that starts as an equal-weight mixture of unit-width components, as sbi's MDN does).
+INITS = ("flax", "equal_mixture")
+# PyTorch's Linear default, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)) = variance_scaling(1/3, fan_in, uniform)
+_TORCH_KERNEL = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# the head's logit and scale weights start this small, so the mixture starts out the same for every input
+_SMALL_INIT_STD = 1e-4
+
+
+def _torch_bias(fan_in: int):
+    bound = 1.0 / float(fan_in) ** 0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def check_init(weight_init: str) -> str:
+    """``weight_init`` if it is one of :data:`INITS`, else ValueError naming them."""
+    if weight_init not in INITS:
+        raise ValueError(f"unknown weight_init {weight_init!r}; choose one of {list(INITS)}")
+    return weight_init
+
+
 def default_activations(n_layers: int) -> tuple[str, ...]:
     """The lecture's pattern for any depth: relu everywhere, tanh on the last hidden layer."""
     if n_layers == 0:
@@ -98,6 +123,7 @@ class MLP(nn.Module):
     hidden: Sequence[int] = DEFAULT_HIDDEN
     activations: Sequence[str | Callable] | None = None
     dropout_rate: float = 0.0
+    weight_init: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -107,7 +133,10 @@ class MLP(nn.Module):
                 f"got {len(acts)} activations for {len(self.hidden)} hidden layers; give one per layer"
             )
         for width, act in zip(self.hidden, acts):
-            x = nn.Dense(int(width))(x)
+            if check_init(self.weight_init) == "flax":
+                x = nn.Dense(int(width))(x)
+            else:
+                x = nn.Dense(int(width), kernel_init=_TORCH_KERNEL, bias_init=_torch_bias(x.shape[-1]))(x)
             x = get_activation(act)(x)
             if self.dropout_rate > 0:
                 x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
@@ -125,19 +154,29 @@ class PointHead(nn.Module):
 class MixtureHead(nn.Module):
     """Gaussian-mixture head: returns ``(logits, locs, scales)``, each of shape ``(batch, num_components)``.
 
-    ``scales = softplus(raw) + min_scale`` as in the lecture.
+    ``scales = softplus(raw) + min_scale`` as in the lecture. With ``weight_init="equal_mixture"`` the logit and scale
+    layers start with weights of order 1e-4, zero logits and raw scales at softplus^-1(1 - min_scale): every
+    input starts with an equal-weight mixture of unit-width components (sbi's MDN starts this way).
     """
 
     num_components: int = 16
     min_scale: float = MIN_SCALE
+    weight_init: str = "flax"
 
     @nn.compact
     def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         k = int(self.num_components)
-        logits = nn.Dense(k, name="logits")(h)
-        locs = nn.Dense(k, name="locs")(h)
-        scales = nn.softplus(nn.Dense(k, name="scales")(h)) + self.min_scale
-        return logits, locs, scales
+        if check_init(self.weight_init) == "flax":
+            logits = nn.Dense(k, name="logits")(h)
+            locs = nn.Dense(k, name="locs")(h)
+            scales = nn.softplus(nn.Dense(k, name="scales")(h)) + self.min_scale
+            return logits, locs, scales
+        small = nn.initializers.normal(_SMALL_INIT_STD)
+        unit = math.log(math.expm1(1.0 - float(self.min_scale)))  # softplus(unit) + min_scale == 1
+        logits = nn.Dense(k, kernel_init=small, bias_init=nn.initializers.zeros, name="logits")(h)
+        locs = nn.Dense(k, kernel_init=_TORCH_KERNEL, bias_init=_torch_bias(h.shape[-1]), name="locs")(h)
+        raw = nn.Dense(k, kernel_init=small, bias_init=nn.initializers.constant(unit), name="scales")(h)
+        return logits, locs, nn.softplus(raw) + self.min_scale
 
 
 class RegressionNet(nn.Module):
@@ -171,8 +210,9 @@ class MDNNet(nn.Module):
     activations: Sequence[str | Callable] | None = None
     dropout_rate: float = 0.0
     min_scale: float = MIN_SCALE
+    weight_init: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True):
-        h = MLP(self.hidden, self.activations, self.dropout_rate, name="trunk")(x, deterministic=deterministic)
-        return MixtureHead(self.num_components, self.min_scale, name="head")(h)
+        h = MLP(self.hidden, self.activations, self.dropout_rate, self.weight_init, name="trunk")(x, deterministic=deterministic)
+        return MixtureHead(self.num_components, self.min_scale, self.weight_init, name="head")(h)

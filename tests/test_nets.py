@@ -75,3 +75,45 @@ def test_bad_activation_names_and_counts():
     net = MLP(hidden=(4, 4), activations=("relu",))
     with pytest.raises(ValueError, match="1 activations for 2 hidden layers"):
         net.init(jax.random.key(0), jnp.ones((1, 3)))
+
+
+def test_equal_mixture_init_starts_every_input_at_an_equal_mixture_of_unit_widths():
+    """weight_init="equal_mixture" (sbi's MDN start): zero-ish logits and unit scales for any input; PyTorch-style
+    U(+-1/sqrt(fan_in)) trunk weights; the default "flax" init is unchanged."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import pytest
+
+    from numpyro_clustermass.nets import MDNNet
+
+    x = jax.random.normal(jax.random.key(1), (64, 14)) * 3.0
+    net = MDNNet(num_components=5, hidden=(32, 16), weight_init="equal_mixture")
+    v = net.init(jax.random.key(0), x[:1])
+    logits, locs, scales = net.apply(v, x)
+    assert float(jnp.abs(logits).max()) < 1e-2
+    np.testing.assert_allclose(np.asarray(scales), 1.0, atol=1e-2)
+    assert float(jnp.std(locs)) > 0.05  # the component means still differ
+    k0 = v["params"]["trunk"]["Dense_0"]["kernel"]
+    assert float(jnp.abs(k0).max()) <= 1 / np.sqrt(14) + 1e-6
+    assert float(jnp.abs(v["params"]["trunk"]["Dense_0"]["bias"]).max()) > 0  # biases are drawn, not zero
+    flax_default = MDNNet(num_components=5, hidden=(32, 16))
+    logits_f, _, scales_f = flax_default.apply(flax_default.init(jax.random.key(0), x[:1]), x)
+    assert float(jnp.abs(logits_f).max()) > 0.1 and float(jnp.abs(scales_f - 1).max()) > 0.05  # not the same start
+    with pytest.raises(ValueError, match=r"unknown weight_init 'torch'; choose one of \['flax', 'equal_mixture'\]"):
+        MDNNet(weight_init="torch").init(jax.random.key(0), x[:1])
+
+
+def test_mdn_estimator_carries_its_init_through_a_fit_file(tmp_path):
+    import numpy as np
+
+    import numpyro_clustermass as ncm
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(13.5, 15.0, 400)
+    x = np.stack([y + 0.2 * rng.normal(size=400), rng.normal(size=400)], 1)
+    est = ncm.MDN(2, (8,), feature_names=("a", "b"), weight_init="equal_mixture")
+    f = ncm.fit(est, (x, y), num_epochs=2, batch_size=128, progress_bar=False)
+    g = ncm.load(f.save(tmp_path / "f.ncm"))
+    assert g.estimator == est and g.estimator.config()["weight_init"] == "equal_mixture"
+    assert np.array_equal(np.asarray(g.posterior(x[:5]).log_density), np.asarray(f.posterior(x[:5]).log_density))
