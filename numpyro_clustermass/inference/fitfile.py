@@ -45,7 +45,7 @@ import os
 import pathlib
 import zipfile
 import zlib
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
