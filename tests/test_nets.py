@@ -78,8 +78,11 @@ def test_bad_activation_names_and_counts():
 
 
 def test_equal_mixture_init_starts_every_input_at_an_equal_mixture_of_unit_widths():
-    """weight_init="equal_mixture" (sbi's MDN start): zero-ish logits and unit scales for any input; PyTorch-style
-    U(+-1/sqrt(fan_in)) trunk weights; the default "flax" init is unchanged."""
+    """weight_init="equal_mixture" (sbi's MDN start): zero-ish logits and unit scales for any input;
+    PyTorch-style U(+-1/sqrt(fan_in)) trunk weights; "flax" (the lecture's, the default) starts elsewhere."""
+    import numpyro_clustermass as ncm
+
+    assert ncm.MDN().weight_init == "flax" and ncm.nets.MDNNet().weight_init == "flax"
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -97,7 +100,7 @@ def test_equal_mixture_init_starts_every_input_at_an_equal_mixture_of_unit_width
     k0 = v["params"]["trunk"]["Dense_0"]["kernel"]
     assert float(jnp.abs(k0).max()) <= 1 / np.sqrt(14) + 1e-6
     assert float(jnp.abs(v["params"]["trunk"]["Dense_0"]["bias"]).max()) > 0  # biases are drawn, not zero
-    flax_default = MDNNet(num_components=5, hidden=(32, 16))
+    flax_default = MDNNet(num_components=5, hidden=(32, 16), weight_init="flax")
     logits_f, _, scales_f = flax_default.apply(flax_default.init(jax.random.key(0), x[:1]), x)
     assert float(jnp.abs(logits_f).max()) > 0.1 and float(jnp.abs(scales_f - 1).max()) > 0.05  # not the same start
     with pytest.raises(ValueError, match=r"unknown weight_init 'torch'; choose one of \['flax', 'equal_mixture'\]"):
