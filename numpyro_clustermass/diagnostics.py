@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from numpyro_clustermass.metrics import true_log_mass
+
 __all__ = [
     "ConvergenceWarning",
     "ConvergenceError",
@@ -506,14 +508,7 @@ def _catalog_arrays(fit, data):
         names = (tuple(fit.feature_names) if fit.feature_names is not None
                  else tuple(f"x{i}" for i in range(x.shape[1])))
     if y is not None:
-        y = np.asarray(y, dtype=np.float64)
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"fit_to_arviz: the true log-masses have shape {y.shape}; expected ({x.shape[0]},), "
-                             f"one per cluster")
-        bad = ~np.isfinite(y)
-        if bad.any():
-            raise ValueError(f"fit_to_arviz: {int(bad.sum())} of {y.size} true log-masses are NaN or infinite "
-                             f"(first rows: {np.flatnonzero(bad)[:5].tolist()}); remove those rows")
+        y = true_log_mass(y, x.shape[0])  # 1-D, finite, one per cluster (ValueError naming the problem)
     return x, y, names, extra
 
 
