@@ -298,12 +298,9 @@ def save_fit(fit, path) -> pathlib.Path:
 # ---------------------------------------------------------------------------------------------- load
 def read_fit_file(path) -> tuple[dict, Callable[[str], np.ndarray]]:
     """The manifest of the fit file at ``path`` and a function returning its arrays by name, each checked
-    against its checksum; FitFileError if the file is not a fit file of this format version or is corrupted."""
+    against its checksum; FitFileError if the file is not a fit file of this format version or is corrupted.
+    The file is read whole and closed before this returns."""
     path = pathlib.Path(path)
-    return _read_archive(path)
-
-
-def _read_archive(path: pathlib.Path) -> tuple[dict, Callable[[str], np.ndarray]]:
     where = f"{str(path)!r}"
     if not path.exists():
         raise FileNotFoundError(f"no fit file at {where}")
@@ -316,19 +313,41 @@ def _read_archive(path: pathlib.Path) -> tuple[dict, Callable[[str], np.ndarray]
         size = path.stat().st_size
         raise FitFileError(f"{where} is not a fit file, or it is truncated ({size} bytes; a fit file is a ZIP "
                            f"archive written by Fit.save)") from None
-    names = set(zf.namelist())
-    if _MANIFEST not in names or _MANIFEST_SUM not in names:
-        raise FitFileError(f"{where} is a ZIP archive but not a fit file (no {_MANIFEST})")
+    with zf:
+        names = set(zf.namelist())
+        if _MANIFEST not in names or _MANIFEST_SUM not in names:
+            raise FitFileError(f"{where} is a ZIP archive but not a fit file (no {_MANIFEST})")
 
-    def member(name: str) -> bytes:
-        try:
-            return zf.read(name)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError, ValueError,
-                NotImplementedError) as exc:  # bad CRC, truncated, missing, a damaged header
-            raise FitFileError(f"{where} is corrupted: cannot read {name} ({type(exc).__name__}: {exc})") from None
+        def member(name: str) -> bytes:
+            try:
+                return zf.read(name)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError, ValueError,
+                    NotImplementedError) as exc:  # bad CRC, truncated, missing, a damaged header
+                raise FitFileError(f"{where} is corrupted: cannot read {name} ({type(exc).__name__}: {exc})") \
+                    from None
 
-    text = member(_MANIFEST)
-    expected = member(_MANIFEST_SUM).decode(errors="replace").strip()
+        manifest = _checked_manifest(member(_MANIFEST), member(_MANIFEST_SUM), where)
+        table = manifest["arrays"]
+        blobs = {name: member(entry["member"]) for name, entry in table.items()}
+
+    def array(name: str) -> np.ndarray:
+        if name not in table:
+            raise FitFileError(f"{where} is corrupted: the manifest names no array {name!r}")
+        entry, blob = table[name], blobs[name]
+        if _sha256(blob) != entry["sha256"]:
+            raise FitFileError(f"{where} is corrupted: the checksum of {entry['member']} does not match")
+        a = np.load(io.BytesIO(blob), allow_pickle=False)
+        if list(a.shape) != entry["shape"] or str(a.dtype) != entry["dtype"]:
+            raise FitFileError(f"{where} is corrupted: {entry['member']} has shape {a.shape} and dtype {a.dtype}, "
+                               f"the manifest says {entry['shape']} and {entry['dtype']}")
+        return a
+
+    return manifest, array
+
+
+def _checked_manifest(text: bytes, checksum: bytes, where: str) -> dict:
+    """The manifest, after its checksum, JSON, format name and format version are checked."""
+    expected = checksum.decode(errors="replace").strip()
     if _sha256(text) != expected:
         raise FitFileError(f"{where} is corrupted: the manifest's checksum does not match")
     try:
@@ -342,22 +361,7 @@ def _read_archive(path: pathlib.Path) -> tuple[dict, Callable[[str], np.ndarray]
         raise FitFileError(f"{where} is a fit file of format version {version!r}; this numpyro_clustermass "
                            f"reads version {FORMAT_VERSION} (saved with {manifest.get('versions')}); load it with "
                            f"that version of the package")
-    table = manifest["arrays"]
-
-    def array(name: str) -> np.ndarray:
-        if name not in table:
-            raise FitFileError(f"{where} is corrupted: the manifest names no array {name!r}")
-        entry = table[name]
-        blob = member(entry["member"])
-        if _sha256(blob) != entry["sha256"]:
-            raise FitFileError(f"{where} is corrupted: the checksum of {entry['member']} does not match")
-        a = np.load(io.BytesIO(blob), allow_pickle=False)
-        if list(a.shape) != entry["shape"] or str(a.dtype) != entry["dtype"]:
-            raise FitFileError(f"{where} is corrupted: {entry['member']} has shape {a.shape} and dtype {a.dtype}, "
-                               f"the manifest says {entry['shape']} and {entry['dtype']}")
-        return a
-
-    return manifest, array
+    return manifest
 
 
 def estimator_from_config(cfg: dict, model: Callable | None = None):
