@@ -29,6 +29,7 @@ from numpyro_clustermass import (
     priors,
     scaling,
     simulate,
+    weight_priors,
 )
 from numpyro_clustermass.catalog import Catalog, CatalogError, read_catalog, write_catalog
 from numpyro_clustermass.diagnostics import ConvergenceError, ConvergenceWarning
@@ -84,5 +85,6 @@ __all__ = [
     "register_method",
     "scaling",
     "simulate",
+    "weight_priors",
     "write_catalog",
 ]

@@ -14,8 +14,16 @@ a user's own model function may follow too:
     prediction); with ``deterministic=False`` and a net that has dropout, each call draws a mask from
     ``numpyro.prng_key()`` (training and MC dropout).
 
-The network is registered with :func:`numpyro.contrib.module.flax_module` under the name ``"nn"``; its
-parameters live in the param site ``"nn$params"``.
+The network is registered under the name ``"nn"`` (:data:`NET_NAME`). A deterministic model registers it with
+:func:`numpyro.contrib.module.flax_module`: its parameters live in the param site ``"nn$params"``. Given
+``weight_prior=`` or ``bayesian_layers=`` the same model is its own *Bayesian twin*: the net is registered with
+:func:`numpyro.contrib.module.random_flax_module`, the chosen weights become latent ``sample`` sites named
+``"nn/<flax path>"`` (``"nn/head.locs.kernel"``) with that prior (validated by
+:mod:`numpyro_clustermass.weight_priors`: a key that matches no parameter is an error, not a silent no-op), and the
+other weights stay point ``param`` s. ``weight_prior=None, bayesian_layers=None`` (the default) is the
+deterministic model; either one given makes the model Bayesian (the other then defaults to
+:data:`~numpyro_clustermass.weight_priors.DEFAULT_WEIGHT_PRIOR` and ``"all"``). Adding an estimator or a head
+is one model here: its Bayesian twin, MC dropout and every inference method follow from these keywords.
 
 Example
 -------
@@ -27,6 +35,10 @@ Example
 >>> tr = handlers.trace(handlers.seed(mdn_model, 0)).get_trace(x, y, net=MDNNet(3, hidden=(8,)))
 >>> tr["obs"]["fn"].batch_shape, sorted(k for k in tr if k.startswith("nn"))
 ((6,), ['nn$params'])
+>>> tr = handlers.trace(handlers.seed(mdn_model, 0)).get_trace(x, y, net=MDNNet(3, hidden=(8,)),
+...                                                           bayesian_layers="last")
+>>> sorted(k for k in tr if k.startswith("nn"))  # the head's weights are latent, the trunk's a param
+['nn$params', 'nn/head.locs.bias', 'nn/head.locs.kernel', 'nn/head.logits.bias', 'nn/head.logits.kernel', 'nn/head.scales.bias', 'nn/head.scales.kernel']
 """
 
 from __future__ import annotations
@@ -35,16 +47,29 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
-from numpyro.contrib.module import flax_module
+from numpyro.contrib.module import flax_module, random_flax_module
 
 from numpyro_clustermass.nets import MDNNet, RegressionNet
+from numpyro_clustermass.weight_priors import DEFAULT_WEIGHT_PRIOR, param_shapes, resolve_weight_prior
 
-__all__ = ["regression_model", "mdn_model", "apply_net", "likelihood_scale", "OBS_SITE", "DATA_PLATE"]
+__all__ = [
+    "regression_model",
+    "mdn_model",
+    "apply_net",
+    "is_bayesian",
+    "likelihood_scale",
+    "OBS_SITE",
+    "DATA_PLATE",
+    "NET_NAME",
+]
 
 #: Name of the likelihood sample site in every model of this package.
 OBS_SITE = "obs"
 #: Name of the data plate.
 DATA_PLATE = "data"
+#: Name the models give their network: the prefix of its param site (``"nn$params"``) and of the sample sites of
+#: its Bayesian weights (``"nn/head.locs.kernel"``).
+NET_NAME = "nn"
 
 
 def likelihood_scale(num_data, batch_size: int):
@@ -54,16 +79,33 @@ def likelihood_scale(num_data, batch_size: int):
     return num_data / batch_size
 
 
-def apply_net(name: str, net, x, deterministic: bool = False):
-    """Register ``net`` with ``flax_module`` and apply it to ``x``, handling the dropout rng.
+def is_bayesian(weight_prior=None, bayesian_layers=None) -> bool:
+    """Whether a model given these keywords is a Bayesian twin (either one given) or deterministic (neither)."""
+    return weight_prior is not None or bayesian_layers is not None
+
+
+def apply_net(name: str, net, x, deterministic: bool = False, weight_prior=None, bayesian_layers=None):
+    """Register ``net`` and apply it to ``x``, handling the dropout rng.
+
+    With ``weight_prior`` and ``bayesian_layers`` both None the net is a ``flax_module`` (point weights);
+    otherwise a ``random_flax_module`` whose ``bayesian_layers`` (default ``"all"``) have the validated prior
+    ``weight_prior`` (default :data:`~numpyro_clustermass.weight_priors.DEFAULT_WEIGHT_PRIOR`).
 
     Dropout draws its mask from ``numpyro.prng_key()``, so a model whose net has dropout must run under a
     seed handler (SVI, ``Predictive`` and :meth:`Fit.posterior` all provide one).
     """
     has_dropout = float(getattr(net, "dropout_rate", 0.0) or 0.0) > 0.0
-    module = flax_module(
-        name, net, input_shape=(1, x.shape[-1]), apply_rng=["dropout"] if has_dropout else None
-    )
+    input_shape = (1, x.shape[-1])
+    apply_rng = ["dropout"] if has_dropout else None
+    if is_bayesian(weight_prior, bayesian_layers):
+        prior = resolve_weight_prior(
+            param_shapes(net, x.shape[-1]),
+            DEFAULT_WEIGHT_PRIOR if weight_prior is None else weight_prior,
+            "all" if bayesian_layers is None else bayesian_layers,
+        )
+        module = random_flax_module(name, net, prior, input_shape=input_shape, apply_rng=apply_rng)
+    else:
+        module = flax_module(name, net, input_shape=input_shape, apply_rng=apply_rng)
     if has_dropout and not deterministic:
         key = numpyro.prng_key()
         if key is None:
@@ -75,7 +117,8 @@ def apply_net(name: str, net, x, deterministic: bool = False):
     return module(x, deterministic=True)
 
 
-def regression_model(x, y=None, num_data=None, deterministic: bool = False, *, net=None):
+def regression_model(x, y=None, num_data=None, deterministic: bool = False, *, net=None, weight_prior=None,
+                     bayesian_layers=None):
     """The lecture's MSE regressor as a Gaussian likelihood with a fitted residual scatter.
 
     ``y ~ Normal(f(x), sigma)`` with ``f`` the point network and ``sigma`` a positive parameter (site
@@ -93,6 +136,13 @@ def regression_model(x, y=None, num_data=None, deterministic: bool = False, *, n
         Switch dropout off.
     net : flax.linen.Module, optional
         A module mapping ``x`` to shape ``(batch,)``; default :class:`~numpyro_clustermass.nets.RegressionNet`.
+    weight_prior : Distribution, dict or callable, optional
+        A prior on the net's weights (:mod:`numpyro_clustermass.weight_priors`); given (or ``bayesian_layers``
+        given), the model is Bayesian: ``y ~ Normal(f_w(x), sigma)``, ``w ~ weight_prior``, with ``sigma``
+        still a point parameter (optimised by ``"bbb"``, fixed at its MAP value by ``"nuts"`` and
+        ``"laplace"``). The prior is counted once while the likelihood is scaled by ``num_data / batch``.
+    bayesian_layers : "all", "last", str or sequence of str, optional
+        Which weights are Bayesian (default ``"all"`` when ``weight_prior`` is given).
 
     Example
     -------
@@ -101,19 +151,26 @@ def regression_model(x, y=None, num_data=None, deterministic: bool = False, *, n
     >>> tr = handlers.trace(handlers.seed(regression_model, 0)).get_trace(jnp.ones((4, 3)), jnp.zeros(4))
     >>> type(tr["obs"]["fn"]).__name__, float(tr["sigma"]["value"])
     ('Normal', 1.0)
+    >>> from numpyro_clustermass.nets import RegressionNet
+    >>> tr = handlers.trace(handlers.seed(regression_model, 0)).get_trace(
+    ...     jnp.ones((4, 3)), jnp.zeros(4), net=RegressionNet(hidden=(4,)), bayesian_layers="last")
+    >>> [k for k in tr if k.startswith("nn/")]
+    ['nn/head.Dense_0.bias', 'nn/head.Dense_0.kernel']
     """
     net = RegressionNet() if net is None else net
-    mu = apply_net("nn", net, x, deterministic=deterministic)
+    mu = apply_net(NET_NAME, net, x, deterministic, weight_prior, bayesian_layers)
     sigma = numpyro.param("sigma", jnp.ones(()), constraint=dist.constraints.positive)
     with numpyro.plate(DATA_PLATE, x.shape[0]), handlers.scale(scale=likelihood_scale(num_data, x.shape[0])):
         numpyro.sample(OBS_SITE, dist.Normal(mu, sigma), obs=y)
 
 
-def mdn_model(x, y=None, num_data=None, deterministic: bool = False, *, net=None):
+def mdn_model(x, y=None, num_data=None, deterministic: bool = False, *, net=None, weight_prior=None,
+              bayesian_layers=None):
     """The lecture's Mixture Density Network: ``y ~ sum_k w_k(x) Normal(mu_k(x), s_k(x))``.
 
     Parameters are as in :func:`regression_model`; ``net`` maps ``x`` to ``(logits, locs, scales)``, default
-    :class:`~numpyro_clustermass.nets.MDNNet` with 16 components.
+    :class:`~numpyro_clustermass.nets.MDNNet` with 16 components. With ``weight_prior`` or ``bayesian_layers``
+    the network's weights (all, or the ``bayesian_layers``) are latent with that prior.
 
     Example
     -------
@@ -123,9 +180,13 @@ def mdn_model(x, y=None, num_data=None, deterministic: bool = False, *, net=None
     >>> tr = handlers.trace(handlers.seed(mdn_model, 0)).get_trace(jnp.ones((4, 3)), net=MDNNet(5, (8,)))
     >>> tr["obs"]["fn"].mixture_size, tr["obs"]["value"].shape
     (5, (4,))
+    >>> tr = handlers.trace(handlers.seed(mdn_model, 0)).get_trace(jnp.ones((4, 3)), net=MDNNet(2, (4,)),
+    ...                                                           weight_prior=dist.Normal(0, 1))
+    >>> sum(k.startswith("nn/") for k in tr)
+    8
     """
     net = MDNNet() if net is None else net
-    logits, locs, scales = apply_net("nn", net, x, deterministic=deterministic)
+    logits, locs, scales = apply_net(NET_NAME, net, x, deterministic, weight_prior, bayesian_layers)
     mixture = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(locs, scales))
     with numpyro.plate(DATA_PLATE, x.shape[0]), handlers.scale(scale=likelihood_scale(num_data, x.shape[0])):
         numpyro.sample(OBS_SITE, mixture, obs=y)

@@ -1,4 +1,5 @@
-"""Tests of numpyro_clustermass.bnn: Bayesian twins, weight priors, their validation, bayesian_layers."""
+"""Tests of numpyro_clustermass.bnn and .weight_priors: Bayesian twins (the package's models given weight-prior
+keywords), weight priors, their validation, bayesian_layers."""
 
 import functools
 
@@ -13,9 +14,9 @@ from numpyro.contrib.module import random_flax_module
 
 from numpyro_clustermass.bnn import (
     WeightPriorError,
-    bayesian_mdn_model,
-    bayesian_regression_model,
     bayesian_twin,
+    deterministic_model,
+    head_only_twin,
     latent_site_names,
     param_shapes,
     resolve_weight_prior,
@@ -23,7 +24,7 @@ from numpyro_clustermass.bnn import (
     with_dropout,
 )
 from numpyro_clustermass.estimators import MDN, MSE
-from numpyro_clustermass.models import mdn_model
+from numpyro_clustermass.models import mdn_model, regression_model
 from numpyro_clustermass.nets import MDNNet, RegressionNet
 
 X = jnp.ones((5, 4))
@@ -162,6 +163,49 @@ def test_scipy_like_object_is_not_a_distribution():
 
 
 # ------------------------------------------------------------------------------------ twins
+def test_twin_is_the_same_model_given_weight_prior_keywords():
+    """A Bayesian twin is a parameter of the model, not a parallel model: the twin that the methods build and the
+    model called with the keywords directly have the same sites and the same log density."""
+    est = MDN(3, (8, 8))
+    twin = bayesian_twin(est.model, dist.Normal(0, 0.5), "last")
+    assert twin.func is mdn_model
+    direct = functools.partial(mdn_model, net=est.net, weight_prior=dist.Normal(0, 0.5), bayesian_layers="last")
+    tr_twin, tr_direct = _trace(twin, X, Y), _trace(direct, X, Y)
+    assert _latents(tr_twin) == _latents(tr_direct)
+    for k in _latents(tr_twin):
+        np.testing.assert_array_equal(tr_twin[k]["value"], tr_direct[k]["value"])
+    np.testing.assert_array_equal(tr_twin["obs"]["fn"].log_prob(Y), tr_direct["obs"]["fn"].log_prob(Y))
+    # and the deterministic model is the same function without them: no latent weights
+    det = deterministic_model(twin)
+    assert det.func is mdn_model and "weight_prior" not in det.keywords and "bayesian_layers" not in det.keywords
+    assert _latents(_trace(det, X, Y)) == []
+
+
+def test_bayesian_layers_alone_makes_the_model_bayesian_with_the_default_prior():
+    tr = _trace(functools.partial(regression_model, net=RegressionNet(hidden=(4,)), bayesian_layers="last"), X, Y)
+    site = tr["nn/head.Dense_0.kernel"]
+    base = site["fn"].base_dist.base_dist
+    assert float(base.loc) == 0.0 and float(base.scale) == 1.0
+    tr = _trace(functools.partial(mdn_model, net=MDNNet(2, (4,)), weight_prior=dist.Normal(0, 1)), X, Y)
+    assert len(_latents(tr)) == 8  # weight_prior alone: every weight ("all")
+
+
+def test_misspelled_key_given_to_the_model_directly_is_an_error():
+    model = functools.partial(mdn_model, net=MDNNet(2, (4,)), weight_prior={"head.loc": dist.Normal(0, 1)})
+    with pytest.raises(WeightPriorError, match="'head.loc' matches no parameter"):
+        _trace(model, X, Y)
+
+
+def test_head_only_twin_of_a_last_layer_twin():
+    twin = bayesian_twin(MDN(2, (4,)).model, dist.Normal(0, 1), "last")
+    trunk_fn, head_twin = head_only_twin(twin, 4)
+    assert head_twin.func is mdn_model
+    tr_head = _trace(head_twin, jnp.ones((5, 4)), Y)
+    assert sorted(_latents(tr_head)) == sorted(_latents(_trace(twin, X, Y)))
+    assert head_only_twin(bayesian_twin(MDN(2, (4,)).model), 4) is None  # the trunk is Bayesian too
+    assert head_only_twin(MDN(2, (4,)).model, 4) is None  # deterministic: no twin
+
+
 def test_mdn_twin_all_and_last():
     est = MDN(3, (8, 8))
     tr_all = _trace(bayesian_twin(est.model, dist.Normal(0, 1), "all"), X, Y)
@@ -202,7 +246,7 @@ def test_likelihood_scaled_prior_counted_once():
 def test_twin_of_a_twin_replaces_the_prior():
     t1 = bayesian_twin(MDN(2, (4,)).model, dist.Normal(0, 1), "all")
     t2 = bayesian_twin(t1, dist.Normal(0, 3), "last")
-    assert t2.func is bayesian_mdn_model and t2.keywords["bayesian_layers"] == "last"
+    assert t2.func is mdn_model and t2.keywords["bayesian_layers"] == "last"
     assert float(t2.keywords["weight_prior"].scale) == 3.0
 
 
@@ -224,7 +268,7 @@ def test_with_dropout_sets_rate_and_rejects_bad_rates():
 
 
 def test_bayesian_dropout_masks_differ_between_seeds():
-    model = functools.partial(bayesian_regression_model, net=RegressionNet(hidden=(32,), dropout_rate=0.5),
+    model = functools.partial(regression_model, net=RegressionNet(hidden=(32,), dropout_rate=0.5),
                               bayesian_layers="last")
     weights = _trace(model, X, Y)
     fixed = {k: weights[k]["value"] for k in _latents(weights)}
