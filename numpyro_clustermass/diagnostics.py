@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,11 @@ __all__ = [
     "fit_to_arviz",
     "function_space_convergence",
     "compare_posteriors",
+    "compare",
+    "Comparison",
+    "EPISTEMIC_RATIO_THRESHOLD",
+    "PARETO_K_THRESHOLD",
+    "RHAT_THRESHOLD",
 ]
 
 
@@ -571,24 +576,468 @@ def function_space_convergence(draws: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- comparison
+#: Clusters per block of the host-side W1 computation in :func:`compare_posteriors` (bounds its float64 temporaries).
+_W1_BLOCK = 4096
+
+
+def _cdf_at_edges(post, rows: slice) -> np.ndarray:
+    """The piecewise-linear CDF (``metrics``' convention) at the ``G + 1`` cell edges, float64, 0 to exactly 1."""
+    mass = np.exp(np.asarray(post.log_density[rows], dtype=np.float64))
+    mass /= mass.sum(axis=-1, keepdims=True)
+    cdf = np.cumsum(mass, axis=-1)
+    cdf /= cdf[:, -1:]
+    return np.concatenate([np.zeros_like(cdf[:, :1]), cdf], axis=-1)
+
+
+def _w1_between(cdf_a: np.ndarray, cdf_b: np.ndarray, dx: float) -> np.ndarray:
+    """``int |F_a - F_b| dm`` for CDFs linear in each cell: exact, also in cells where they cross."""
+    d = cdf_a - cdf_b
+    d0, d1 = d[:, :-1], d[:, 1:]
+    a0, a1 = np.abs(d0), np.abs(d1)
+    total = a0 + a1
+    same_sign = d0 * d1 >= 0
+    crossing = (d0 * d0 + d1 * d1) / (2.0 * np.where(total > 0, total, 1.0))  # two triangles
+    return dx * np.where(same_sign, 0.5 * total, crossing).sum(axis=-1)
+
+
 def compare_posteriors(a, b) -> dict[str, np.ndarray]:
     """Per-cluster distances between two :class:`~numpyro_clustermass.posterior.MassPosterior` on one grid.
 
-    Returns the 1-Wasserstein distance ``W1 = int |F_a - F_b| dlogM`` (dex), the total-variation distance
-    ``0.5 int |p_a - p_b|``, and the differences of means and standard deviations. Use it to compare an SVI
-    posterior with the NUTS one cluster by cluster.
+    Returns ``wasserstein1``, the 1-Wasserstein distance ``W1 = int |F_a - F_b| dlog10M`` (dex), integrated exactly
+    for the grid densities (constant on each cell, so each CDF is linear between cell edges, as in
+    :mod:`numpyro_clustermass.metrics`; in a cell where the CDFs cross, the two triangles are summed);
+    ``total_variation``, ``0.5 int |p_a - p_b|``; and ``delta_mean`` and ``delta_std``, ``a`` minus ``b``.
+    Use it to compare an SVI posterior with the NUTS one cluster by cluster; :func:`compare` does so for whole fits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numpyro_clustermass.posterior import MassPosterior
+    >>> g = np.linspace(12.0, 16.0, 801)
+    >>> one = lambda mu, sd: MassPosterior.from_mixture(g, np.zeros((1, 1)), np.full((1, 1), mu), np.full((1, 1), sd))
+    >>> d = compare_posteriors(one(14.0, 0.2), one(14.3, 0.2))   # equal widths: W1 = |mu_a - mu_b|
+    >>> np.round(d["wasserstein1"], 4), np.round(d["delta_mean"], 4)
+    (array([0.3]), array([-0.3], dtype=float32))
+    >>> float(compare_posteriors(one(14.0, 0.2), one(14.0, 0.2))["wasserstein1"][0])
+    0.0
     """
     grid_a, grid_b = np.asarray(a.grid), np.asarray(b.grid)
     if grid_a.shape != grid_b.shape or not np.allclose(grid_a, grid_b):
-        raise ValueError("the two posteriors live on different grids; build them with the same grid")
+        raise ValueError(f"the two posteriors live on different grids ([{grid_a[0]:.4g}, {grid_a[-1]:.4g}], "
+                         f"{grid_a.size} points, and [{grid_b[0]:.4g}, {grid_b[-1]:.4g}], {grid_b.size} points); "
+                         f"build them with the same grid (Fit.posterior(..., grid=...))")
     if len(a) != len(b):
-        raise ValueError(f"the posteriors hold {len(a)} and {len(b)} clusters")
-    dx = float(grid_a[1] - grid_a[0])
-    pa, pb = np.asarray(a.density()), np.asarray(b.density())
-    cdf_a, cdf_b = np.cumsum(pa, axis=-1) * dx, np.cumsum(pb, axis=-1) * dx
+        raise ValueError(f"the posteriors hold {len(a)} and {len(b)} clusters; compare the same clusters")
+    dx = float((grid_a[-1] - grid_a[0]) / (grid_a.size - 1))
+    w1, tv = np.empty(len(a)), np.empty(len(a))
+    for start in range(0, len(a), _W1_BLOCK):
+        rows = slice(start, min(start + _W1_BLOCK, len(a)))
+        w1[rows] = _w1_between(_cdf_at_edges(a, rows), _cdf_at_edges(b, rows), dx)
+        pa = np.exp(np.asarray(a.log_density[rows], dtype=np.float64))
+        pb = np.exp(np.asarray(b.log_density[rows], dtype=np.float64))
+        tv[rows] = 0.5 * np.abs(pa - pb).sum(-1) * dx
     return {
-        "wasserstein1": np.abs(cdf_a - cdf_b).sum(-1) * dx,
-        "total_variation": 0.5 * np.abs(pa - pb).sum(-1) * dx,
+        "wasserstein1": w1,
+        "total_variation": tv,
         "delta_mean": np.asarray(a.mean()) - np.asarray(b.mean()),
         "delta_std": np.asarray(a.std()) - np.asarray(b.std()),
     }
+
+
+#: :func:`compare` notes a fit whose mean epistemic variance is below this fraction of the reference's: it
+#: under-estimates the reference's epistemic uncertainty (as mean-field variational inference is known to).
+EPISTEMIC_RATIO_THRESHOLD = 0.5
+#: Pareto k above which PSIS-LOO's estimate for a cluster is unreliable (Vehtari et al. 2017, 2024);
+#: :func:`compare` counts the clusters above it.
+PARETO_K_THRESHOLD = 0.7
+#: Function-space R-hat at or above which :func:`compare` notes an MCMC fit as unconverged on the compared
+#: clusters (the ``"nuts"`` method's default ``rhat_threshold``).
+RHAT_THRESHOLD = 1.05
+
+
+class Comparison(NamedTuple):
+    """What :func:`compare` returns: several fits judged on the same clusters, and against a reference fit.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per fit (index ``fit``, the fit's name) with the columns
+
+        ``method``, ``n_clusters``, ``n_draws``
+            The fit's method, the clusters compared and the predictive draws mixed in its posterior.
+        ``log_score``, ``crps``, ``coverage_68``, ``coverage_95``, ``bias_median``, ``scatter_68``
+            :func:`numpyro_clustermass.metrics.summary` of the posterior against the true masses: the mean log
+            score (per dex; higher is better), the mean CRPS (dex; lower is better), the fraction of true masses in
+            the central 68% and 95% intervals (one column per ``probs``), and the median residual and half the
+            16-84 percentile range of the residuals of the ``estimator`` point estimate (clusters with true log10 M
+            in 13.5-15.3). NaN without true masses.
+        ``pred_std``, ``aleatoric_std``, ``epistemic_std``
+            Means over clusters of the predictive standard deviation (of the density on the grid) and of the square
+            roots of the aleatoric ``E_w[Var(y|x,w)]`` and epistemic ``Var_w[E(y|x,w)]`` variances (dex).
+        ``elpd_loo``, ``elpd_loo_se``, ``p_loo``, ``n_pareto_k_bad``
+            PSIS-LOO (``az.loo`` on ``fit.to_arviz(catalog)``): expected log pointwise predictive density (the sum
+            over clusters, per dex), its standard error, the effective number of parameters, and the number of
+            clusters with Pareto k above :data:`PARETO_K_THRESHOLD` (their ELPD terms are unreliable). NaN where
+            it does not apply: a fit whose draws all give the same predictive density (a point fit such as
+            ``"map"``: there is no posterior to leave a cluster out of), no true masses, or ``arviz=False``.
+        ``rhat_max``, ``ess_bulk_min``
+            For MCMC fits (``"nuts"``) with at least 2 chains: the largest split R-hat and the smallest bulk ESS of
+            the per-draw predictive means of the compared clusters (:func:`function_space_convergence`, every
+            draw of every chain). NaN for other fits.
+        ``mean_abs_diff``, ``std_ratio``, ``w1``, ``epistemic_ratio`` (with a reference only)
+            Against the reference fit, cluster by cluster: the mean of ``|mean - mean_ref|`` (dex), the mean of
+            ``std / std_ref``, the mean 1-Wasserstein distance between the predictive distributions (dex; exact for
+            the grid densities, :func:`compare_posteriors`), and the mean epistemic variance over the reference's
+            (NaN when the reference has none). The reference's own row reads 0, 1, 0, 1.
+    binned : pandas.DataFrame
+        Per mass bin of true log10 M and per fit (:func:`numpyro_clustermass.metrics.binned`): ``fit``, ``bin_lo``,
+        ``bin_hi``, ``bin_mid``, ``n``, ``coverage_68``, ``coverage_95`` (central intervals, one per ``probs``),
+        ``bias_median``, ``scatter_68``, ``crps``, ``log_score``. Empty without true masses.
+    per_cluster : pandas.DataFrame
+        One row per fit and cluster: ``fit``, ``cluster`` (row of the catalogue), ``mean``, ``std``,
+        ``aleatoric_std``, ``epistemic_std``, ``log_mass`` (the truth, when known) and, with a reference,
+        ``ref_mean``, ``ref_std`` and ``w1``.
+    notes : list of str
+        What a reader must know, one sentence each: a fit that under-estimates the reference's epistemic
+        variance (ratio below the threshold, with the ratio), unreliable PSIS-LOO (Pareto k), an MCMC fit not
+        converged on these clusters, grids made common, no true masses.
+    reference : str or None
+        The reference fit's name.
+    grid : numpy.ndarray
+        The log10 M grid every posterior was evaluated on.
+    posteriors : dict of str -> MassPosterior
+        Each fit's posterior of the compared clusters, on ``grid``: every number above comes from these.
+    idata : dict of str -> InferenceData or DataTree
+        Each fit's ArviZ object (``fit.to_arviz(catalog)``; empty with ``arviz=False``), for ``az.compare`` and
+        ArviZ's plots.
+    loo : dict of str -> ELPDData
+        ``az.loo``'s result for the fits where it applies.
+    """
+
+    table: Any
+    binned: Any
+    per_cluster: Any
+    notes: list
+    reference: str | None
+    grid: np.ndarray
+    posteriors: dict
+    idata: dict
+    loo: dict
+
+
+def compare(
+    fits,
+    catalog,
+    reference: str | None = "nuts",
+    *,
+    num_draws: int | None = None,
+    seed: int | None = None,
+    grid=None,
+    probs=(0.68, 0.95),
+    estimator: str = "mode",
+    edges=None,
+    epistemic_threshold: float = EPISTEMIC_RATIO_THRESHOLD,
+    arviz: bool = True,
+) -> Comparison:
+    """Several fits side by side on the same clusters, and each against a reference fit (NUTS by default).
+
+    Every number comes from the package's own tools applied to each fit's posterior of ``catalog``
+    (:meth:`Fit.posterior`): calibration and accuracy from :func:`numpyro_clustermass.metrics.summary` and
+    :func:`~numpyro_clustermass.metrics.binned`, the aleatoric/epistemic split of
+    :class:`~numpyro_clustermass.posterior.MassPosterior`, PSIS-LOO from ``az.loo`` on :func:`fit_to_arviz`'s
+    object (ArviZ's Pareto-k warning is let through, and the count of bad k is in the table), function-space
+    R-hat and ESS from :func:`function_space_convergence`, and per-cluster distances to the reference from
+    :func:`compare_posteriors`. See :class:`Comparison` for every column.
+
+    Parameters
+    ----------
+    fits : dict of str -> Fit, or a list of Fit
+        The fits; a list names each fit by its method (two fits of one method need a dict).
+    catalog : Catalog, array (n, n_features) or (x, y) tuple
+        The clusters, the same for every fit. A :class:`~numpyro_clustermass.catalog.Catalog` lets fits trained on
+        different feature columns each take their own; a bare array is refused for such fits. Without true
+        masses (no ``M200c``/``log_mass`` column, or an array) the comparison with the reference is made but
+        log score, CRPS, coverage, bias, scatter, the per-bin table and PSIS-LOO are not (NaN, empty, and a note).
+    reference : str or None, default "nuts"
+        Name of the fit the others are compared with; None for no reference columns.
+    num_draws, seed : int, optional
+        Predictive draws and their seed, for the posteriors and the ArviZ objects (default: each fit's).
+    grid : array, optional
+        The log10 M grid of every posterior. Default: the fits' common default grid; when their grids differ,
+        one uniform grid spanning all of them at the finest of their spacings (each fit's density is evaluated on
+        it exactly, nothing is interpolated), with a note.
+    probs : sequence of float
+        Central-interval probabilities of the coverage columns.
+    estimator : {"mode", "mean", "median"}
+        Point estimate of the bias and scatter columns.
+    edges : array, optional
+        Mass-bin edges of ``binned`` (default :func:`numpyro_clustermass.metrics.mass_bins`: 0.1 dex, 13.5-15.3).
+    epistemic_threshold : float, default :data:`EPISTEMIC_RATIO_THRESHOLD`
+        A fit whose ``epistemic_ratio`` is below it gets a note saying it under-estimates the reference's
+        epistemic variance.
+    arviz : bool, default True
+        Build each fit's ArviZ object and PSIS-LOO; False skips both (faster).
+
+    Returns
+    -------
+    Comparison
+
+    Raises
+    ------
+    ValueError
+        No fits, a ``reference`` that is not among them, two fits named alike, fits trained on different features
+        given one feature array, bad ``probs`` or ``epistemic_threshold``; the fits' own errors (a missing feature
+        column, NaN features) name the fit.
+    TypeError
+        A value of ``fits`` that is not a fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numpyro_clustermass.estimators import MDN
+    >>> from numpyro_clustermass.inference import fit
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.uniform(13.5, 15.0, 400); x = y[:, None] + 0.1 * rng.normal(size=(400, 2))
+    >>> est = MDN(2, (8,), feature_names=("a", "b"))
+    >>> f0, f1 = (fit(est, (x[:300], y[:300]), num_epochs=30, batch_size=64, seed=s, progress_bar=False)
+    ...           for s in (0, 1))
+    >>> c = compare({"a": f0, "b": f1}, (x[300:], y[300:]), reference="a", arviz=False)
+    >>> c.table.loc["a", ["w1", "std_ratio"]].tolist()                 # the reference against itself
+    [0.0, 1.0]
+    >>> bool(c.table.loc["b", "w1"] > 0), c.notes
+    (True, ["the reference 'a' has no epistemic variance (a point fit): epistemic ratios are not defined"])
+    """
+    import pandas as pd
+
+    from numpyro_clustermass import metrics
+    from numpyro_clustermass.grid import check_grid
+
+    fits = _named_fits(fits)
+    names = list(fits)
+    if reference is not None and reference not in fits:
+        raise ValueError(f"reference {reference!r} is not among the fits ({', '.join(map(repr, names))}); name one "
+                         f"of them, or pass reference=None for no reference columns")
+    probs_a = np.atleast_1d(np.asarray(probs, dtype=np.float64))
+    if probs_a.ndim != 1 or probs_a.size == 0 or not np.all((probs_a > 0) & (probs_a < 1)):
+        raise ValueError(f"probs must be interval probabilities in (0, 1); got {probs!r}")
+    threshold = float(epistemic_threshold)
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"epistemic_threshold must be a finite number > 0; got {epistemic_threshold!r}")
+    _check_shared_features(fits, catalog)
+
+    notes: list[str] = []
+    if grid is None:
+        grid, note = _common_grid(fits)
+        if note:
+            notes.append(note)
+    else:
+        grid = check_grid(grid, min_points=3)
+    truth = _fit_call(names[0], lambda: _catalog_arrays(fits[names[0]], catalog)[1])
+    if truth is None:
+        notes.append("the catalogue has no true masses: log score, CRPS, coverage, bias, scatter, the per-bin "
+                     "table and PSIS-LOO are not computed; the comparison with the reference is")
+    labels = [metrics.percent_label(p) for p in probs_a]
+
+    posts, idatas, loos, rows, binned_parts = {}, {}, {}, {}, []
+    for name, f in fits.items():
+        post = _fit_call(name, lambda: f.posterior(catalog, num_draws=num_draws, seed=seed, grid=grid))
+        posts[name] = post
+        row = {"method": str(f.method), "n_clusters": len(post), "n_draws": int(post.meta.get("num_draws", 1))}
+        if truth is not None:
+            s = metrics.summary(post, truth, estimator=estimator, probs=probs_a)
+            row.update(log_score=s["log_score_mean"], crps=s["crps_mean"])
+            row.update({f"coverage_{k}": s[f"coverage_central_{k}"] for k in labels})
+            row.update(bias_median=s["bias_median"], scatter_68=s["scatter_68"])
+            b = metrics.binned(post, truth, estimator=estimator, edges=edges, probs=probs_a)
+            b = b.rename(columns={f"cov_central_{k}": f"coverage_{k}" for k in labels})
+            keep = ["bin_lo", "bin_hi", "bin_mid", "n", *[f"coverage_{k}" for k in labels], "bias_median",
+                    "scatter_68", "crps", "log_score"]
+            binned_parts.append(b[keep].assign(fit=name)[["fit", *keep]])
+        else:
+            row.update(log_score=np.nan, crps=np.nan, **{f"coverage_{k}": np.nan for k in labels},
+                       bias_median=np.nan, scatter_68=np.nan)
+        row["pred_std"] = float(np.mean(post.std()))
+        row["aleatoric_std"] = float(np.mean(np.sqrt(post.aleatoric_variance)))
+        row["epistemic_std"] = float(np.mean(np.sqrt(post.epistemic_variance)))
+        row.update(elpd_loo=np.nan, elpd_loo_se=np.nan, p_loo=np.nan, n_pareto_k_bad=np.nan)
+        if arviz:
+            idata = _fit_call(name, lambda: f.to_arviz(catalog, num_draws=num_draws, seed=seed))
+            idatas[name] = idata
+            if truth is not None:
+                elpd = _loo(idata)
+                if elpd is not None:
+                    loos[name] = elpd
+                    k = np.asarray(_elpd_field(elpd, "pareto_k"), dtype=np.float64)
+                    bad = int(np.sum(~(k <= PARETO_K_THRESHOLD)))
+                    row.update(elpd_loo=float(_elpd_field(elpd, "elpd_loo", "elpd")),
+                               elpd_loo_se=float(_elpd_field(elpd, "se")),
+                               p_loo=float(_elpd_field(elpd, "p_loo", "p")), n_pareto_k_bad=bad)
+                    if bad:
+                        notes.append(f"{name}: {bad} of {k.size} clusters have Pareto k > {PARETO_K_THRESHOLD:g}: "
+                                     f"PSIS-LOO's ELPD is unreliable for them (see ArviZ's warning)")
+        row.update(rhat_max=np.nan, ess_bulk_min=np.nan)
+        if _is_mcmc_state(f.state):
+            conv = _fit_call(name, lambda: _mcmc_function_space(f, catalog, grid, seed))
+            if conv is not None:
+                row.update(rhat_max=conv["max_rhat"], ess_bulk_min=conv["min_ess_bulk"])
+                if not conv["max_rhat"] < RHAT_THRESHOLD:
+                    notes.append(f"{name}: function-space R-hat {conv['max_rhat']:.3f} on these clusters is at or "
+                                 f"above {RHAT_THRESHOLD:g}: its chains disagree, so its draws may not represent "
+                                 f"the posterior (run longer or check the fit's convergence warnings)")
+        rows[name] = row
+
+    per_cluster = []
+    truth_col = {} if truth is None else {"log_mass": truth}
+    for name, post in posts.items():
+        per_cluster.append(pd.DataFrame({"fit": name, "cluster": np.arange(len(post)), "mean": post.mean(),
+                                         "std": post.std(), "aleatoric_std": np.sqrt(post.aleatoric_variance),
+                                         "epistemic_std": np.sqrt(post.epistemic_variance), **truth_col}))
+    if reference is not None:
+        ref = posts[reference]
+        ref_mean, ref_std = np.asarray(ref.mean()), np.asarray(ref.std())
+        ref_epi = float(np.mean(ref.epistemic_variance))
+        if not ref_epi > 0:
+            notes.append(f"the reference {reference!r} has no epistemic variance (a point fit): epistemic ratios "
+                         f"are not defined")
+        for k, (name, post) in enumerate(posts.items()):
+            d = compare_posteriors(post, ref)
+            epi = float(np.mean(post.epistemic_variance))
+            ratio = epi / ref_epi if ref_epi > 0 else np.nan
+            rows[name].update(mean_abs_diff=float(np.mean(np.abs(d["delta_mean"]))),
+                              std_ratio=float(np.mean(np.asarray(post.std()) / ref_std)),
+                              w1=float(np.mean(d["wasserstein1"])), epistemic_ratio=ratio)
+            per_cluster[k] = per_cluster[k].assign(ref_mean=ref_mean, ref_std=ref_std, w1=d["wasserstein1"])
+            if name != reference and ratio < threshold:
+                what = ("it has none (a point fit)" if epi == 0 else
+                        "it under-estimates the reference's epistemic uncertainty")
+                notes.append(f"{name}: epistemic variance {ratio:.3g} x the reference's ({reference}; mean over "
+                             f"clusters, below {threshold:g}): {what}")
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "fit"
+    table.attrs.update(reference=reference, estimator=estimator, probs=probs_a.tolist(),
+                       epistemic_threshold=threshold, pareto_k_threshold=PARETO_K_THRESHOLD)
+    if binned_parts:
+        binned = pd.concat(binned_parts, ignore_index=True)
+    else:
+        binned = pd.DataFrame(columns=["fit", "bin_lo", "bin_hi", "bin_mid", "n",
+                                       *[f"coverage_{k}" for k in labels]])
+    return Comparison(table=table, binned=binned, per_cluster=pd.concat(per_cluster, ignore_index=True),
+                      notes=notes, reference=reference, grid=np.asarray(posts[names[0]].grid), posteriors=posts, idata=idatas,
+                      loo=loos)
+
+
+def _named_fits(fits) -> dict:
+    """``{name: fit}`` from a mapping, or from a list named by method (ValueError on a name used twice)."""
+    if isinstance(fits, Mapping):
+        items = list(fits.items())
+    elif isinstance(fits, (list, tuple)):
+        methods = [str(getattr(f, "method", type(f).__name__)) for f in fits]
+        twice = sorted({m for m in methods if methods.count(m) > 1})
+        if twice:
+            raise ValueError(f"several fits have the method {', '.join(map(repr, twice))}: pass a dict "
+                             f"name -> Fit to tell them apart")
+        items = list(zip(methods, fits))
+    else:
+        raise TypeError(f"fits must be a dict name -> Fit or a list of Fit; got {type(fits).__name__}")
+    if not items:
+        raise ValueError("compare needs at least one fit")
+    for name, f in items:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"fit names must be non-empty strings; got {name!r}")
+        if not all(hasattr(f, a) for a in ("posterior", "to_arviz", "grid", "state", "method")):
+            raise TypeError(f"fits[{name!r}] is a {type(f).__name__}, not a Fit (numpyro_clustermass.fit's result)")
+    return dict(items)
+
+
+def _check_shared_features(fits: dict, catalog) -> None:
+    """One feature array suits fits only if they were all trained on the same features (a Catalog suits any)."""
+    from numpyro_clustermass.catalog import Catalog
+
+    if isinstance(catalog, Catalog):
+        return
+    kinds = {name: (None if f.feature_names is None else tuple(f.feature_names), int(f.num_features))
+             for name, f in fits.items()}
+    if len(set(kinds.values())) > 1:
+        desc = "; ".join(f"{n}: {', '.join(k[0]) if k[0] else f'{k[1]} unnamed'}" for n, k in kinds.items())
+        raise ValueError(f"the fits were trained on different features ({desc}), so one feature array cannot suit "
+                         f"them all; pass a Catalog, from which each fit takes its own columns")
+
+
+def _common_grid(fits: dict):
+    """``(None, None)`` when every fit has the same default grid, else a grid spanning them all and a note."""
+    from numpyro_clustermass.grid import spacing
+
+    grids = {name: np.asarray(f.grid, dtype=np.float64) for name, f in fits.items()}
+    first = next(iter(grids.values()))
+    if all(g.shape == first.shape and np.allclose(g, first, rtol=0.0, atol=1e-9) for g in grids.values()):
+        return None, None
+    lo = min(float(g[0]) for g in grids.values())
+    hi = max(float(g[-1]) for g in grids.values())
+    dx = min(float(spacing(g)) for g in grids.values())
+    num = int(np.ceil((hi - lo) / dx - 1e-6)) + 1
+    common = np.linspace(lo, hi, num)
+    desc = "; ".join(f"{n}: [{g[0]:.3f}, {g[-1]:.3f}], {g.size} points" for n, g in grids.items())
+    return common, (f"the fits' default grids differ ({desc}): every posterior is evaluated on one grid spanning "
+                    f"them all, [{lo:.3f}, {hi:.3f}] with {num} points (the finest spacing)")
+
+
+def _fit_call(name: str, call):
+    """``call()``, with a ValueError (a CatalogError too) raised again naming the fit it came from."""
+    try:
+        return call()
+    except ValueError as exc:
+        try:
+            renamed = type(exc)(f"fit {name!r}: {exc}")
+        except Exception:  # noqa: BLE001 - an exception type that takes other arguments: keep it as it is
+            raise exc from None
+        raise renamed from exc
+
+
+def _loo(idata):
+    """``az.loo`` (pointwise) of a fit's ArviZ object, or None where it does not apply (every draw the same)."""
+    ll = np.asarray(idata["log_likelihood"]["log_mass"].values)
+    draws = ll.reshape(-1, ll.shape[-1])
+    if draws.shape[0] < 2 or np.all(draws == draws[:1]):
+        return None
+    return _az().loo(idata, pointwise=True)
+
+
+def _elpd_field(elpd, *names):
+    """A field of ``az.loo``'s result: ``elpd_loo``/``p_loo`` of ArviZ 0.x's Series, ``elpd``/``p`` of 1.x's."""
+    for name in names:
+        value = getattr(elpd, name, None)
+        if value is not None:
+            return np.asarray(getattr(value, "values", value))
+    raise KeyError(f"az.loo's result has none of {names}")
+
+
+def _mcmc_function_space(fit, catalog, grid, seed):
+    """Function-space R-hat and ESS of an MCMC fit on ``catalog``: each draw's predictive mean per cluster, from
+    ``Fit.posterior``'s per-draw densities (every draw of every chain, in chain order); None for one chain."""
+    import jax
+
+    state = fit.state
+    num_chains, length = (int(v) for v in np.shape(jax.tree.leaves(state.samples)[0])[:2])
+    if num_chains < 2:
+        return None
+    total = num_chains * length
+    x = _catalog_arrays(fit, catalog)[0]
+    n = x.shape[0]
+    size = int(np.size(fit.grid if grid is None else grid))
+    chunk = int(max(1, min(n, _posterior_default_chunk(fit), ARVIZ_DENSITY_BYTES // (4 * total * size))))
+    means = np.empty((total, n))
+    with warnings.catch_warnings():
+        # the same densities as the posterior compare already made (and warned about, if it had to), chunk by chunk
+        warnings.simplefilter("ignore")
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            xc = x[start:stop]
+            if stop - start < chunk:  # pad as Fit.posterior pads its last chunk: one compiled shape
+                xc = np.concatenate([xc, np.repeat(xc[-1:], chunk - (stop - start), axis=0)])
+            post = fit.posterior(xc, num_draws=total, seed=seed, grid=grid, keep_draws=True, chunk_size=chunk)
+            dl = np.asarray(post.draws_log_density, dtype=np.float64)[:, : stop - start]
+            p = np.exp(dl)
+            p /= p.sum(axis=-1, keepdims=True)
+            means[:, start:stop] = p @ np.asarray(post.grid, dtype=np.float64)
+    return function_space_convergence(means.reshape(num_chains, length, n))

@@ -48,6 +48,7 @@ __all__ = [
     "crps",
     "log_score",
     "mass_bins",
+    "percent_label",
     "pit",
     "pit_uniformity",
     "point_estimate",
@@ -500,8 +501,8 @@ def binned(
         u, cr = _pit_crps(post_or_points, y)
         ls = log_score(post_or_points, y)
         for k, p in enumerate(probs_a):
-            extra[f"cov_central_{_pct(p)}"] = cen[k].astype(np.float64)
-            extra[f"cov_hpd_{_pct(p)}"] = hpd[k].astype(np.float64)
+            extra[f"cov_central_{percent_label(p)}"] = cen[k].astype(np.float64)
+            extra[f"cov_hpd_{percent_label(p)}"] = hpd[k].astype(np.float64)
         extra["crps"] = cr
         extra["log_score"] = ls
         extra["pit_mean"] = u
@@ -514,9 +515,9 @@ def binned(
         row["n"] = st.pop("n")
         row.update(st)
         for q, v in zip(pcts, _percentiles(pred[sel], pcts)):
-            row[f"pred_p{_pct(q / 100)}"] = v
+            row[f"pred_p{percent_label(q / 100)}"] = v
         for q, v in zip(pcts, _percentiles(resid[sel], pcts)):
-            row[f"resid_p{_pct(q / 100)}"] = v
+            row[f"resid_p{percent_label(q / 100)}"] = v
         for name, vals in extra.items():
             row[name] = float(np.mean(vals[sel])) if sel.any() else np.nan
         rows.append(row)
@@ -527,8 +528,12 @@ def binned(
     return df
 
 
-def _pct(p: float) -> str:
-    """0.68 -> '68', 0.05 -> '05', 0.975 -> '97.5'."""
+def percent_label(p: float) -> str:
+    """The label of a probability in column names (``coverage_central_68``): a percentage, two digits at least.
+
+    >>> percent_label(0.68), percent_label(0.05), percent_label(0.975)
+    ('68', '05', '97.5')
+    """
     v = round(100 * float(p), 6)
     return f"{int(v):02d}" if v == int(v) else f"{v:g}"
 
@@ -581,9 +586,9 @@ def summary(
     cen = _inside(post, y, probs_a, "central").mean(axis=1)
     hpd = _inside(post, y, probs_a, "hpd").mean(axis=1)
     for k, p in enumerate(probs_a):
-        out[f"coverage_central_{_pct(p)}"] = float(cen[k])
-        out[f"coverage_hpd_{_pct(p)}"] = float(hpd[k])
-        out[f"coverage_stderr_{_pct(p)}"] = float(np.sqrt(p * (1 - p) / n))
+        out[f"coverage_central_{percent_label(p)}"] = float(cen[k])
+        out[f"coverage_hpd_{percent_label(p)}"] = float(hpd[k])
+        out[f"coverage_stderr_{percent_label(p)}"] = float(np.sqrt(p * (1 - p) / n))
     u, cr = _pit_crps(post, y)
     t = pit_uniformity(u, bins=pit_bins)
     out.update(

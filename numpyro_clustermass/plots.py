@@ -9,6 +9,9 @@ References
 ----------
 Ho, M., Rau, M. M., Ntampaka, M., et al. 2019, ApJ 887, 25 (arXiv:1902.05950), figs. 4–6: the binned
 prediction plot (median and 5–95 / 15–85 percentile bands of predicted against true mass, residuals below).
+
+:func:`compare_to_reference` and :func:`coverage_by_mass` draw the tables of
+:func:`numpyro_clustermass.diagnostics.compare`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from numpyro_clustermass import priors as _priors
 __all__ = [
     "binned_predictions",
     "catalog_overview",
+    "compare_to_reference",
+    "coverage_by_mass",
     "coverage_curve",
     "pit_histogram",
     "posterior_examples",
@@ -360,6 +365,103 @@ def coverage_curve(
     a.set_xlabel("nominal coverage")
     a.set_ylabel("empirical coverage")
     a.legend(frameon=False, loc="upper left")
+    return _finish(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------------
+def compare_to_reference(per_cluster, reference: str | None = None, *, path=None) -> Figure:
+    """Each fit's per-cluster predictive mean and standard deviation against the reference fit's.
+
+    Left: the predictive mean minus the reference's against the reference's mean; right: the predictive standard
+    deviation against the reference's, with the 1:1 line. One colour per fit other than the reference.
+
+    Parameters
+    ----------
+    per_cluster : Comparison or pandas.DataFrame
+        :func:`numpyro_clustermass.diagnostics.compare`'s result (its ``per_cluster`` and ``reference``), or a
+        table with the columns ``fit``, ``mean``, ``std``, ``ref_mean``, ``ref_std``.
+    reference : str, optional
+        The reference's name (taken from a Comparison when not given).
+    path : str or PathLike, optional
+        Write the figure there.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> m = np.linspace(13.6, 15.2, 50)
+    >>> df = pd.DataFrame({"fit": ["nuts"] * 50 + ["bbb"] * 50, "mean": np.r_[m, m + 0.02],
+    ...                    "std": np.r_[np.full(50, 0.2), np.full(50, 0.15)], "ref_mean": np.r_[m, m],
+    ...                    "ref_std": np.full(100, 0.2)})
+    >>> fig = compare_to_reference(df, "nuts")
+    >>> [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    ['1:1', 'bbb']
+    """
+    if hasattr(per_cluster, "per_cluster"):
+        reference = per_cluster.reference if reference is None else reference
+        per_cluster = per_cluster.per_cluster
+    if reference is None or "ref_mean" not in getattr(per_cluster, "columns", ()):
+        raise ValueError("this comparison has no reference fit; call compare(..., reference=NAME)")
+    fig, (ax_m, ax_s) = _new_axes(None, (10.0, 4.2), 1, 2)
+    lo = float(np.nanmin(per_cluster["ref_std"]))
+    hi = float(np.nanmax(per_cluster[["std", "ref_std"]].to_numpy()))
+    ax_s.plot([0.0, 1.1 * hi], [0.0, 1.1 * hi], color="k", ls="--", lw=1, label="1:1")
+    ax_m.axhline(0.0, color="k", ls="--", lw=1)
+    k = 0
+    for name, part in per_cluster.groupby("fit", sort=False):
+        if name == reference:
+            continue
+        color = _COLORS[k % len(_COLORS)]
+        k += 1
+        ax_m.scatter(part["ref_mean"], part["mean"] - part["ref_mean"], s=6, alpha=0.6, color=color, label=name)
+        ax_s.scatter(part["ref_std"], part["std"], s=6, alpha=0.6, color=color, label=name)
+    ax_m.set_xlabel(f"predictive mean of {reference}  " + LOG_MASS_LABEL)
+    ax_m.set_ylabel(f"mean $-$ mean of {reference} [dex]")
+    ax_s.set_xlabel(f"predictive std of {reference} [dex]")
+    ax_s.set_ylabel("predictive std [dex]")
+    ax_s.set_xlim(0.9 * lo, 1.05 * hi)
+    ax_s.set_ylim(0.0, 1.1 * hi)
+    for a in (ax_m, ax_s):
+        a.legend(frameon=False, fontsize="small")
+    return _finish(fig, path)
+
+
+def coverage_by_mass(binned, *, path=None) -> Figure:
+    """Central-interval coverage per bin of true mass, one line per fit and one panel per probability, with the
+    nominal level (a fit can cover well overall and badly in every bin: DESIGN.md's lesson).
+
+    Parameters
+    ----------
+    binned : Comparison or pandas.DataFrame
+        :func:`numpyro_clustermass.diagnostics.compare`'s result (its ``binned``), or a table with the columns
+        ``fit``, ``bin_mid`` and ``coverage_XX`` (XX the probability in percent).
+    path : str or PathLike, optional
+        Write the figure there.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"fit": ["map", "map", "nuts", "nuts"], "bin_mid": [14.0, 14.5] * 2,
+    ...                    "coverage_68": [0.6, 0.7, 0.66, 0.69], "coverage_95": [0.9, 0.93, 0.95, 0.96]})
+    >>> fig = coverage_by_mass(df)
+    >>> [a.get_title() for a in fig.axes]
+    ['68% intervals', '95% intervals']
+    """
+    if hasattr(binned, "binned"):
+        binned = binned.binned
+    columns = [c for c in binned.columns if str(c).startswith("coverage_")]
+    if len(binned) == 0 or not columns:
+        raise ValueError("no coverage per mass bin to draw: the catalogue compared had no true masses")
+    fig, axes = _new_axes(None, (4.6 * len(columns), 3.8), 1, len(columns), squeeze=False)
+    for a, col in zip(axes[0], columns):
+        nominal = float(col[len("coverage_"):]) / 100.0
+        a.axhline(nominal, color="k", ls="--", lw=1, label="nominal")
+        for k, (name, part) in enumerate(binned.groupby("fit", sort=False)):
+            a.plot(part["bin_mid"], part[col], marker="o", ms=3, color=_COLORS[k % len(_COLORS)], label=name)
+        a.set_title(f"{col[len('coverage_'):]}% intervals")
+        a.set_xlabel("true " + LOG_MASS_LABEL)
+        a.set_ylabel("coverage")
+        a.set_ylim(0.0, 1.02)
+        a.legend(frameon=False, fontsize="small")
     return _finish(fig, path)
 
 
