@@ -34,6 +34,7 @@ __all__ = [
     "ConvergenceError",
     "convergence_problems",
     "arviz_major_version",
+    "arviz_groups",
     "sanitize_name",
     "to_arviz",
     "fit_to_arviz",
@@ -121,6 +122,19 @@ def _az():
 def arviz_major_version() -> int:
     """The installed ArviZ major version (0 on Python 3.11, 1 on Python >= 3.12)."""
     return int(_az().__version__.split(".")[0])
+
+
+def arviz_groups(idata) -> list[str]:
+    """The group names of an ArviZ object, whichever line made it: ``InferenceData.groups()`` (ArviZ 0.x) or
+    the children of a ``DataTree`` (ArviZ 1.x, whose ``groups`` property lists paths such as ``"/posterior"``).
+
+    >>> sorted(arviz_groups(to_arviz({"w": np.zeros((1, 3))}, observed_data={"y": np.ones(2)})))
+    ['observed_data', 'posterior']
+    """
+    groups = idata.groups
+    if callable(groups):  # InferenceData
+        return list(groups())
+    return list(idata.children)
 
 
 def sanitize_name(name: str) -> str:
