@@ -674,7 +674,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from numpyro_clustermass.catalog import CatalogError
     from numpyro_clustermass.diagnostics import ConvergenceError
-    from numpyro_clustermass.inference import FitDivergedError, FitInterrupted, available_methods, fit
+    from numpyro_clustermass.inference import FitDivergedError, FitInterrupted, available_methods, fit, make_options
 
     method = args.method
     if method is not None and method not in available_methods():
@@ -694,6 +694,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not options:  # continue with the options it was trained with
             options = dict(getattr(resume, "method_options", None) or {})
     method = method or "map"
+    try:  # an unknown key or a bad value: one line naming the method's options, before reading the catalogue
+        method_options = make_options(method, options)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"--option: {_one_line(exc)}") from None
     cat = _read_catalog(args.catalog, fmt)
     t_start = time.perf_counter()
 
@@ -701,7 +705,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     validation_fraction=args.validation_fraction, patience=args.patience,
                     progress_bar=not args.no_progress, checkpoint_every=args.checkpoint_every, resume=resume)
     try:
-        result = fit(estimator, cat, checkpoint=ckpt, **settings, **options)
+        result = fit(estimator, cat, checkpoint=ckpt, options=method_options, **settings)
     except FitInterrupted as stop:
         saved = getattr(stop, "checkpoint", None)
         if saved is None and stop.fit is not None:
@@ -905,7 +909,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs without a validation improvement ('none': never stop early)")
     m.add_argument("--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="a method option (repeatable), e.g. schedule=constant, num_draws=200, "
-                        "bayesian_layers=last; VALUE is read as JSON when it is JSON, else as a string")
+                        "bayesian_layers=last: a field of the method's options class (MapOptions, BBBOptions, "
+                        "NUTSOptions, ... in numpyro_clustermass.inference); VALUE is read as JSON when it is JSON, "
+                        "else as a string")
     c = t.add_argument_group("checkpoints and output")
     c.add_argument("--checkpoint-every", type=_int_at_least(1), default=10, metavar="N",
                    help="save the best state so far to FIT.checkpoint.ncm every N epochs (removed once the "

@@ -238,11 +238,31 @@ def test_output_checks_of_predict_and_evaluate(fit_file, catalog, tmp_path, caps
     assert "is a file, not a folder" in _error_line(capsys)
 
 
-def test_unknown_method_option_is_the_methods_error_in_one_line(catalog, tmp_path, capsys):
+def test_unknown_option_key_is_one_line_naming_the_accepted_keys(catalog, tmp_path, capsys, monkeypatch):
+    """An --option key that is not a field of the method's options class: one line (exit 2) with the method, the
+    key, the closest accepted key and all of them, before the catalogue is read or anything trains."""
+    import numpyro_clustermass.inference as inference
+    from numpyro_clustermass.inference import BBBOptions, MapOptions
+
     out = tmp_path / "fit.ncm"
     assert main(["train", catalog, "--out", str(out), "--epochs", "1", "--option", "bogus_option=3", *TINY]) == 2
-    assert "bogus_option" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert line == (f"{ERR}--option: method 'map': unknown option 'bogus_option'; the options are "
+                    f"{', '.join(sorted(MapOptions.field_names()))}\n")
     assert not out.exists() and not os.path.exists(cli.checkpoint_path(str(out)))
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the catalogue was read or training started before the options were checked")
+
+    monkeypatch.setattr(cli, "_read_catalog", must_not_run)
+    monkeypatch.setattr(inference, "fit", must_not_run)
+    assert main(["train", catalog, "--out", str(out), "--method", "bbb", "--option", "init_scal=0.02"]) == 2
+    line = _error_line(capsys)
+    assert "method 'bbb': unknown option 'init_scal' (did you mean 'init_scale'?); the options are " in line
+    assert all(name in line for name in BBBOptions.field_names())
+    # a bad value of a known key is the options class's message, also before anything is read
+    assert main(["train", catalog, "--out", str(out), "--method", "nuts", "--option", "num_chains=0"]) == 2
+    assert "method 'nuts': num_chains must be an integer >= 1" in _error_line(capsys)
 
 
 def test_diverged_training_is_one_line_and_keeps_the_last_acceptable_state(catalog, tmp_path, capsys):

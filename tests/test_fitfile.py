@@ -171,6 +171,46 @@ def test_other_format_version_is_refused(tmp_path, saved):
         load(bad)
 
 
+def _rewrite_manifest(saved, target, change):
+    """A copy of the fit file ``saved`` at ``target`` with ``change(manifest)`` applied and its checksum renewed."""
+    with zipfile.ZipFile(saved) as zf:
+        members = {i.filename: zf.read(i.filename) for i in zf.infolist()}
+    manifest = json.loads(members["manifest.json"])
+    change(manifest)
+    text = json.dumps(manifest).encode()
+    members["manifest.json"], members["manifest.sha256"] = text, fitfile._sha256(text).encode()
+    with zipfile.ZipFile(target, "w") as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    return target
+
+
+def test_a_file_saved_before_options_classes_loads(tmp_path, xy):
+    """Before MapOptions a manifest held the options exactly as given to fit, defaults included: such a file
+    loads, with the same posterior and the options that differ from the defaults."""
+    x, y = xy
+    f = fit(MDN(2, (8,), feature_names=NAMES), (x, y), learning_rate=3e-3, **TINY)
+    assert f.method_options == {"learning_rate": 3e-3}
+
+    def as_before(manifest):
+        manifest["method_options"] = {"learning_rate": 3e-3, "schedule": "cosine", "b1": 0.9}  # defaults given
+
+    g = load(_rewrite_manifest(f.save(tmp_path / "new.ncm"), tmp_path / "old.ncm", as_before))
+    _same_posterior(f, g, x[:40])
+    assert g.method_options == {"learning_rate": 3e-3} and g.options == f.options
+
+
+def test_saved_options_the_installed_method_lacks_are_named(tmp_path, saved):
+    def unknown(manifest):
+        manifest["method_options"] = {"learning_rat": 1e-3}
+
+    bad = _rewrite_manifest(saved, tmp_path / "unknown.ncm", unknown)
+    with pytest.raises(FitFileError, match=r"the saved options of method 'map' do not fit the method as installed "
+                                           r"\(method 'map': unknown option 'learning_rat' \(did you mean "
+                                           r"'learning_rate'\?\)"):
+        load(bad)
+
+
 def test_paths_that_are_not_fit_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no fit file"):
         load(tmp_path / "nope.ncm")

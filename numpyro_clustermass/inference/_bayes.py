@@ -6,9 +6,6 @@ and BBB start from (run through the method registry and the package's epoch driv
 
 from __future__ import annotations
 
-import inspect
-import math
-import numbers
 from typing import Any, Callable, Mapping
 
 import jax
@@ -26,108 +23,32 @@ from numpyro_clustermass.bnn import (
     resolve_weight_prior,
 )
 from numpyro_clustermass.inference.epochs import EarlyStopping, run_epochs
-from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingData, TrainingPlan, get_method
+from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingData, TrainingPlan, build_method
+from numpyro_clustermass.inference.svi import MapStartOptions
 
 
 # ---------------------------------------------------------------------------------------------- option checks
-# Every option of a Bayesian method is checked when the method is built, i.e. at ``fit(...)`` time, before any
-# compilation or training: the error names the method, the option, the value and the allowed range.
-def check_int(method: str, name: str, value, minimum: int, maximum: int | None = None, hint: str = "") -> int:
-    """``value`` as an int; a ValueError unless it is an integer (``3`` or ``3.0``, not ``1.5``, ``True`` or NaN)
-    in ``[minimum, maximum]``.
-
-    >>> check_int("nuts", "num_chains", 2.0, 1)
-    2
-    >>> check_int("nuts", "num_chains", 1.5, 1)
-    Traceback (most recent call last):
-    ...
-    ValueError: method 'nuts': num_chains must be an integer >= 1; got 1.5
-    """
-    allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-          and float(value).is_integer())
-    if ok:
-        ok = int(value) >= minimum and (maximum is None or int(value) <= maximum)
-    if not ok:
-        raise ValueError(f"method {method!r}: {name} must be an integer {allowed}{hint}; got {value!r}")
-    return int(value)
-
-
-def check_float(method: str, name: str, value, low: float | None = None, high: float | None = None, *,
-                low_open: bool = False, high_open: bool = False, hint: str = "") -> float:
-    """``value`` as a float; a ValueError unless it is a finite real number in the given (half-)open range.
-
-    >>> check_float("nuts", "target_accept_prob", 1.5, 0, 1, low_open=True, high_open=True)
-    Traceback (most recent call last):
-    ...
-    ValueError: method 'nuts': target_accept_prob must be a finite number in (0, 1); got 1.5
-    """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        v = float(value)
-        ok = ((low is None or (v > low if low_open else v >= low))
-              and (high is None or (v < high if high_open else v <= high)))
-    if low is not None and high is not None:
-        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        allowed = f"{'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        allowed = f"{'<' if high_open else '<='} {high:g}"
-    else:
-        allowed = "(any)"
-    if not ok:
-        raise ValueError(f"method {method!r}: {name} must be a finite number {allowed}{hint}; got {value!r}")
-    return float(value)
-
-
 def check_init(method: str, init, allowed: tuple[str, ...] = ("map",)) -> None:
-    """``init`` is one of the ``allowed`` strings or a :class:`Fit` (a MAP fit to start from)."""
+    """``init`` is one of the ``allowed`` strings or a :class:`Fit` (a MAP fit to start from); a ValueError
+    naming them otherwise.
+
+    >>> check_init("bbb", "mpa", ("net", "map"))
+    Traceback (most recent call last):
+    ...
+    ValueError: method 'bbb': init must be 'net', 'map' or a MAP Fit of the same data; got 'mpa'
+    """
     from numpyro_clustermass.inference.fitting import Fit
 
     if isinstance(init, Fit) or (isinstance(init, str) and init in allowed):
         return
-    names = " or ".join(repr(a) for a in allowed)
+    names = ", ".join(repr(a) for a in allowed)
     raise ValueError(f"method {method!r}: init must be {names} or a MAP Fit of the same data; got {init!r}")
 
 
-def map_option_names() -> set[str]:
-    """Keyword options of the registered ``"map"`` method's factory."""
-    params = inspect.signature(get_method("map")).parameters.values()
-    return {p.name for p in params if p.kind == p.KEYWORD_ONLY}
-
-
-def check_map_passthrough(method: str, options: Mapping, hints: Mapping[str, str] | None = None) -> None:
-    """Options a method passes on to the ``"map"`` factory (``**map_options``): an unknown one is a TypeError
-    naming it and listing the accepted ones (instead of ``map_method() got an unexpected keyword argument``)."""
-    known = map_option_names()
-    unknown = [k for k in options if k not in known]
-    if unknown:
-        hint = "".join(f"; {(hints or {})[k]}" for k in unknown if k in (hints or {}))
-        raise TypeError(f"method {method!r}: unknown option(s) {unknown}{hint}. Options of {method!r} passed to the "
-                        f"'map' training are {sorted(known)}")
-
-
-def check_map_options(method: str, map_options) -> dict:
-    """``map_options`` of the internal MAP fit: a dict of ``num_epochs``, ``patience``, ``min_delta`` and the
-    ``"map"`` method's options, checked before any training."""
-    if map_options is None:
-        return {}
-    if not isinstance(map_options, Mapping):
-        raise TypeError(f"method {method!r}: map_options must be a dict (e.g. {{'num_epochs': 50}}); "
-                        f"got {map_options!r}")
-    opts = dict(map_options)
-    extra = {"num_epochs", "patience", "min_delta"}
-    known = map_option_names() | extra
-    unknown = [k for k in opts if k not in known]
-    if unknown:
-        raise TypeError(f"method {method!r}: unknown map_options key(s) {unknown}; the keys are {sorted(known)}")
-    if "num_epochs" in opts:
-        check_int(method, "map_options['num_epochs']", opts["num_epochs"], 1)
-    if opts.get("patience") is not None:
-        check_int(method, "map_options['patience']", opts["patience"], 0)
-    if "min_delta" in opts:
-        check_float(method, "map_options['min_delta']", opts["min_delta"], 0)
-    return opts
+def check_bayesian_layers(bayesian_layers):
+    """``bayesian_layers`` with a list made a tuple (hashable, as a frozen options field should be); the value
+    itself is checked against the network when the method is built."""
+    return tuple(bayesian_layers) if isinstance(bayesian_layers, list) else bayesian_layers
 
 
 def bayesian_model(model: Callable, weight_prior, bayesian_layers, default_layers: str,
@@ -207,7 +128,7 @@ def point_params(params: Mapping, latent: Mapping | None = None) -> dict:
 
 
 def map_params_from(init, model: Callable, plan: TrainingPlan, data: TrainingData, rng_key, progress_bar: bool,
-                    map_options: Mapping | None, method: str) -> tuple[dict, dict]:
+                    map_options: MapStartOptions | None, method: str) -> tuple[dict, dict]:
     """MAP params to start from: from a given :class:`Fit`, or by running the ``"map"`` method now.
 
     Returns ``(params, info)``; ``params`` are the constrained param and latent values of the MAP fit.
@@ -225,24 +146,22 @@ def map_params_from(init, model: Callable, plan: TrainingPlan, data: TrainingDat
         if init.method == "ensemble":
             params = jax.tree.map(lambda a: a[0], params)
         return params, {"map_source": f"given fit ({init.method})"}
-    return run_map(model, plan, data, rng_key, progress_bar, map_options or {})
+    return run_map(model, plan, data, rng_key, progress_bar, map_options or MapStartOptions())
 
 
 def run_map(model: Callable, plan: TrainingPlan, data: TrainingData, rng_key, progress_bar: bool,
-            map_options: Mapping) -> tuple[dict, dict]:
+            map_options: MapStartOptions) -> tuple[dict, dict]:
     """Train ``model`` with the registered ``"map"`` method and the package's epoch driver.
 
-    ``map_options`` may set ``num_epochs``, ``patience`` (default 20), ``min_delta`` (1e-4) and any option of
-    the ``"map"`` factory (``learning_rate``, ...).
+    ``map_options`` (:class:`~numpyro_clustermass.inference.svi.MapStartOptions`) set ``num_epochs`` (default the
+    plan's), ``patience`` (20), ``min_delta`` (1e-4) and the ``"map"`` method's options (``learning_rate``, ...).
     """
-    opts = dict(map_options)
-    num_epochs = int(opts.pop("num_epochs", plan.num_epochs))
-    patience = opts.pop("patience", 20)
-    min_delta = float(opts.pop("min_delta", 1e-4))
+    opts = map_options
+    num_epochs = plan.num_epochs if opts.num_epochs is None else opts.num_epochs
     map_plan = plan._replace(num_epochs=num_epochs)
-    impl = get_method("map")(model, map_plan, **opts)
-    state, history, extra = drive_epochs(model, impl, map_plan, rng_key, data, patience, min_delta, progress_bar,
-                                         "map (init)")
+    impl = build_method("map", model, map_plan, opts.to_map_options())
+    state, history, extra = drive_epochs(model, impl, map_plan, rng_key, data, opts.patience, opts.min_delta,
+                                         progress_bar, "map (init)")
     info = {"map_epochs_run": extra["epochs_run"], "map_best_val_loss": extra["best_val_loss"],
             "map_source": "map method"}
     if len(history["val_loss"]):

@@ -41,9 +41,10 @@ Kingma, D. P., Welling, M. (2014). Auto-encoding variational Bayes. ICLR.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Callable, Mapping
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +59,8 @@ from numpyro.optim import optax_to_numpyro
 from numpyro_clustermass.bnn import deterministic_model
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
-    check_float,
-    check_int,
-    check_map_options,
+    check_bayesian_layers,
+    check_init,
     copy_tree,
     drive_epochs,
     initial_params,
@@ -71,6 +71,7 @@ from numpyro_clustermass.inference._bayes import (
     tile,
 )
 from numpyro_clustermass.inference.fitting import Fit
+from numpyro_clustermass.inference.options import MethodOptions, check_float, check_int, nested_options
 from numpyro_clustermass.inference.protocol import (
     InferenceMethod,
     IterativeMethod,
@@ -80,9 +81,16 @@ from numpyro_clustermass.inference.protocol import (
     TrainingPlan,
     register_method,
 )
-from numpyro_clustermass.inference.svi import latent_structure, make_optimizer, make_schedule, prepare_svi
+from numpyro_clustermass.inference.svi import (
+    MapStartOptions,
+    check_schedule_options,
+    latent_structure,
+    make_optimizer,
+    make_schedule,
+    prepare_svi,
+)
 
-__all__ = ["bbb_method", "MeanFieldGuide", "DEFAULT_INIT_SCALE", "DEFAULT_NUM_DRAWS"]
+__all__ = ["bbb_method", "BBBOptions", "MeanFieldGuide", "DEFAULT_INIT_SCALE", "DEFAULT_NUM_DRAWS"]
 
 #: Initial standard deviation of every weight in the guide: small, so that training starts close to the
 #: deterministic net (Blundell et al. 2015 start their softplus(rho) scales at a few 1e-3 to 1e-2).
@@ -194,27 +202,92 @@ class MeanFieldGuide:
         return self._split(params["bbb$loc"] + jax.nn.softplus(params["bbb$rho"]) * eps)
 
 
-def bbb_method(
-    model: Callable,
-    plan: TrainingPlan,
-    *,
-    weight_prior=None,
-    bayesian_layers=None,
-    init: str | Fit = "net",
-    init_scale: float = DEFAULT_INIT_SCALE,
-    num_draws: int = DEFAULT_NUM_DRAWS,
-    num_particles: int = 1,
-    eval_particles: int = 8,
-    learning_rate: float = 1e-3,
-    schedule: str | Callable = "cosine",
-    warmup_steps: int | None = None,
-    final_lr_fraction: float = 0.01,
-    clip_norm: float | None = None,
-    patience: int | None = 20,
-    min_delta: float = 1e-4,
-    map_options: Mapping | None = None,
-) -> InferenceMethod:
-    """Build the ``"bbb"`` method (Bayes by Backprop: AutoNormal guide, analytic-KL ELBO).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BBBOptions(MethodOptions):
+    """Options of the ``"bbb"`` method (Bayes by Backprop).
+
+    Attributes
+    ----------
+    weight_prior : Distribution, dict or callable, optional
+        Prior on the Bayesian weights (:mod:`numpyro_clustermass.bnn`); default None: ``Normal(0, 1)``.
+    bayesian_layers : "all", "last", str or sequence, optional
+        Which weights are Bayesian; default None: ``"all"``.
+    init : {"net", "map"} or Fit, default "net"
+        Guide means at the flax initial weights (``"net"``), at a MAP fit trained first with the ``"map"`` method
+        (``"map"``, options ``map_options``), or at a given MAP :class:`~numpyro_clustermass.inference.Fit` of the
+        same data.
+    init_scale : float, default 0.01 (:data:`DEFAULT_INIT_SCALE`)
+        Initial guide standard deviation of every weight, > 0.
+    num_draws : int, default 100 (:data:`DEFAULT_NUM_DRAWS`)
+        Default number of weight draws per posterior, >= 1.
+    num_particles : int, default 1
+        Monte Carlo samples of the likelihood term per step, >= 1.
+    eval_particles : int, default 8
+        Samples of the held-out ELBO used for early stopping, >= 1.
+    learning_rate, schedule, warmup_steps, final_lr_fraction, clip_norm :
+        Optax Adam with a schedule, as in :class:`~numpyro_clustermass.inference.svi.MapOptions` (same defaults).
+    patience : int or None, default 20
+        Early stopping of the BBB epochs when ``init="map"`` (which runs its own loop; otherwise the :func:`fit`
+        settings apply), >= 0; None: never stop early.
+    min_delta : float, default 1e-4
+        With ``patience``: the smallest improvement that counts, >= 0.
+    map_options : MapStartOptions or dict, default MapStartOptions()
+        Options of the internal MAP fit of ``init="map"`` (``num_epochs``, ``patience``, ``learning_rate``, ...);
+        a dict is converted.
+
+    Example
+    -------
+    >>> BBBOptions(init="map", map_options={"num_epochs": 20}).map_options.num_epochs
+    20
+    >>> BBBOptions(num_particles=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: method 'bbb': num_particles must be an integer >= 1; got 0
+    """
+
+    method_name: ClassVar[str] = "bbb"
+
+    weight_prior: Any = None
+    bayesian_layers: Any = None
+    init: Any = "net"
+    init_scale: float = DEFAULT_INIT_SCALE
+    num_draws: int = DEFAULT_NUM_DRAWS
+    num_particles: int = 1
+    eval_particles: int = 8
+    learning_rate: float = 1e-3
+    schedule: str | Callable = "cosine"
+    warmup_steps: int | None = None
+    final_lr_fraction: float = 0.01
+    clip_norm: float | None = None
+    patience: int | None = 20
+    min_delta: float = 1e-4
+    map_options: MapStartOptions = dataclasses.field(default_factory=MapStartOptions)
+
+    def __post_init__(self):
+        m = self.method_name
+        lr, schedule, warmup, fraction = check_schedule_options(m, self.learning_rate, self.schedule,
+                                                                self.warmup_steps, self.final_lr_fraction)
+        clip_norm = None if self.clip_norm is None else check_float(m, "clip_norm", self.clip_norm, 0,
+                                                                    low_open=True, hint=" or None")
+        values = {
+            "bayesian_layers": check_bayesian_layers(self.bayesian_layers),
+            "init_scale": check_float(m, "init_scale", self.init_scale, 0, low_open=True, hint=" (default 0.01)"),
+            "num_draws": check_int(m, "num_draws", self.num_draws, 1),
+            "num_particles": check_int(m, "num_particles", self.num_particles, 1),
+            "eval_particles": check_int(m, "eval_particles", self.eval_particles, 1),
+            "learning_rate": lr, "warmup_steps": warmup, "final_lr_fraction": fraction, "clip_norm": clip_norm,
+            "patience": None if self.patience is None else check_int(m, "patience", self.patience, 0),
+            "min_delta": check_float(m, "min_delta", self.min_delta, 0),
+            "map_options": nested_options(m, "map_options", MapStartOptions, self.map_options),
+        }
+        check_init(m, self.init, ("net", "map"))
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+def bbb_method(model: Callable, plan: TrainingPlan, options: BBBOptions | None = None,
+               **kwargs) -> InferenceMethod:
+    """Build the ``"bbb"`` method (Bayes by Backprop: a mean-field Normal guide, analytic-KL ELBO).
 
     Parameters
     ----------
@@ -222,28 +295,10 @@ def bbb_method(
         The estimator's (deterministic) model; its Bayesian twin is built here. A user's own model with
         latent sample sites is used as it is.
     plan : TrainingPlan
-    weight_prior : Distribution, dict or callable, optional
-        Prior on the Bayesian weights (:mod:`numpyro_clustermass.bnn`); default ``Normal(0, 1)``.
-    bayesian_layers : "all", "last", str or sequence, optional
-        Which weights are Bayesian (default ``"all"``).
-    init : {"net", "map"} or Fit
-        Guide means at the flax initial weights (``"net"``), at a MAP fit trained first with the ``"map"``
-        method (``"map"``), or at a given MAP :class:`Fit` of the same data.
-    init_scale : float
-        Initial guide standard deviation of every weight.
-    num_draws : int
-        Default number of weight draws per posterior (>= 1).
-    num_particles : int
-        Monte Carlo samples of the likelihood term per step (>= 1).
-    eval_particles : int
-        Samples of the held-out ELBO used for early stopping.
-    learning_rate, schedule, warmup_steps, final_lr_fraction, clip_norm
-        Optax Adam with a schedule, as for ``"map"``.
-    patience, min_delta
-        Early stopping of the BBB epochs when ``init="map"`` (which runs its own loop; otherwise the
-        :func:`fit` settings apply).
-    map_options : dict, optional
-        Options of the internal MAP fit (``num_epochs``, ``patience``, ``learning_rate``, ...).
+    options : BBBOptions, optional
+        Default ``BBBOptions()``.
+    **kwargs
+        Instead of ``options``: its fields, converted with :class:`BBBOptions`.
 
     Returns
     -------
@@ -252,20 +307,15 @@ def bbb_method(
         ``init="map"`` a :class:`~numpyro_clustermass.inference.OneShotMethod` whose ``run`` trains the MAP fit and
         then the BBB epochs itself (``patience``, ``min_delta``).
     """
-    m = "bbb"
-    init_scale = check_float(m, "init_scale", init_scale, 0, low_open=True, hint=" (default 0.01)")
-    num_draws = check_int(m, "num_draws", num_draws, 1)
-    num_particles = check_int(m, "num_particles", num_particles, 1)
-    eval_particles = check_int(m, "eval_particles", eval_particles, 1)
-    if patience is not None:
-        patience = check_int(m, "patience", patience, 0)
-    min_delta = check_float(m, "min_delta", min_delta, 0)
-    map_options = check_map_options(m, map_options)
-    if not isinstance(init, Fit) and not (isinstance(init, str) and init in ("net", "map")):
-        raise ValueError(f"method 'bbb': init must be 'net', 'map' or a MAP Fit of the same data; got {init!r}")
+    opts = BBBOptions.coerce(options, kwargs)
+    init, init_scale, map_options = opts.init, opts.init_scale, opts.map_options
+    num_draws, num_particles, eval_particles = opts.num_draws, opts.num_particles, opts.eval_particles
+    patience, min_delta = opts.patience, opts.min_delta
+    weight_prior, bayesian_layers = opts.weight_prior, opts.bayesian_layers
     twin, is_twin = bayesian_model(model, weight_prior, bayesian_layers, "all", plan.num_features)
-    sched = make_schedule(learning_rate, plan.num_steps, schedule, warmup_steps, final_lr_fraction)
-    optim = optax_to_numpyro(make_optimizer(sched, clip_norm=clip_norm))
+    sched = make_schedule(opts.learning_rate, plan.num_steps, opts.schedule, opts.warmup_steps,
+                          opts.final_lr_fraction)
+    optim = optax_to_numpyro(make_optimizer(sched, clip_norm=opts.clip_norm))
     num_data = plan.num_data
     init_scale = float(init_scale)
 
@@ -353,4 +403,4 @@ def bbb_method(
                          num_draws=method.num_draws, name=method.name, model=method.model)
 
 
-register_method("bbb", bbb_method)
+register_method("bbb", bbb_method, options=BBBOptions)

@@ -31,42 +31,77 @@ using deep ensembles. NeurIPS, arXiv:1612.01474.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from numpyro_clustermass.inference._bayes import check_int, check_map_passthrough
-from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, get_method, register_method
+from numpyro_clustermass.inference.options import check_int
+from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, build_method, register_method
+from numpyro_clustermass.inference.svi import MapOptions
 
-__all__ = ["ensemble_method", "DEFAULT_NUM_MEMBERS"]
+__all__ = ["ensemble_method", "EnsembleOptions", "DEFAULT_NUM_MEMBERS"]
 
 #: Default ensemble size (Lakshminarayanan et al. 2017 use 5).
 DEFAULT_NUM_MEMBERS = 5
 
 
-def ensemble_method(model: Callable, plan: TrainingPlan, *, num_members: int = DEFAULT_NUM_MEMBERS,
-                    **map_options) -> IterativeMethod:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EnsembleOptions(MapOptions):
+    """Options of the ``"ensemble"`` method: the ensemble size and the ``"map"`` method's options
+    (:class:`~numpyro_clustermass.inference.svi.MapOptions`), shared by all members.
+
+    Attributes
+    ----------
+    num_members : int, default 5 (:data:`DEFAULT_NUM_MEMBERS`)
+        Ensemble size K, >= 1 (>= 2 for an epistemic variance). An ensemble has no ``num_draws``: its draws are
+        its members.
+    learning_rate, schedule, warmup_steps, final_lr_fraction, b1, b2, weight_decay, clip_norm, optimizer, guide :
+        As in :class:`~numpyro_clustermass.inference.svi.MapOptions`.
+
+    Example
+    -------
+    >>> EnsembleOptions(num_members=3).num_members
+    3
+    >>> EnsembleOptions.from_dict({"num_draws": 10})
+    Traceback (most recent call last):
+    ...
+    numpyro_clustermass.inference.options.UnknownOptionError: method 'ensemble': unknown option 'num_draws' (an
+    ensemble's draws are its members: set num_members); the options are ...
+    """
+
+    method_name: ClassVar[str] = "ensemble"
+    hints: ClassVar[dict] = {
+        "num_draws": "an ensemble's draws are its members: set num_members",
+        "num_samples": "an ensemble's draws are its members: set num_members",
+    }
+
+    num_members: int = DEFAULT_NUM_MEMBERS
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "num_members", check_int(
+            self.method_name, "num_members", self.num_members, 1,
+            hint=" (the ensemble size; 2 or more for an epistemic variance)"))
+
+
+def ensemble_method(model: Callable, plan: TrainingPlan, options: EnsembleOptions | None = None,
+                    **kwargs) -> IterativeMethod:
     """Build the ``"ensemble"`` method: ``num_members`` vmapped ``"map"`` fits.
 
     Parameters
     ----------
     model : callable
     plan : TrainingPlan
-    num_members : int
-        Ensemble size K, an integer >= 1 (>= 2 for an epistemic variance); an ensemble has no ``num_draws``:
-        its draws are its members.
-    **map_options
-        Options of the ``"map"`` method (``learning_rate``, ``schedule``, ``weight_decay``, ...), shared by
-        all members.
+    options : EnsembleOptions, optional
+        Default ``EnsembleOptions()``.
+    **kwargs
+        Instead of ``options``: its fields, converted with :class:`EnsembleOptions`.
     """
-    k = check_int("ensemble", "num_members", num_members, 1,
-                  hint=" (the ensemble size; 2 or more for an epistemic variance)")
-    check_map_passthrough("ensemble", map_options, hints={
-        "num_draws": "an ensemble's draws are its members: set num_members",
-        "num_samples": "an ensemble's draws are its members: set num_members",
-    })
-    base = get_method("map")(model, plan, **map_options)
+    opts = EnsembleOptions.coerce(options, kwargs)
+    k = opts.num_members
+    base = build_method("map", model, plan, opts.to_map_options())
 
     def init(rng_key, x, y):
         return jax.vmap(lambda key: base.init(key, x, y))(jax.random.split(rng_key, k))
@@ -91,4 +126,4 @@ def ensemble_method(model: Callable, plan: TrainingPlan, *, num_members: int = D
     )
 
 
-register_method("ensemble", ensemble_method)
+register_method("ensemble", ensemble_method, options=EnsembleOptions)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -176,8 +176,9 @@ def clear_cache() -> None:
 
 
 def _cache_key(est, method, options, plan):
-    try:
-        key = (est, method, tuple(sorted(options.items())), plan)
+    try:  # options: a frozen options dataclass, or a dict for a method registered without an options class
+        opts = tuple(sorted(options.items())) if isinstance(options, Mapping) else options
+        key = (est, method, opts, plan)
         hash(key)
         return key
     except TypeError:
@@ -190,9 +191,10 @@ def gaussian_baseline_loss(y_std) -> float:
     return float(0.5 * math.log(2 * math.pi) + 0.5 * np.mean(y**2))
 
 
-def compiled_method(estimator, method: str, options: dict, plan: TrainingPlan) -> CompiledMethod:
-    """The registered ``method`` built for ``estimator``'s model and ``plan`` with ``options``, with its compiled
-    epoch: from the cache when this configuration was built before (and is hashable), else built and cached.
+def compiled_method(estimator, method: str, options, plan: TrainingPlan) -> CompiledMethod:
+    """The registered ``method`` built for ``estimator``'s model and ``plan`` with ``options`` (an instance of the
+    method's options class, or a dict for a method registered without one), with its compiled epoch: from the
+    cache when this configuration was built before (and is hashable), else built and cached.
 
     Fits of one configuration share the entry's method and compiled functions; everything that depends on a fit
     is in its state (:mod:`~numpyro_clustermass.inference.protocol`), so sharing them is safe.
@@ -201,7 +203,7 @@ def compiled_method(estimator, method: str, options: dict, plan: TrainingPlan) -
     compiled = _COMPILED.get(key) if key is not None else None
     if compiled is None:
         model = standardize_model(estimator.model)
-        impl = build_method(method, model, plan, **options)
+        impl = build_method(method, model, plan, options)
         compiled = CompiledMethod(model, impl, plan)
         if key is not None:
             _COMPILED.put(key, compiled)

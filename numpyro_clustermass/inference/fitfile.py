@@ -53,6 +53,7 @@ import numpy as np
 
 from numpyro_clustermass.catalog import atomic_target
 from numpyro_clustermass.estimators import MDN, MSE, ModelEstimator
+from numpyro_clustermass.inference.options import options_dict
 from numpyro_clustermass.scaling import MassObservableRelation
 
 __all__ = ["save_fit", "read_fit_file", "jsonable_options", "estimator_from_config", "decode_state", "FitFileError", "FORMAT",
@@ -192,10 +193,11 @@ def _json_value(value, where: str):
     return json.loads(text)
 
 
-def jsonable_options(options: dict) -> dict:
-    """Method options as they are written to a fit file (tuples as lists); FitFileError for an option that is
-    a Python object rather than a value."""
-    return {k: _json_value(v, f"method option {k!r}") for k, v in options.items()}
+def jsonable_options(options) -> dict:
+    """Method options as they are written to a fit file (tuples as lists): a dict, or an options dataclass as its
+    :meth:`~numpyro_clustermass.inference.options.MethodOptions.to_dict` (the options that differ from their
+    defaults); FitFileError for an option that is a Python object rather than a value."""
+    return {k: _json_value(v, f"method option {k!r}") for k, v in options_dict(options).items()}
 
 
 def _plain(value):

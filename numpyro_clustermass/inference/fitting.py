@@ -45,6 +45,7 @@ from numpyro_clustermass.grid import DEFAULT_GRID_SIZE, check_grid, default_grid
 from numpyro_clustermass.inference import fitfile
 from numpyro_clustermass.inference.epochs import DIVERGENCE_FACTOR, EarlyStopping, compiled_method, epoch_loop
 from numpyro_clustermass.inference.fitfile import FitFileError
+from numpyro_clustermass.inference.options import options_dict
 from numpyro_clustermass.inference.protocol import (
     FitWarning,
     InferenceMethod,
@@ -53,7 +54,7 @@ from numpyro_clustermass.inference.protocol import (
     TrainingPlan,
     available_methods,
     build_method,
-    get_method,
+    make_options,
     standardize_model,
 )
 from numpyro_clustermass.posterior import MassPosterior, mixture_on_grid
@@ -188,7 +189,8 @@ class Fit:
         Run facts: sizes, epochs run, best epoch, early stop, number of traces of the epoch function, time.
     feature_names : tuple of str or None
     method_options : dict
-        The options the method was built with (``fit(..., **method_options)``).
+        The options the method was built with, as a JSON-able dict: those that differ from the defaults of the
+        method's options class (``fit.options`` is the options object).
     plan : TrainingPlan
         Sizes the method was built for; with ``method`` and ``method_options`` it rebuilds the method on load.
     """
@@ -216,6 +218,12 @@ class Fit:
     def __repr__(self) -> str:
         return (f"Fit({self.estimator.name!r}, method={self.method!r}, epochs={self.info.get('epochs_run')}, "
                 f"best val loss={self.info.get('best_val_loss')})")
+
+    @property
+    def options(self):
+        """The method options as the method's options object (``MapOptions``, ``BBBOptions``, ...; a dict for a
+        method registered without an options class), made from :attr:`method_options`."""
+        return make_options(self.method, self.method_options)
 
     @property
     def mutable_state(self) -> dict | None:
@@ -441,7 +449,12 @@ def load(path, model: Callable | None = None) -> Fit:
                            f"(registered: {', '.join(available_methods())}); import the module that registers it")
     plan = TrainingPlan(**manifest["plan"])
     model_fn = standardize_model(est.model)
-    impl = build_method(method, model_fn, plan, **manifest["method_options"])
+    try:
+        options = make_options(method, manifest["method_options"])
+    except (TypeError, ValueError) as exc:
+        raise FitFileError(f"{str(path)!r}: the saved options of method {method!r} do not fit the method as "
+                           f"installed ({exc})") from None
+    impl = build_method(method, model_fn, plan, options)
     state = fitfile.decode_state(manifest["state"], array)
     try:
         params = impl.get_params(state)
@@ -458,7 +471,7 @@ def load(path, model: Callable | None = None) -> Fit:
         history={k: array(f"history_{k}") for k in manifest["history_keys"]},
         grid=array("grid"), info=dict(manifest["info"]),
         feature_names=None if names is None else tuple(names), num_features=int(manifest["num_features"]),
-        method_options=dict(manifest["method_options"]), plan=plan,
+        method_options=options_dict(options), plan=plan,
         _method=impl, _model=model_fn if impl.model is None else impl.model, _cache={},
     )
 
@@ -482,6 +495,7 @@ def fit(
     method: str = "map",
     seed: int = 0,
     *,
+    options=None,
     num_epochs: int = 150,
     batch_size: int = 512,
     validation_fraction: float = 0.1,
@@ -510,6 +524,10 @@ def fit(
         A registered method name (see :func:`available_methods`; ``"map"`` is SVI with point parameters).
     seed : int
         Seeds the validation split, initialisation, shuffling and posterior draws.
+    options : MethodOptions or dict, optional
+        The method's options as its options object (``MapOptions``, ``BBBOptions``, ``NUTSOptions``, ...; see
+        :func:`~numpyro_clustermass.inference.options_class`) or a dict of its fields. Default: the method's
+        defaults, or ``**method_options``; giving both is a TypeError.
     num_epochs : int
         Maximum number of epochs.
     batch_size : int
@@ -543,7 +561,10 @@ def fit(
         the resumed fit's. The result is not bitwise that of an uninterrupted run: the best state and the
         early-stopping counter start afresh, and the shuffling continues from the resumed epoch count.
     **method_options
-        Passed to the method factory (for ``"map"``: ``learning_rate``, ``schedule``, ``warmup_steps``, ...).
+        The method's options as keyword arguments, converted with its options class (for ``"map"``:
+        ``learning_rate``, ``schedule``, ``warmup_steps``, ... of :class:`~numpyro_clustermass.inference.MapOptions`):
+        ``fit(est, data, method="bbb", init_scale=0.02)`` is ``fit(est, data, method="bbb",
+        options=BBBOptions(init_scale=0.02))``.
 
     Returns
     -------
@@ -554,7 +575,10 @@ def fit(
     CatalogError
         Wrong feature count, NaN or infinite inputs.
     ValueError
-        Unknown method (the message lists the registered ones) or bad settings.
+        Unknown method (the message lists the registered ones), an unknown option name (an
+        :class:`~numpyro_clustermass.inference.UnknownOptionError` listing the accepted ones), or bad settings.
+    TypeError
+        ``options`` and keyword options together, or the options object of another method.
     FitDivergedError
         A non-finite or exploding loss; ``error.fit`` holds the fit at the last acceptable state.
     FitInterrupted
@@ -569,7 +593,9 @@ def fit(
     """
     t_start = time.perf_counter()
     est = as_estimator(estimator)
-    get_method(method)  # an unknown method is an error before the data is read
+    # an unknown method and the method's options are checked before the data is read
+    opts = make_options(method, options, **method_options)
+    method_options = options_dict(opts)
     x, y, groups, names = _as_xy(data, est.feature_names, "fit")
     if y is None:
         raise CatalogError("fit: the training data has no target log-masses (M200c or log_mass)")
@@ -587,7 +613,7 @@ def fit(
         if checkpoint.is_dir() or not checkpoint.parent.is_dir():
             raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: give a file name in a folder that exists")
     if resume is not None:
-        _check_resume(resume, est, method, method_options)
+        _check_resume(resume, est, method, opts)
 
     is_val = _validation_split(n, float(validation_fraction), groups, seed)
     if is_val.all() or (~is_val).sum() < 2:
@@ -608,13 +634,15 @@ def fit(
     steps = n_train // bsz
     plan = TrainingPlan(num_data=n_train, batch_size=bsz, steps_per_epoch=steps, num_epochs=int(num_epochs),
                         num_features=int(x.shape[1]))
-    compiled = compiled_method(est, method, method_options, plan)
+    compiled = compiled_method(est, method, opts, plan)
     model, impl = compiled.model, compiled.impl
     key = jax.random.key(seed)
     k_init, k_epochs = jax.random.split(key)
 
-    config = _jsonable(dict(num_epochs=int(num_epochs), batch_size=bsz, validation_fraction=float(validation_fraction),
-                            patience=patience, min_delta=float(min_delta), **method_options))
+    settings = dict(num_epochs=int(num_epochs), batch_size=bsz, validation_fraction=float(validation_fraction),
+                    patience=patience, min_delta=float(min_delta))
+    # a method option named like a training setting (bbb's own patience) is in fit.method_options
+    config = _jsonable({**settings, **{k: v for k, v in method_options.items() if k not in settings}})
     info = dict(n_rows=n, n_train=n_train, n_val=int(is_val.sum()), steps_per_epoch=steps)
 
     def make_fit(state, history, extra):
@@ -666,7 +694,7 @@ def fit(
     return result
 
 
-def _check_resume(resume, est, method, method_options) -> None:
+def _check_resume(resume, est, method, options) -> None:
     """``resume`` must be a fit of the same estimator, method and options (its state is continued)."""
     if not isinstance(resume, Fit):
         raise TypeError(f"resume must be a Fit (e.g. numpyro_clustermass.load(checkpoint)); got {type(resume).__name__}")
@@ -677,12 +705,18 @@ def _check_resume(resume, est, method, method_options) -> None:
         mismatches.append(f"estimator {resume.estimator.config()} vs {est.config()}")
     if resume.method != method:
         mismatches.append(f"method {resume.method!r} vs {method!r}")
-    try:
-        same = fitfile.jsonable_options(resume.method_options) == fitfile.jsonable_options(method_options)
-    except FitFileError:
-        same = resume.method_options == method_options
-    if not same:
-        mismatches.append(f"method options {resume.method_options} vs {method_options}")
+    elif not _same_options(resume.options, options):
+        mismatches.append(f"method options {resume.method_options} vs {options_dict(options)}")
     if mismatches:
         raise ValueError("resume: the fit to continue differs from this call: " + "; ".join(mismatches))
 
+
+def _same_options(a, b) -> bool:
+    """Two options of one method are the same (as objects; as the JSON of a fit file when ``==`` cannot tell)."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an option whose == is not a bool (an array)
+        try:
+            return fitfile.jsonable_options(a) == fitfile.jsonable_options(b)
+        except FitFileError:
+            return False

@@ -36,8 +36,9 @@ effortless Bayesian deep learning. NeurIPS, arXiv:2106.14806.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Callable, Mapping, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +50,9 @@ from numpyro.infer.util import initialize_model
 
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
-    fixed_trunk_problem,
-    check_float,
+    check_bayesian_layers,
     check_init,
-    check_int,
-    check_map_options,
+    fixed_trunk_problem,
     map_params_from,
     net_site_values,
     point_params,
@@ -61,6 +60,7 @@ from numpyro_clustermass.inference._bayes import (
     substitute_params,
     tile,
 )
+from numpyro_clustermass.inference.options import MethodOptions, check_bool, check_float, check_int, nested_options
 from numpyro_clustermass.inference.protocol import (
     OneShotMethod,
     RunResult,
@@ -68,9 +68,9 @@ from numpyro_clustermass.inference.protocol import (
     TrainingPlan,
     register_method,
 )
-from numpyro_clustermass.inference.svi import latent_structure
+from numpyro_clustermass.inference.svi import MapStartOptions, latent_structure
 
-__all__ = ["laplace_method", "gaussian_at_mode", "LaplaceState", "DEFAULT_NUM_DRAWS", "MAX_PARAMS"]
+__all__ = ["laplace_method", "LaplaceOptions", "gaussian_at_mode", "LaplaceState", "DEFAULT_NUM_DRAWS", "MAX_PARAMS"]
 
 #: Default number of weight draws per posterior.
 DEFAULT_NUM_DRAWS = 100
@@ -186,20 +186,71 @@ def gaussian_at_mode(potential_fn: Callable, z0: dict, refine_mode: bool = True,
     return {"mode": mode, "scale": scale, "unravel": unravel, "info": info}
 
 
-def laplace_method(
-    model: Callable,
-    plan: TrainingPlan,
-    *,
-    weight_prior=None,
-    bayesian_layers=None,
-    init="map",
-    map_options: Mapping | None = None,
-    num_draws: int = DEFAULT_NUM_DRAWS,
-    refine_mode: bool = True,
-    max_iter: int = 500,
-    eigenvalue_floor: float = 1e-10,
-    max_params: int = MAX_PARAMS,
-) -> OneShotMethod:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LaplaceOptions(MethodOptions):
+    """Options of the ``"laplace"`` method (see the module docstring).
+
+    Attributes
+    ----------
+    weight_prior : Distribution, dict or callable, optional
+        Prior on the Bayesian weights; default None: ``Normal(0, 1)``. It sets the curvature floor of the
+        posterior.
+    bayesian_layers : "all", "last", str or sequence, optional
+        Default None: ``"last"`` (last-layer Laplace).
+    init : "map" or Fit, default "map"
+        Where the MAP weights and the fixed parameters come from: a MAP fit trained first (options
+        ``map_options``), or a given MAP fit of the same data.
+    map_options : MapStartOptions or dict, default MapStartOptions()
+        Options of the internal MAP fit (``num_epochs``, ``patience``, ``learning_rate``, ...); a dict is converted.
+    num_draws : int, default 100 (:data:`DEFAULT_NUM_DRAWS`)
+        Default number of weight draws per posterior, >= 1.
+    refine_mode : bool, default True
+        Move from the MAP (maximum-likelihood) weights to the mode of the posterior with the prior (BFGS).
+    max_iter : int, default 500
+        BFGS iterations, >= 0.
+    eigenvalue_floor : float, default 1e-10
+        Floor of the Hessian's eigenvalues relative to the largest, in (0, 1).
+    max_params : int, default 5000 (:data:`MAX_PARAMS`)
+        Refuse more Bayesian weights than this (dense Hessian), >= 1; use ``bayesian_layers="last"``.
+
+    Example
+    -------
+    >>> LaplaceOptions(refine_mode=False, map_options={"num_epochs": 30}).to_dict()
+    {'map_options': {'num_epochs': 30}, 'refine_mode': False}
+    """
+
+    method_name: ClassVar[str] = "laplace"
+
+    weight_prior: Any = None
+    bayesian_layers: Any = None
+    init: Any = "map"
+    map_options: MapStartOptions = dataclasses.field(default_factory=MapStartOptions)
+    num_draws: int = DEFAULT_NUM_DRAWS
+    refine_mode: bool = True
+    max_iter: int = 500
+    eigenvalue_floor: float = 1e-10
+    max_params: int = MAX_PARAMS
+
+    def __post_init__(self):
+        m = self.method_name
+        values = {
+            "bayesian_layers": check_bayesian_layers(self.bayesian_layers),
+            "num_draws": check_int(m, "num_draws", self.num_draws, 1),
+            "max_iter": check_int(m, "max_iter", self.max_iter, 0),
+            "max_params": check_int(m, "max_params", self.max_params, 1),
+            "eigenvalue_floor": check_float(
+                m, "eigenvalue_floor", self.eigenvalue_floor, 0, 1, low_open=True, high_open=True,
+                hint=" (relative to the largest Hessian eigenvalue; default 1e-10)"),
+            "refine_mode": check_bool(m, "refine_mode", self.refine_mode),
+        }
+        check_init(m, self.init)
+        values["map_options"] = nested_options(m, "map_options", MapStartOptions, self.map_options)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+def laplace_method(model: Callable, plan: TrainingPlan, options: LaplaceOptions | None = None,
+                   **kwargs) -> OneShotMethod:
     """Build the ``"laplace"`` method (see the module docstring).
 
     Parameters
@@ -207,33 +258,16 @@ def laplace_method(
     model : callable
         The estimator's model (its Bayesian twin is approximated) or a NumPyro model with latent sample sites.
     plan : TrainingPlan
-    weight_prior : Distribution, dict or callable, optional
-        Prior on the Bayesian weights (default ``Normal(0, 1)``); it sets the curvature floor of the posterior.
-    bayesian_layers : "all", "last", str or sequence, optional
-        Default ``"last"`` (last-layer Laplace).
-    init : "map" or Fit
-        Where the MAP weights and the fixed parameters come from.
-    map_options : dict, optional
-        Options of the internal MAP fit (``num_epochs``, ``patience``, ``learning_rate``, ...).
-    num_draws : int
-        Default number of weight draws per posterior (>= 1).
-    refine_mode : bool
-        Move from the MAP (maximum-likelihood) weights to the mode of the posterior with the prior (BFGS).
-    max_iter : int
-        BFGS iterations.
-    eigenvalue_floor : float
-        Relative floor of the Hessian's eigenvalues.
-    max_params : int
-        Refuse more Bayesian weights than this (dense Hessian); use ``bayesian_layers="last"``.
+    options : LaplaceOptions, optional
+        Default ``LaplaceOptions()``.
+    **kwargs
+        Instead of ``options``: its fields, converted with :class:`LaplaceOptions`.
     """
-    m = "laplace"
-    num_draws = check_int(m, "num_draws", num_draws, 1)
-    max_iter = check_int(m, "max_iter", max_iter, 0)
-    max_params = check_int(m, "max_params", max_params, 1)
-    eigenvalue_floor = check_float(m, "eigenvalue_floor", eigenvalue_floor, 0, 1, low_open=True, high_open=True,
-                                   hint=" (relative to the largest Hessian eigenvalue; default 1e-10)")
-    check_init(m, init)
-    map_options = check_map_options(m, map_options)
+    opts = LaplaceOptions.coerce(options, kwargs)
+    weight_prior, bayesian_layers, init, map_options = (opts.weight_prior, opts.bayesian_layers, opts.init,
+                                                         opts.map_options)
+    num_draws, refine_mode, max_iter = opts.num_draws, opts.refine_mode, opts.max_iter
+    eigenvalue_floor, max_params = opts.eigenvalue_floor, opts.max_params
     twin, _ = bayesian_model(model, weight_prior, bayesian_layers, "last", plan.num_features)
     # The flattening of the unconstrained latents and their constraining transforms come from the model and the
     # plan (a trace on abstract inputs of the training set's shape), not from run: sample and get_params work on a
@@ -297,4 +331,4 @@ def laplace_method(
     )
 
 
-register_method("laplace", laplace_method)
+register_method("laplace", laplace_method, options=LaplaceOptions)

@@ -31,13 +31,16 @@ Srivastava, N. et al. (2014). Dropout: a simple way to prevent neural networks f
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, ClassVar
 
 from numpyro_clustermass.bnn import is_package_model, with_dropout
-from numpyro_clustermass.inference._bayes import check_int, check_map_passthrough, tile
-from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, get_method, register_method
+from numpyro_clustermass.inference._bayes import tile
+from numpyro_clustermass.inference.options import check_float, check_int
+from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, build_method, register_method
+from numpyro_clustermass.inference.svi import MapOptions
 
-__all__ = ["mc_dropout_method", "DEFAULT_DROPOUT_RATE", "DEFAULT_NUM_DRAWS"]
+__all__ = ["mc_dropout_method", "MCDropoutOptions", "DEFAULT_DROPOUT_RATE", "DEFAULT_NUM_DRAWS"]
 
 #: Dropout rate used when neither the estimator nor the ``dropout_rate`` option sets one.
 DEFAULT_DROPOUT_RATE = 0.1
@@ -45,14 +48,45 @@ DEFAULT_DROPOUT_RATE = 0.1
 DEFAULT_NUM_DRAWS = 100
 
 
-def mc_dropout_method(
-    model: Callable,
-    plan: TrainingPlan,
-    *,
-    dropout_rate: float | None = None,
-    num_draws: int = DEFAULT_NUM_DRAWS,
-    **map_options,
-) -> IterativeMethod:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MCDropoutOptions(MapOptions):
+    """Options of the ``"mc_dropout"`` method: the dropout rate, the number of masks, and the training options of
+    the ``"map"`` method (:class:`~numpyro_clustermass.inference.svi.MapOptions`), with which the net is trained.
+
+    Attributes
+    ----------
+    dropout_rate : float or None, default None
+        Dropout probability after each hidden layer, in [0, 1). None: the estimator's rate, or
+        :data:`DEFAULT_DROPOUT_RATE` if that is 0.
+    num_draws : int, default 100 (:data:`DEFAULT_NUM_DRAWS`)
+        Default number of dropout masks per posterior, >= 1.
+    learning_rate, schedule, warmup_steps, final_lr_fraction, b1, b2, weight_decay, clip_norm, optimizer, guide :
+        As in :class:`~numpyro_clustermass.inference.svi.MapOptions`. Gal & Ghahramani's prior length-scale
+        corresponds to a weight decay.
+
+    Example
+    -------
+    >>> MCDropoutOptions(dropout_rate=0.2, weight_decay=1e-4).to_dict()
+    {'weight_decay': 0.0001, 'dropout_rate': 0.2}
+    """
+
+    method_name: ClassVar[str] = "mc_dropout"
+
+    dropout_rate: float | None = None
+    num_draws: int = DEFAULT_NUM_DRAWS
+
+    def __post_init__(self):
+        super().__post_init__()
+        m = self.method_name
+        object.__setattr__(self, "num_draws", check_int(m, "num_draws", self.num_draws, 1,
+                                                        hint=" (dropout masks per posterior)"))
+        if self.dropout_rate is not None:
+            object.__setattr__(self, "dropout_rate", check_float(m, "dropout_rate", self.dropout_rate, 0, 1,
+                                                                 high_open=True))
+
+
+def mc_dropout_method(model: Callable, plan: TrainingPlan, options: MCDropoutOptions | None = None,
+                      **kwargs) -> IterativeMethod:
     """Build the ``"mc_dropout"`` method.
 
     Parameters
@@ -61,31 +95,27 @@ def mc_dropout_method(
         The estimator's model. For the package's models the trunk's dropout rate is set here; a user's model
         must already call its net with a dropout key (see :func:`numpyro_clustermass.models.apply_net`).
     plan : TrainingPlan
-    dropout_rate : float, optional
-        Dropout probability after each hidden layer, in [0, 1). Default: the estimator's rate, or
-        :data:`DEFAULT_DROPOUT_RATE` if that is 0.
-    num_draws : int
-        Default number of dropout masks per posterior (>= 1).
-    **map_options
-        Training options of the ``"map"`` method (``learning_rate``, ``schedule``, ``weight_decay``, ...).
-        Gal & Ghahramani's prior length-scale corresponds to a weight decay.
+    options : MCDropoutOptions, optional
+        Default ``MCDropoutOptions()``.
+    **kwargs
+        Instead of ``options``: its fields, converted with :class:`MCDropoutOptions`.
     """
-    num_draws = check_int("mc_dropout", "num_draws", num_draws, 1, hint=" (dropout masks per posterior)")
-    check_map_passthrough("mc_dropout", map_options)
+    opts = MCDropoutOptions.coerce(options, kwargs)
+    dropout_rate = opts.dropout_rate
     if is_package_model(model):
         current = float(model.keywords["net"].dropout_rate)
         rate = (current if current > 0 else DEFAULT_DROPOUT_RATE) if dropout_rate is None else dropout_rate
         model = with_dropout(model, rate)
     elif dropout_rate is not None:
         with_dropout(model, dropout_rate)  # raises the explanatory TypeError
-    base = get_method("map")(model, plan, **map_options)
+    base = build_method("map", model, plan, opts.to_map_options())
 
     def sample(rng_key, state, num):
         # the same weights for every draw; Fit.posterior gives each draw its own key, hence its own mask
         return tile(base.get_params(state), int(num))
 
-    return base._replace(sample=sample, predict_kwargs={"deterministic": False}, num_draws=int(num_draws),
+    return base._replace(sample=sample, predict_kwargs={"deterministic": False}, num_draws=opts.num_draws,
                          name="mc_dropout", model=model)
 
 
-register_method("mc_dropout", mc_dropout_method)
+register_method("mc_dropout", mc_dropout_method, options=MCDropoutOptions)

@@ -61,9 +61,10 @@ localization: an improved R-hat. Bayesian Analysis 16, 667-718.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
-from typing import Callable, Mapping, NamedTuple
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,11 +83,9 @@ from numpyro_clustermass.diagnostics import (
 )
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
-    fixed_trunk_problem,
-    check_float,
+    check_bayesian_layers,
     check_init,
-    check_int,
-    check_map_options,
+    fixed_trunk_problem,
     map_params_from,
     net_site_values,
     point_params,
@@ -95,6 +94,14 @@ from numpyro_clustermass.inference._bayes import (
     tile,
 )
 from numpyro_clustermass.inference.laplace import gaussian_at_mode
+from numpyro_clustermass.inference.options import (
+    MethodOptions,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    nested_options,
+)
 from numpyro_clustermass.inference.protocol import (
     OneShotMethod,
     RunResult,
@@ -102,9 +109,10 @@ from numpyro_clustermass.inference.protocol import (
     TrainingPlan,
     register_method,
 )
+from numpyro_clustermass.inference.svi import MapStartOptions
 from numpyro_clustermass.models import OBS_SITE
 
-__all__ = ["nuts_method", "MCMCState", "predictive_means", "DEFAULT_NUM_DRAWS", "RHAT_THRESHOLD",
+__all__ = ["nuts_method", "NUTSOptions", "MCMCState", "predictive_means", "DEFAULT_NUM_DRAWS", "RHAT_THRESHOLD",
            "MIN_ESS_PER_CHAIN", "MAX_TREE_DEPTH", "SAMPLE_STATS"]
 
 #: Default number of posterior draws mixed per predictive (thinned from all chains).
@@ -195,27 +203,119 @@ def _report_convergence(problems: list[str], state: MCMCState, info: dict, targe
                   stacklevel=4)
 
 
-def nuts_method(
-    model: Callable,
-    plan: TrainingPlan,
-    *,
-    weight_prior=None,
-    bayesian_layers=None,
-    num_warmup: int = 300,
-    num_samples: int = 300,
-    num_chains: int = 2,
-    chain_method: str = "auto",
-    target_accept_prob: float = 0.8,
-    max_tree_depth: int = 10,
-    dense_mass: bool = False,
-    mass_matrix: str = "laplace",
-    init="map",
-    map_options: Mapping | None = None,
-    num_draws: int = DEFAULT_NUM_DRAWS,
-    rhat_threshold: float = RHAT_THRESHOLD,
-    min_ess: float | None = None,
-    on_convergence: str = "warn",
-) -> OneShotMethod:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NUTSOptions(MethodOptions):
+    """Options of the ``"nuts"`` method (see the module docstring).
+
+    Attributes
+    ----------
+    weight_prior : Distribution, dict or callable, optional
+        Prior on the Bayesian weights; default None: ``Normal(0, 1)``.
+    bayesian_layers : "all", "last", str or sequence, optional
+        Default None: ``"last"``, the head is sampled and the trunk held at the MAP fit. ``"all"`` samples every
+        weight, which for a net of a few hundred weights mixes badly in weight space and slowly in function space.
+    num_warmup : int, default 300
+        Warm-up draws per chain, >= 0.
+    num_samples : int, default 300
+        Kept draws per chain, >= 1.
+    num_chains : int, default 2
+        >= 1; R-hat needs at least 2 (with one, the run warns that convergence was not checked).
+    chain_method : {"auto", "vectorized", "parallel", "sequential"}, default "auto"
+        ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` devices, else ``"vectorized"``.
+    target_accept_prob : float, default 0.8
+        In (0, 1); raise it toward 0.95 against divergent transitions.
+    max_tree_depth : int, default 10
+        In [1, 30] (:data:`MAX_TREE_DEPTH`); a draw takes up to ``2**max_tree_depth`` leapfrog steps.
+    dense_mass : bool, default False
+        With ``mass_matrix="adapt"``: adapt a dense mass matrix.
+    mass_matrix : {"laplace", "adapt"}, default "laplace"
+        ``"laplace"``: the inverse mass matrix is the covariance of the Laplace approximation at the posterior mode
+        (:func:`~numpyro_clustermass.inference.laplace.gaussian_at_mode`, dense, not adapted; warm-up adapts the step
+        size only) and every chain starts at its own draw from that approximation, so that R-hat compares chains
+        started apart. ``"adapt"``: NUTS's windowed adaptation of a diagonal (or, with ``dense_mass=True``, dense)
+        mass matrix, chains started at the MAP weights.
+    init : "map" or Fit, default "map"
+        Train a MAP fit first (options ``map_options``), or start from a given MAP fit of the same data.
+    map_options : MapStartOptions or dict, default MapStartOptions()
+        Options of the internal MAP fit (``num_epochs``, ``patience``, ``learning_rate``, ...); a dict is converted.
+    num_draws : int, default 200 (:data:`DEFAULT_NUM_DRAWS`)
+        Default number of draws mixed per posterior (a random subset of all chains' samples), >= 1.
+    rhat_threshold : float, default 1.05 (:data:`RHAT_THRESHOLD`)
+        ``fit.info["converged"]`` is True when the function-space max R-hat is below it; > 1.
+    min_ess : float or None, default None
+        Minimum function-space bulk ESS below which the run is reported, > 0; None: ``100 * num_chains``
+        (:data:`MIN_ESS_PER_CHAIN`).
+    on_convergence : {"warn", "raise"}, default "warn"
+        What a run with an R-hat at or above ``rhat_threshold``, divergent transitions or a bulk ESS below
+        ``min_ess`` does: a :class:`~numpyro_clustermass.diagnostics.ConvergenceWarning`, or a
+        :class:`~numpyro_clustermass.diagnostics.ConvergenceError` carrying the state and info (needs
+        ``num_chains >= 2``).
+
+    Example
+    -------
+    >>> NUTSOptions(num_chains=4, target_accept_prob=0.9).to_dict()
+    {'num_chains': 4, 'target_accept_prob': 0.9}
+    >>> NUTSOptions(max_tree_depth=40)
+    Traceback (most recent call last):
+    ...
+    ValueError: method 'nuts': max_tree_depth must be an integer in [1, 30] (a draw takes up to 2**max_tree_depth
+    leapfrog steps; default 10); got 40
+    """
+
+    method_name: ClassVar[str] = "nuts"
+
+    weight_prior: Any = None
+    bayesian_layers: Any = None
+    num_warmup: int = 300
+    num_samples: int = 300
+    num_chains: int = 2
+    chain_method: str = "auto"
+    target_accept_prob: float = 0.8
+    max_tree_depth: int = 10
+    dense_mass: bool = False
+    mass_matrix: str = "laplace"
+    init: Any = "map"
+    map_options: MapStartOptions = dataclasses.field(default_factory=MapStartOptions)
+    num_draws: int = DEFAULT_NUM_DRAWS
+    rhat_threshold: float = RHAT_THRESHOLD
+    min_ess: float | None = None
+    on_convergence: str = "warn"
+
+    def __post_init__(self):
+        m = self.method_name
+        num_chains = check_int(m, "num_chains", self.num_chains, 1, hint=" (2 or more for R-hat)")
+        values = {
+            "bayesian_layers": check_bayesian_layers(self.bayesian_layers),
+            "num_chains": num_chains,
+            "num_warmup": check_int(m, "num_warmup", self.num_warmup, 0),
+            "num_samples": check_int(m, "num_samples", self.num_samples, 1),
+            "num_draws": check_int(m, "num_draws", self.num_draws, 1),
+            "target_accept_prob": check_float(
+                m, "target_accept_prob", self.target_accept_prob, 0, 1, low_open=True, high_open=True,
+                hint=" (default 0.8; raise it toward 0.95 against divergences)"),
+            "max_tree_depth": check_int(
+                m, "max_tree_depth", self.max_tree_depth, 1, MAX_TREE_DEPTH,
+                hint=" (a draw takes up to 2**max_tree_depth leapfrog steps; default 10)"),
+            "rhat_threshold": check_float(m, "rhat_threshold", self.rhat_threshold, 1, low_open=True,
+                                          hint=" (default 1.05)"),
+            "min_ess": None if self.min_ess is None else check_float(m, "min_ess", self.min_ess, 0, low_open=True),
+            "on_convergence": check_choice(m, "on_convergence", self.on_convergence, ("warn", "raise")),
+            "dense_mass": check_bool(m, "dense_mass", self.dense_mass),
+            "mass_matrix": check_choice(m, "mass_matrix", self.mass_matrix, ("laplace", "adapt")),
+            "chain_method": check_choice(m, "chain_method", self.chain_method,
+                                         ("auto", "vectorized", "parallel", "sequential")),
+        }
+        if values["on_convergence"] == "raise" and num_chains < 2:
+            raise ValueError(f"method 'nuts': on_convergence='raise' needs num_chains >= 2 to judge convergence "
+                             f"(R-hat compares chains); got num_chains={num_chains}")
+        check_init(m, self.init)
+        values["map_options"] = nested_options(m, "map_options", MapStartOptions, self.map_options)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+def nuts_method(model: Callable, plan: TrainingPlan, options: NUTSOptions | None = None,
+                **kwargs) -> OneShotMethod:
     """Build the ``"nuts"`` method (see the module docstring).
 
     Parameters
@@ -223,73 +323,23 @@ def nuts_method(
     model : callable
         The estimator's model (its Bayesian twin is sampled) or a NumPyro model with latent sample sites.
     plan : TrainingPlan
-    weight_prior : Distribution, dict or callable, optional
-        Prior on the Bayesian weights (default ``Normal(0, 1)``).
-    bayesian_layers : "all", "last", str or sequence, optional
-        Default ``"last"``: the head is sampled, the trunk held at the MAP fit. ``"all"`` samples every weight,
-        which for a net of a few hundred weights mixes badly in weight space and slowly in function space.
-    num_warmup, num_samples, num_chains : int
-        Per chain: ``num_warmup >= 0``, ``num_samples >= 1``, ``num_chains >= 1``. At least 2 chains are needed
-        for R-hat (with one, the run warns that convergence was not checked).
-    chain_method : {"auto", "vectorized", "parallel", "sequential"}
-        ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` devices, else ``"vectorized"``.
-    target_accept_prob : float
-        In (0, 1); raise it toward 0.95 against divergent transitions.
-    max_tree_depth : int
-        In [1, 30]; a draw takes up to ``2**max_tree_depth`` leapfrog steps.
-    mass_matrix : {"laplace", "adapt"}
-        ``"laplace"`` (default): the inverse mass matrix is the covariance of the Laplace approximation at the
-        posterior mode (:func:`~numpyro_clustermass.inference.laplace.gaussian_at_mode`, dense, not adapted;
-        warm-up adapts the step size only) and every chain starts at its own draw from that approximation, so
-        that R-hat compares chains started apart. ``"adapt"``: NUTS's windowed adaptation of a diagonal (or,
-        with ``dense_mass=True``, dense) mass matrix, chains started at the MAP weights.
-    dense_mass : bool
-        With ``mass_matrix="adapt"``: adapt a dense mass matrix.
-    init : "map" or Fit
-        Train a MAP fit first (options ``map_options``: ``num_epochs``, ``patience``, ``learning_rate``, ...), or
-        start from a given MAP fit of the same data.
-    num_draws : int
-        Default number of draws mixed per posterior (a random subset of all chains' samples), >= 1.
-    rhat_threshold : float
-        ``fit.info["converged"]`` is True when the function-space max R-hat is below it (> 1).
-    min_ess : float, optional
-        Minimum function-space bulk ESS below which the run is reported; default ``100 * num_chains``.
-    on_convergence : {"warn", "raise"}
-        What a run with an R-hat at or above ``rhat_threshold``, divergent transitions or a bulk ESS below
-        ``min_ess`` does: a :class:`~numpyro_clustermass.diagnostics.ConvergenceWarning`, or a
-        :class:`~numpyro_clustermass.diagnostics.ConvergenceError` carrying the state and info (needs
-        ``num_chains >= 2``).
+    options : NUTSOptions, optional
+        Default ``NUTSOptions()``.
+    **kwargs
+        Instead of ``options``: its fields, converted with :class:`NUTSOptions`.
 
     Returns
     -------
     OneShotMethod
     """
-    m = "nuts"
-    num_chains = check_int(m, "num_chains", num_chains, 1, hint=" (2 or more for R-hat)")
-    num_warmup = check_int(m, "num_warmup", num_warmup, 0)
-    num_samples = check_int(m, "num_samples", num_samples, 1)
-    num_draws = check_int(m, "num_draws", num_draws, 1)
-    target_accept_prob = check_float(m, "target_accept_prob", target_accept_prob, 0, 1, low_open=True,
-                                     high_open=True, hint=" (default 0.8; raise it toward 0.95 against divergences)")
-    max_tree_depth = check_int(m, "max_tree_depth", max_tree_depth, 1, MAX_TREE_DEPTH,
-                               hint=" (a draw takes up to 2**max_tree_depth leapfrog steps; default 10)")
-    rhat_threshold = check_float(m, "rhat_threshold", rhat_threshold, 1, low_open=True, hint=" (default 1.05)")
-    if min_ess is not None:
-        min_ess = check_float(m, "min_ess", min_ess, 0, low_open=True)
-    if on_convergence not in ("warn", "raise"):
-        raise ValueError(f"method 'nuts': on_convergence must be 'warn' or 'raise'; got {on_convergence!r}")
-    if on_convergence == "raise" and num_chains < 2:
-        raise ValueError(f"method 'nuts': on_convergence='raise' needs num_chains >= 2 to judge convergence "
-                         f"(R-hat compares chains); got num_chains={num_chains}")
-    if not isinstance(dense_mass, (bool, np.bool_)):
-        raise ValueError(f"method 'nuts': dense_mass must be True or False; got {dense_mass!r}")
-    check_init(m, init)
-    map_options = check_map_options(m, map_options)
+    opts = NUTSOptions.coerce(options, kwargs)
+    weight_prior, bayesian_layers, init, map_options = (opts.weight_prior, opts.bayesian_layers, opts.init,
+                                                         opts.map_options)
+    num_warmup, num_samples, num_chains, num_draws = opts.num_warmup, opts.num_samples, opts.num_chains, opts.num_draws
+    chain_method, target_accept_prob, max_tree_depth = opts.chain_method, opts.target_accept_prob, opts.max_tree_depth
+    dense_mass, mass_matrix, rhat_threshold = opts.dense_mass, opts.mass_matrix, opts.rhat_threshold
+    min_ess, on_convergence = opts.min_ess, opts.on_convergence
     ess_floor = float(MIN_ESS_PER_CHAIN * num_chains) if min_ess is None else min_ess
-    if mass_matrix not in ("laplace", "adapt"):
-        raise ValueError(f"mass_matrix must be 'laplace' or 'adapt'; got {mass_matrix!r}")
-    if chain_method not in ("auto", "vectorized", "parallel", "sequential"):
-        raise ValueError(f"chain_method must be 'auto', 'vectorized', 'parallel' or 'sequential'; got {chain_method!r}")
     twin, _ = bayesian_model(model, weight_prior, bayesian_layers, "last", plan.num_features)
 
     def run(rng_key, data: TrainingData, plan_: TrainingPlan, progress_bar: bool):
@@ -404,4 +454,4 @@ def nuts_method(
     )
 
 
-register_method("nuts", nuts_method)
+register_method("nuts", nuts_method, options=NUTSOptions)

@@ -19,11 +19,14 @@ the epoch driver is skipped::
     run(rng_key, data: TrainingData, plan, progress_bar) -> RunResult(state, history, info)
     get_params(state), sample(rng_key, state, num_draws)     # as above
 
-A method is built by a *factory* ``factory(model, plan, **options) -> IterativeMethod | OneShotMethod`` that
-closes the pure functions over the model and the :class:`TrainingPlan` (data size, batch size, steps).
-Factories are registered by name with :func:`register_method`; :func:`~numpyro_clustermass.inference.fit` builds
-them with :func:`build_method` (which refuses anything but the two kinds), so adding a method is one new file
-that calls ``register_method``. Everything a method
+A method is built by a *factory* ``factory(model, plan, options) -> IterativeMethod | OneShotMethod`` that
+closes the pure functions over the model and the :class:`TrainingPlan` (data size, batch size, steps); its
+``options`` are an instance of the method's options class, a frozen, validated dataclass
+(:mod:`~numpyro_clustermass.inference.options`: ``MapOptions``, ``BBBOptions``, ...).
+Factories are registered by name with their options class, :func:`register_method`;
+:func:`~numpyro_clustermass.inference.fit` builds them with :func:`build_method` (which converts keyword options
+with the class and refuses anything but the two kinds), so adding a method is one new file that calls
+``register_method``. Everything a method
 needs later lives in its state pytree or in the factory's closure, never in a mutable closure filled by
 ``init`` or ``run``: a saved fit rebuilds its method from the factory and puts the saved state back.
 
@@ -47,10 +50,12 @@ True
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, Mapping, NamedTuple, Union
 
 import jax
 from numpyro import handlers
+
+from numpyro_clustermass.inference.options import MethodOptions
 
 __all__ = [
     "TrainingPlan",
@@ -61,6 +66,8 @@ __all__ = [
     "InferenceMethod",
     "register_method",
     "get_method",
+    "options_class",
+    "make_options",
     "build_method",
     "available_methods",
     "standardize_model",
@@ -187,20 +194,35 @@ class OneShotMethod(NamedTuple):
 InferenceMethod = Union[IterativeMethod, OneShotMethod]
 
 
-_REGISTRY: dict[str, Callable[..., InferenceMethod]] = {}
+class _Entry(NamedTuple):
+    factory: Callable[..., InferenceMethod]
+    options: type[MethodOptions] | None
 
 
-def register_method(name: str, factory: Callable[..., InferenceMethod], overwrite: bool = False) -> None:
-    """Register ``factory(model, plan, **options) -> InferenceMethod`` under ``name``.
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_method(name: str, factory: Callable[..., InferenceMethod], overwrite: bool = False, *,
+                    options: type[MethodOptions] | None = None) -> None:
+    """Register ``factory`` under ``name``, with its options class ``options``.
+
+    With an options class (a :class:`~numpyro_clustermass.inference.options.MethodOptions` dataclass), the factory
+    is called as ``factory(model, plan, options_instance)`` and keyword options given to :func:`fit` or
+    :func:`build_method` are converted with the class first (an unknown name is an error listing the accepted
+    ones). Without one, it is called as ``factory(model, plan, **options)``, the options unchecked here.
 
     >>> "map" in available_methods()
     True
     """
     if not isinstance(name, str) or not name:
         raise ValueError("a method name must be a non-empty string")
-    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not factory:
+    if options is not None and not (isinstance(options, type) and issubclass(options, MethodOptions)):
+        raise TypeError(f"options of method {name!r} must be a MethodOptions dataclass (from "
+                        f"numpyro_clustermass.inference.options) or None; got {options!r}")
+    entry = _Entry(factory, options)
+    if name in _REGISTRY and not overwrite and _REGISTRY[name] != entry:
         raise ValueError(f"an inference method named {name!r} is already registered; pass overwrite=True")
-    _REGISTRY[name] = factory
+    _REGISTRY[name] = entry
 
 
 def available_methods() -> list[str]:
@@ -208,8 +230,7 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str) -> Callable[..., InferenceMethod]:
-    """The factory registered under ``name``; unknown names raise a ValueError listing the registered ones."""
+def _entry(name: str) -> _Entry:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -218,10 +239,65 @@ def get_method(name: str) -> Callable[..., InferenceMethod]:
         ) from None
 
 
-def build_method(name: str, model: Callable, plan: TrainingPlan, **options) -> InferenceMethod:
-    """Build the method registered under ``name`` for ``model`` and ``plan``: ``get_method(name)(model, plan,
-    **options)``, checked to be an :class:`IterativeMethod` or a :class:`OneShotMethod` (a TypeError otherwise)."""
-    method = get_method(name)(model, plan, **options)
+def get_method(name: str) -> Callable[..., InferenceMethod]:
+    """The factory registered under ``name``; unknown names raise a ValueError listing the registered ones."""
+    return _entry(name).factory
+
+
+def options_class(name: str) -> type[MethodOptions] | None:
+    """The options class of the method registered under ``name`` (None for a method registered without one).
+
+    >>> options_class("map").__name__
+    'MapOptions'
+    """
+    return _entry(name).options
+
+
+def make_options(name: str, options=None, **kwargs):
+    """The options of method ``name``: an instance of its options class made from ``options`` (an instance, or a
+    dict of its fields) or from keyword arguments, never both. For a method registered without an options class,
+    a plain dict.
+
+    Raises
+    ------
+    UnknownOptionError
+        A name that is not an option of the method (the message lists them and suggests the closest); a
+        ValueError (and a TypeError).
+    ValueError
+        A value out of range (the message names the method, the option, the range and the value).
+    TypeError
+        ``options`` and keyword arguments together, or options of another method.
+
+    >>> make_options("nuts", num_chains=4).num_chains
+    4
+    >>> make_options("nuts", num_chain=4)
+    Traceback (most recent call last):
+    ...
+    numpyro_clustermass.inference.options.UnknownOptionError: method 'nuts': unknown option 'num_chain' (did you
+    mean 'num_chains'?); the options are ...
+    """
+    cls = options_class(name)
+    if cls is not None:
+        return cls.coerce(options, kwargs)
+    if options is not None and kwargs:
+        raise TypeError(f"method {name!r}: give the options either as options= or as keyword arguments, not both")
+    if options is None:
+        return dict(kwargs)
+    if not isinstance(options, Mapping):
+        raise TypeError(f"method {name!r} was registered without an options class: give its options as a dict or "
+                        f"keyword arguments; got a {type(options).__name__}")
+    return dict(options)
+
+
+def build_method(name: str, model: Callable, plan: TrainingPlan, options=None, **kwargs) -> InferenceMethod:
+    """Build the method registered under ``name`` for ``model`` and ``plan``, with its options given as an
+    instance of its options class, a dict, or keyword arguments (see :func:`make_options`).
+
+    The result is checked to be an :class:`IterativeMethod` or a :class:`OneShotMethod` (a TypeError otherwise).
+    """
+    factory = get_method(name)
+    opts = make_options(name, options, **kwargs)
+    method = factory(model, plan, opts) if isinstance(opts, MethodOptions) else factory(model, plan, **opts)
     if not isinstance(method, (IterativeMethod, OneShotMethod)):
         raise TypeError(
             f"the factory of inference method {name!r} returned a {type(method).__module__}."

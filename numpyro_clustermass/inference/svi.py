@@ -26,9 +26,9 @@ True
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
-import math
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +39,11 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta, AutoGuide
 from numpyro.optim import optax_to_numpyro
 
+from numpyro_clustermass.inference.options import MethodOptions, check_float, check_int
 from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, register_method
 
-__all__ = ["map_method", "make_schedule", "make_optimizer", "latent_sites", "latent_structure", "prepare_svi"]
+__all__ = ["map_method", "MapOptions", "MapStartOptions", "make_schedule", "make_optimizer", "check_schedule_options",
+           "check_optimizer_options", "SCHEDULES", "latent_sites", "latent_structure", "prepare_svi"]
 
 
 def make_schedule(
@@ -73,15 +75,11 @@ def make_schedule(
     """
     if callable(schedule):
         return schedule
-    lr = _finite("learning_rate", learning_rate, "a finite number > 0 (default 1e-3)", lambda v: v > 0)
-    _finite("final_lr_fraction", final_lr_fraction, "a finite number in [0, 1] (default 0.01)",
-            lambda v: 0 <= v <= 1)
+    lr, schedule, warmup_steps, final_lr_fraction = check_schedule_options(
+        None, learning_rate, schedule, warmup_steps, final_lr_fraction)
     num_steps = max(int(num_steps), 1)
     if warmup_steps is None:
         warmup_steps = min(500, num_steps // 100)
-    elif isinstance(warmup_steps, bool) or not (isinstance(warmup_steps, (int, float)) and warmup_steps >= 0
-                                                 and float(warmup_steps).is_integer()):
-        raise ValueError(f"warmup_steps must be an integer >= 0 or None; got {warmup_steps!r}")
     warmup_steps = int(min(max(warmup_steps, 0), num_steps - 1))
     if schedule == "constant":
         return optax.constant_schedule(lr)
@@ -99,18 +97,42 @@ def make_schedule(
             return decay
         warm = optax.linear_schedule(0.1 * lr, lr, warmup_steps)
         return optax.join_schedules([warm, decay], [warmup_steps])
-    raise ValueError(f"unknown schedule {schedule!r}; use 'cosine', 'exponential', 'constant' or a callable")
+    raise AssertionError(schedule)  # check_schedule_options refuses any other schedule
 
 
-def _finite(name: str, value, allowed: str, ok: Callable[[float], bool]) -> float:
-    """``value`` as a float, or a ValueError naming the option, the value and the allowed range."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = math.nan
-    if isinstance(value, bool) or not (math.isfinite(v) and ok(v)):
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
-    return v
+#: The schedules :func:`make_schedule` builds by name.
+SCHEDULES = ("cosine", "exponential", "constant")
+
+
+def check_schedule_options(method: str | None, learning_rate, schedule, warmup_steps, final_lr_fraction) -> tuple:
+    """The learning-rate schedule's options checked (a ValueError naming the option, the value and the allowed
+    range; ``method`` names the method in the message, None leaves it out) and normalised:
+    ``(learning_rate, schedule, warmup_steps, final_lr_fraction)``.
+
+    >>> check_schedule_options("map", 1e-3, "cosine", -3, 0.01)
+    Traceback (most recent call last):
+    ...
+    ValueError: method 'map': warmup_steps must be an integer >= 0 or None; got -3
+    """
+    lr = check_float(method, "learning_rate", learning_rate, 0, low_open=True, hint=" (default 1e-3)")
+    fraction = check_float(method, "final_lr_fraction", final_lr_fraction, 0, 1, hint=" (default 0.01)")
+    if warmup_steps is not None:
+        warmup_steps = check_int(method, "warmup_steps", warmup_steps, 0, hint=" or None")
+    if not callable(schedule) and not (isinstance(schedule, str) and schedule in SCHEDULES):
+        raise ValueError(f"{'' if method is None else f'method {method!r}: '}unknown schedule {schedule!r}; use "
+                         f"'cosine', 'exponential', 'constant' or a callable")
+    return lr, schedule, warmup_steps, fraction
+
+
+def check_optimizer_options(method: str | None, b1, b2, weight_decay, clip_norm) -> tuple:
+    """Adam's options checked and normalised, as :func:`check_schedule_options`: ``(b1, b2, weight_decay,
+    clip_norm)``."""
+    b1 = check_float(method, "b1", b1, 0, 1, high_open=True, hint=" (default 0.9)")
+    b2 = check_float(method, "b2", b2, 0, 1, high_open=True, hint=" (default 0.999)")
+    weight_decay = check_float(method, "weight_decay", weight_decay, 0, hint=" (default 0)")
+    if clip_norm is not None:
+        clip_norm = check_float(method, "clip_norm", clip_norm, 0, low_open=True, hint=" or None")
+    return b1, b2, weight_decay, clip_norm
 
 
 def make_optimizer(schedule: Callable, b1: float = 0.9, b2: float = 0.999, weight_decay: float = 0.0,
@@ -122,11 +144,7 @@ def make_optimizer(schedule: Callable, b1: float = 0.9, b2: float = 0.999, weigh
     ...
     ValueError: clip_norm must be a finite number > 0 or None; got 0.0
     """
-    _finite("b1", b1, "a finite number in [0, 1) (default 0.9)", lambda v: 0 <= v < 1)
-    _finite("b2", b2, "a finite number in [0, 1) (default 0.999)", lambda v: 0 <= v < 1)
-    _finite("weight_decay", weight_decay, "a finite number >= 0 (default 0)", lambda v: v >= 0)
-    if clip_norm is not None:
-        _finite("clip_norm", clip_norm, "a finite number > 0 or None", lambda v: v > 0)
+    b1, b2, weight_decay, clip_norm = check_optimizer_options(None, b1, b2, weight_decay, clip_norm)
     opt = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay) if weight_decay else optax.adam(
         schedule, b1=b1, b2=b2)
     if clip_norm is not None:
@@ -218,21 +236,121 @@ def prepare_svi(svi: SVI, plan: TrainingPlan, **model_kwargs) -> SVI:
     return svi
 
 
-def map_method(
-    model: Callable,
-    plan: TrainingPlan,
-    *,
-    learning_rate: float = 1e-3,
-    schedule: str | Callable = "cosine",
-    warmup_steps: int | None = None,
-    final_lr_fraction: float = 0.01,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    weight_decay: float = 0.0,
-    clip_norm: float | None = None,
-    optimizer: optax.GradientTransformation | None = None,
-    guide: Callable | None = None,
-) -> IterativeMethod:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MapOptions(MethodOptions):
+    """Options of the ``"map"`` method: Optax Adam (AdamW with ``weight_decay``) with a learning-rate schedule.
+
+    Every field is checked when the options are made (a ValueError naming the option, the allowed range and the
+    value). ``fit(est, data, method="map", learning_rate=3e-4)`` is ``fit(est, data, method="map",
+    options=MapOptions(learning_rate=3e-4))``.
+
+    Attributes
+    ----------
+    learning_rate : float, default 1e-3
+        Peak learning rate, > 0.
+    schedule : {"cosine", "exponential", "constant"} or callable, default "cosine"
+        See :func:`make_schedule`: cosine decay after a linear warm-up, exponential decay, constant, or any Optax
+        schedule ``step -> lr``.
+    warmup_steps : int or None, default None
+        Steps of linear warm-up from 10% of the peak, >= 0; None: 1% of the planned steps, at most 500.
+    final_lr_fraction : float, default 0.01
+        Learning rate at the last planned step as a fraction of the peak, in [0, 1].
+    b1, b2 : float, default 0.9 and 0.999
+        Adam's moment decay rates, in [0, 1).
+    weight_decay : float, default 0
+        Decoupled weight decay (AdamW) when > 0.
+    clip_norm : float or None, default None
+        Clip gradients to this global norm (> 0) before the update.
+    optimizer : optax.GradientTransformation or None, default None
+        Replaces the optimiser the options above build (which are then unused).
+    guide : callable or None, default None
+        The guide of the model's latent sample sites; None: an
+        :class:`~numpyro.infer.autoguide.AutoDelta` (point mass) when the model has any.
+
+    Example
+    -------
+    >>> MapOptions(learning_rate=3e-4, schedule="constant").to_dict()
+    {'learning_rate': 0.0003, 'schedule': 'constant'}
+    >>> MapOptions(b1=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: method 'map': b1 must be a finite number in [0, 1) (default 0.9); got 1.0
+    """
+
+    method_name: ClassVar[str] = "map"
+
+    learning_rate: float = 1e-3
+    schedule: str | Callable = "cosine"
+    warmup_steps: int | None = None
+    final_lr_fraction: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
+    optimizer: Any = None
+    guide: Callable | None = None
+
+    def __post_init__(self):
+        m = self.method_name
+        lr, schedule, warmup, fraction = check_schedule_options(m, self.learning_rate, self.schedule,
+                                                                self.warmup_steps, self.final_lr_fraction)
+        b1, b2, weight_decay, clip_norm = check_optimizer_options(m, self.b1, self.b2, self.weight_decay,
+                                                                  self.clip_norm)
+        if self.optimizer is not None and not (hasattr(self.optimizer, "init") and hasattr(self.optimizer, "update")):
+            raise ValueError(f"method {m!r}: optimizer must be an optax.GradientTransformation or None; got "
+                             f"{self.optimizer!r}")
+        if self.guide is not None and not callable(self.guide):
+            raise ValueError(f"method {m!r}: guide must be a callable (a NumPyro guide) or None; got {self.guide!r}")
+        for name, value in (("learning_rate", lr), ("warmup_steps", warmup), ("final_lr_fraction", fraction),
+                            ("b1", b1), ("b2", b2), ("weight_decay", weight_decay), ("clip_norm", clip_norm)):
+            object.__setattr__(self, name, value)
+
+    def to_map_options(self) -> "MapOptions":
+        """The :class:`MapOptions` fields of these options (of a subclass: ``MCDropoutOptions``, ...), as a
+        :class:`MapOptions` for the ``"map"`` method."""
+        if type(self) is MapOptions:
+            return self
+        return MapOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MapOptions)})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MapStartOptions(MapOptions):
+    """Options of the MAP fit that another method trains first to start from (``map_options`` of ``"nuts"``,
+    ``"laplace"`` and ``"bbb"`` with ``init="map"``): the ``"map"`` method's options (:class:`MapOptions`) and the
+    epochs and early stopping of that fit.
+
+    Attributes
+    ----------
+    num_epochs : int or None, default None
+        Maximum epochs of the MAP fit, >= 1; None: the ``num_epochs`` given to ``fit``.
+    patience : int or None, default 20
+        Early stopping of the MAP fit on the validation loss, >= 0; None: never stop early.
+    min_delta : float, default 1e-4
+        Smallest improvement of the per-datum validation loss that counts, >= 0.
+    learning_rate, schedule, ... :
+        As in :class:`MapOptions`.
+
+    Example
+    -------
+    >>> MapStartOptions(num_epochs=50, learning_rate=1e-2).to_dict()
+    {'learning_rate': 0.01, 'num_epochs': 50}
+    """
+
+    num_epochs: int | None = None
+    patience: int | None = 20
+    min_delta: float = 1e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        m = self.method_name
+        if self.num_epochs is not None:
+            object.__setattr__(self, "num_epochs", check_int(m, "num_epochs", self.num_epochs, 1))
+        if self.patience is not None:
+            object.__setattr__(self, "patience", check_int(m, "patience", self.patience, 0))
+        object.__setattr__(self, "min_delta", check_float(m, "min_delta", self.min_delta, 0))
+
+
+def map_method(model: Callable, plan: TrainingPlan, options: MapOptions | None = None, **kwargs) -> IterativeMethod:
     """Build the ``"map"`` method: SVI, point-mass guide, Optax Adam with a schedule.
 
     Parameters
@@ -240,20 +358,21 @@ def map_method(
     model : callable
         ``model(x, y=None, num_data=None, deterministic=False)``.
     plan : TrainingPlan
-    learning_rate, schedule, warmup_steps, final_lr_fraction
-        See :func:`make_schedule` (default: cosine decay from 1e-3 over the planned steps).
-    b1, b2, weight_decay, clip_norm
-        See :func:`make_optimizer`.
-    optimizer : optax.GradientTransformation, optional
-        Replaces the default optimiser entirely.
-    guide : callable, optional
-        Default :class:`~numpyro.infer.autoguide.AutoDelta` of the model (when it has latent sites). An autoguide
-        not yet set up is set up here on zeros of one batch's shape (only its structure is used), and every
-        ``init`` starts from a copy of it as given, so that its initial values come from ``init``'s key and data.
+    options : MapOptions, optional
+        The method's options (default ``MapOptions()``: cosine decay from 1e-3 over the planned steps).
+    **kwargs
+        Instead of ``options``: its fields (``learning_rate=3e-4``, ...), converted with :class:`MapOptions`.
+
+    An autoguide given as ``guide`` that is not yet set up is set up here on zeros of one batch's shape (only its
+    structure is used), and every ``init`` starts from a copy of it as given, so that its initial values come
+    from ``init``'s key and data.
     """
+    opts = MapOptions.coerce(options, kwargs)
+    optimizer, guide = opts.optimizer, opts.guide
     if optimizer is None:
-        sched = make_schedule(learning_rate, plan.num_steps, schedule, warmup_steps, final_lr_fraction)
-        optimizer = make_optimizer(sched, b1, b2, weight_decay, clip_norm)
+        sched = make_schedule(opts.learning_rate, plan.num_steps, opts.schedule, opts.warmup_steps,
+                              opts.final_lr_fraction)
+        optimizer = make_optimizer(sched, opts.b1, opts.b2, opts.weight_decay, opts.clip_norm)
     num_data = plan.num_data
     optim = optax_to_numpyro(optimizer)
     fresh_guide = None  # makes the guide that init starts from, for an autoguide
@@ -307,4 +426,4 @@ def map_method(
     )
 
 
-register_method("map", map_method)
+register_method("map", map_method, options=MapOptions)
