@@ -326,14 +326,6 @@ def _load_fit(path: str):
                        f"{_one_line(exc)})") from None
 
 
-def _info(fit_obj, key: str, default=None):
-    """A field of ``fit.info`` (a dict, or an object with named fields)."""
-    info = getattr(fit_obj, "info", None)
-    if isinstance(info, dict):
-        return info.get(key, default)
-    return getattr(info, key, default)
-
-
 def _atomic_write(path: str, write) -> None:
     """``write(tmp)`` into a temporary file next to ``path``, then rename it to ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -713,7 +705,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if saved is None:
             print(f"{PROG}: interrupted before the first epoch ended; nothing was saved", file=sys.stderr)
         else:
-            epoch = _info(stop.fit, "best_epoch") if stop.fit is not None else None
+            epoch = stop.fit.info.best_epoch if stop.fit is not None else None
             which = f" (epoch {epoch})" if isinstance(epoch, int) and epoch >= 0 else ""
             print(f"{PROG}: interrupted; the best state so far{which} is saved in {str(saved)!r}: continue with "
                   f"--resume {saved}", file=sys.stderr)
@@ -729,9 +721,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     saved = _save_fit(result, args.out)
     if os.path.abspath(ckpt) != os.path.abspath(saved) and os.path.isfile(ckpt):
         os.remove(ckpt)  # the finished fit supersedes its checkpoints
-    best = _info(result, "best_val_loss")
+    best = result.info.best_val_loss
     loss = f", best validation loss {best:.4f}" if isinstance(best, float) and math.isfinite(best) else ""
-    epochs = _info(result, "epochs_run")
+    epochs = result.info.epochs_run
     ran = f"{epochs} epochs" if epochs is not None else "one run"
     print(f"trained {result.estimator.name} ({method}) on {len(cat)} clusters: {ran}{loss} in "
           f"{time.perf_counter() - t_start:.1f} s; wrote {saved}")

@@ -157,8 +157,8 @@ def run_quickstart(
     f_mse = fit(MSE(hidden=hidden), train, **opts)
     f_mdn = fit(MDN(num_components=n_comp, hidden=hidden), train, **opts)
     for name, f in (("MSE", f_mse), ("MDN", f_mdn)):
-        print(f"      {name}: {f.info['epochs_run']} epochs in {f.info['time_s']:.0f} s, "
-              f"best validation loss {f.info['best_val_loss']:.4f}")
+        print(f"      {name}: {f.info.epochs_run} epochs in {f.info.time_s:.0f} s, "
+              f"best validation loss {f.info.best_val_loss:.4f}")
 
     print("[4/5] posteriors on the test set; reweighting the MDN from the training prior to a flat prior")
     post_mse = f_mse.posterior(test)

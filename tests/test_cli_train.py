@@ -272,7 +272,7 @@ def test_diverged_training_is_one_line_and_keeps_the_last_acceptable_state(catal
     ckpt = cli.checkpoint_path(out)
     assert "training diverged" in line and f"the last acceptable state is saved in {ckpt!r}" in line
     assert not os.path.exists(out)
-    assert cli._info(ncm.load(ckpt), "diverged_at_epoch") == 0
+    assert ncm.load(ckpt).info.diverged_at_epoch == 0
 
 
 def test_bad_option_syntax_is_a_usage_error(catalog, tmp_path, capsys):

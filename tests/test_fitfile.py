@@ -185,19 +185,24 @@ def _rewrite_manifest(saved, target, change):
     return target
 
 
-def test_a_file_saved_before_options_classes_loads(tmp_path, xy):
-    """Before MapOptions a manifest held the options exactly as given to fit, defaults included: such a file
-    loads, with the same posterior and the options that differ from the defaults."""
+def test_a_file_saved_before_options_classes_and_fit_info_loads(tmp_path, xy):
+    """Before MapOptions and FitInfo a manifest held the options exactly as given to fit (defaults included) and
+    only the run facts a fit had: such a file loads, with the same posterior and the missing facts at their
+    defaults."""
     x, y = xy
     f = fit(MDN(2, (8,), feature_names=NAMES), (x, y), learning_rate=3e-3, **TINY)
     assert f.method_options == {"learning_rate": 3e-3}
 
     def as_before(manifest):
         manifest["method_options"] = {"learning_rate": 3e-3, "schedule": "cosine", "b1": 0.9}  # defaults given
+        for key in ("interrupted", "checkpoint", "diverged_at_epoch"):  # facts an old fit did not record
+            del manifest["info"][key]
 
     g = load(_rewrite_manifest(f.save(tmp_path / "new.ncm"), tmp_path / "old.ncm", as_before))
     _same_posterior(f, g, x[:40])
     assert g.method_options == {"learning_rate": 3e-3} and g.options == f.options
+    assert g.info.interrupted is False and g.info.diverged_at_epoch is None
+    assert g.info.epochs_run == f.info.epochs_run == 3 and g.info.best_val_loss == f.info.best_val_loss
 
 
 def test_saved_options_the_installed_method_lacks_are_named(tmp_path, saved):
@@ -209,6 +214,17 @@ def test_saved_options_the_installed_method_lacks_are_named(tmp_path, saved):
                                            r"\(method 'map': unknown option 'learning_rat' \(did you mean "
                                            r"'learning_rate'\?\)"):
         load(bad)
+
+
+def test_info_is_saved_under_the_same_keys(tmp_path, saved):
+    with zipfile.ZipFile(saved) as zf:
+        info = json.loads(zf.read("manifest.json"))["info"]
+    for key in ("n_rows", "n_train", "n_val", "steps_per_epoch", "epochs_run", "best_epoch", "stopped_early",
+                "best_loss", "best_val_loss", "initial_loss", "baseline_loss", "traces", "time_s"):
+        assert key in info, key
+    assert "extras" not in info  # method facts are keys of their own, as before
+    g = load(saved)
+    assert {k: g.info[k] for k in info} == info and set(g.info) == set(info)
 
 
 def test_paths_that_are_not_fit_files(tmp_path):

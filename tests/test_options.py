@@ -1,4 +1,5 @@
-"""Method options are typed, validated, frozen dataclasses (inference/options.py and one class per method)."""
+"""Method options are typed, validated, frozen dataclasses (inference/options.py and one class per method), and
+``Fit.info`` is a FitInfo with named fields that still reads like the dict it was."""
 
 import dataclasses
 
@@ -10,6 +11,7 @@ from numpyro_clustermass.estimators import MDN
 from numpyro_clustermass.inference import (
     BBBOptions,
     EnsembleOptions,
+    FitInfo,
     IterativeMethod,
     LaplaceOptions,
     MapOptions,
@@ -158,7 +160,7 @@ def test_fit_with_options_equals_fit_with_keyword_options_bitwise(xy):
             if k != "epoch_time":
                 assert np.array_equal(a.history[k], other.history[k], equal_nan=True)
     assert a.options == MapOptions(learning_rate=3e-3, schedule="constant")
-    assert c.info["traces"]["epoch"] == 0  # the same options object: the configuration is compiled once
+    assert c.info.traces["epoch"] == 0  # the same options object: the configuration is compiled once
 
 
 def test_options_and_keyword_options_together_are_refused(xy):
@@ -217,3 +219,30 @@ def test_register_method_with_and_without_an_options_class(xy):
     assert f.method_options == {"num_draws": 4} and f.options == {"num_draws": 4}
     with pytest.raises(TypeError, match=r"must be a MethodOptions dataclass"):
         register_method("toy_bad_test", _toy_factory, options=dict)
+
+
+# ---------------------------------------------------------------------------------------------- FitInfo
+def test_fit_info_has_named_fields_and_reads_like_the_dict_it_was(xy):
+    f = fit(MDN(2, (8,), feature_names=NAMES), xy, **TINY)
+    info = f.info
+    assert isinstance(info, FitInfo) and info.epochs_run == 3 and info["epochs_run"] == 3
+    assert info.n_train + info.n_val == info.n_rows == 400 and info.get("n_val") == info.n_val
+    assert info.interrupted is False and info.diverged_at_epoch is None and info.extras == {}
+    assert "best_val_loss" in info and "num_divergent" not in info and info.get("num_divergent", 7) == 7
+    assert list(info) == list(FitInfo.field_names()) and dict(info)["time_s"] == info.time_s
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.epochs_run = 4
+    with pytest.raises(TypeError):
+        info.extras["x"] = 1  # read-only
+    with pytest.raises(KeyError):
+        info["no_such_fact"]
+    assert repr(f).startswith("Fit('mdn', method='map', epochs=3, best val loss=")
+
+
+def test_fit_info_keeps_method_facts_in_extras():
+    info = FitInfo.from_dict({"n_rows": 10, "num_latent": 54, "converged": True})
+    assert info.n_rows == 10 and dict(info.extras) == {"num_latent": 54, "converged": True}
+    assert info["converged"] is True and "num_latent" in info and len(info) == len(FitInfo.field_names()) + 2
+    with pytest.raises(ValueError, match=r"extras \['n_rows'\] are named fields"):
+        FitInfo(extras={"n_rows": 3})
+    assert "num_latent=" not in repr(FitInfo(n_rows=1)) and "n_rows=1" in repr(FitInfo(n_rows=1))

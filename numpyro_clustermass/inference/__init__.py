@@ -9,7 +9,7 @@ dataclasses, :mod:`~numpyro_clustermass.inference.options`). A new method is one
 
 The layout: :mod:`~numpyro_clustermass.inference.protocol` (the method types, the registry, the errors),
 :mod:`~numpyro_clustermass.inference.epochs` (the epoch driver and the cache of compiled methods),
-:mod:`~numpyro_clustermass.inference.fitting` (:func:`fit`, :class:`Fit`, :func:`load`),
+:mod:`~numpyro_clustermass.inference.fitting` (:func:`fit`, :class:`Fit`, :class:`FitInfo`, :func:`load`),
 :mod:`~numpyro_clustermass.inference.fitfile` (the file format), and one module per method family.
 
 Example
@@ -23,7 +23,7 @@ True
 
 from numpyro_clustermass.inference.epochs import EarlyStopping, clear_cache, run_epochs
 from numpyro_clustermass.inference.fitfile import FitFileError
-from numpyro_clustermass.inference.fitting import Fit, fit, load
+from numpyro_clustermass.inference.fitting import Fit, FitInfo, fit, load
 from numpyro_clustermass.inference.options import MethodOptions, UnknownOptionError
 from numpyro_clustermass.inference.protocol import (
     FitDivergedError,
@@ -59,6 +59,7 @@ __all__ = [
     "Fit",
     "FitDivergedError",
     "FitFileError",
+    "FitInfo",
     "FitInterrupted",
     "FitWarning",
     "InferenceMethod",

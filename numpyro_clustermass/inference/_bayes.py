@@ -136,9 +136,9 @@ def map_params_from(init, model: Callable, plan: TrainingPlan, data: TrainingDat
     from numpyro_clustermass.inference.fitting import Fit
 
     if isinstance(init, Fit):
-        if init.info.get("n_train") != plan.num_data or init.num_features != plan.num_features:
+        if init.info.n_train != plan.num_data or init.num_features != plan.num_features:
             raise ValueError(
-                f"method {method!r}: the MAP fit given as init was trained on {init.info.get('n_train')} rows with "
+                f"method {method!r}: the MAP fit given as init was trained on {init.info.n_train} rows with "
                 f"{init.num_features} features, this fit has {plan.num_data} rows with {plan.num_features}; fit "
                 f"it on the same catalogue with the same seed and validation_fraction"
             )

@@ -45,7 +45,7 @@ import os
 import pathlib
 import zipfile
 import zlib
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -202,7 +202,7 @@ def jsonable_options(options) -> dict:
 
 def _plain(value):
     """JSON-able copy of run facts: NumPy scalars become numbers, tuples lists, other objects their repr."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
@@ -271,7 +271,7 @@ def save_fit(fit, path) -> pathlib.Path:
         "config": _json_value(fit.config, "the training config"),
         "plan": dict(fit.plan._asdict()),
         "seed": int(fit.seed),
-        "info": _plain(fit.info),
+        "info": _plain(dict(fit.info)),
         "feature_names": None if fit.feature_names is None else list(fit.feature_names),
         "num_features": int(fit.num_features),
         "history_keys": list(history),

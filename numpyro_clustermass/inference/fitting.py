@@ -29,8 +29,9 @@ import math
 import pathlib
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ from numpyro_clustermass.inference.protocol import (
 )
 from numpyro_clustermass.posterior import MassPosterior, mixture_on_grid
 
-__all__ = ["Fit", "fit", "load", "POSTERIOR_CHUNK_SIZE", "MIN_IMPROVEMENT", "EDGE_FRACTION"]
+__all__ = ["Fit", "FitInfo", "fit", "load", "POSTERIOR_CHUNK_SIZE", "MIN_IMPROVEMENT", "EDGE_FRACTION"]
 
 #: Default number of clusters per compiled call when building a posterior.
 POSTERIOR_CHUNK_SIZE = 4096
@@ -159,6 +160,117 @@ def _validation_split(n: int, fraction: float, groups, seed: int) -> np.ndarray:
     return rng.permutation(n) < round(fraction * n)
 
 
+# ---------------------------------------------------------------------------------------------- FitInfo
+@dataclass(frozen=True, eq=False)
+class FitInfo(Mapping):
+    """Run facts of a :class:`Fit` (``fit.info``): named fields for what every fit reports, and ``extras`` for what
+    one method reports (NUTS's ``function_space``, ``converged`` and ``num_divergent``, Laplace's
+    ``num_latent``, the MAP start's ``map_epochs_run``, ...).
+
+    It is also a read-only mapping over all of them, as ``fit.info`` was a dict before: ``info["epochs_run"]``,
+    ``info.get("converged")``, ``"num_divergent" in info``, ``dict(info)``. Its keys are the named fields (all of
+    them, None where a fact does not apply, e.g. ``epochs_run`` of a NUTS fit) followed by the keys of ``extras``;
+    a fit file stores that dict, and loading a file that lacks a named field gives its default.
+
+    Attributes
+    ----------
+    n_rows : int or None
+        Rows of the data given to :func:`fit`.
+    n_train, n_val : int or None
+        Rows of the training and validation splits.
+    steps_per_epoch : int or None
+        Optimisation steps per epoch (minibatches).
+    epochs_run : int or None
+        Epochs trained (None for a method that runs once without epochs: NUTS, Laplace).
+    best_epoch : int or None
+        Epoch of the kept state (the best validation loss; the last epoch without validation data).
+    stopped_early : bool or None
+        True when early stopping ended training with epochs left.
+    best_loss : float or None
+        Best per-datum loss (validation, or training without validation data) at the end of training.
+    best_val_loss : float or None
+        Best per-datum validation loss (None without validation data).
+    initial_loss : float or None
+        Per-datum loss of the initial state on the check set (the reference of the explosion check).
+    baseline_loss : float or None
+        Per-datum loss of a Gaussian ignoring the features (:data:`MIN_IMPROVEMENT` is measured from it).
+    traces : dict or None
+        How often the epoch and evaluation functions were traced (compiled) during this fit.
+    diverged_at_epoch : int or None
+        The epoch whose loss was non-finite or exploded (a fit carried by :class:`FitDivergedError`).
+    interrupted : bool
+        The fit was interrupted (Ctrl-C; a fit carried by :class:`FitInterrupted`).
+    checkpoint : bool
+        The fit is a checkpoint saved during training.
+    time_s : float or None
+        Wall time of :func:`fit` until the fit was made, in seconds.
+    extras : mapping
+        Method-specific facts by name (read-only).
+
+    Example
+    -------
+    >>> info = FitInfo.from_dict({"epochs_run": 3, "best_val_loss": 0.5, "num_divergent": 0})
+    >>> info.epochs_run, info["best_val_loss"], info.extras["num_divergent"], info.get("num_divergent")
+    (3, 0.5, 0, 0)
+    >>> "num_divergent" in info, "converged" in info
+    (True, False)
+    """
+
+    n_rows: int | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    steps_per_epoch: int | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    stopped_early: bool | None = None
+    best_loss: float | None = None
+    best_val_loss: float | None = None
+    initial_loss: float | None = None
+    baseline_loss: float | None = None
+    traces: dict | None = None
+    diverged_at_epoch: int | None = None
+    interrupted: bool = False
+    checkpoint: bool = False
+    time_s: float | None = None
+    extras: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        named = self.field_names()
+        clash = [k for k in self.extras if k in named or k == "extras"]
+        if clash:
+            raise ValueError(f"FitInfo: extras {clash} are named fields; give them as fields")
+        object.__setattr__(self, "extras", MappingProxyType(dict(self.extras)))
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The named fields (every key of the mapping that is not an extra)."""
+        return tuple(f.name for f in fields(cls) if f.name != "extras")
+
+    @classmethod
+    def from_dict(cls, values: Mapping | None = None) -> "FitInfo":
+        """``{name: value}`` as a FitInfo: the named fields from their keys, every other key into ``extras``."""
+        values = dict(values or {})
+        named = cls.field_names()
+        return cls(**{k: v for k, v in values.items() if k in named},
+                   extras={k: v for k, v in values.items() if k not in named})
+
+    def __getitem__(self, key):
+        if key in self.field_names():
+            return getattr(self, key)
+        return self.extras[key]
+
+    def __iter__(self):
+        yield from self.field_names()
+        yield from self.extras
+
+    def __len__(self) -> int:
+        return len(self.field_names()) + len(self.extras)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.field_names() if getattr(self, k) is not None)
+        return f"FitInfo({shown}, extras={dict(self.extras)!r})"
+
+
 # ---------------------------------------------------------------------------------------------- Fit
 @dataclass
 class Fit:
@@ -185,8 +297,9 @@ class Fit:
         ``train_loss`` and ``val_loss`` per epoch (per datum), ``epoch_time`` (s).
     grid : np.ndarray
         Default log10 M grid of posteriors.
-    info : dict
-        Run facts: sizes, epochs run, best epoch, early stop, number of traces of the epoch function, time.
+    info : FitInfo
+        Run facts: sizes, epochs run, best epoch, early stop, number of traces of the epoch function, time as
+        named fields, and the method's own facts in ``info.extras``; also a read-only mapping (``info["epochs_run"]``).
     feature_names : tuple of str or None
     method_options : dict
         The options the method was built with, as a JSON-able dict: those that differ from the defaults of the
@@ -206,7 +319,7 @@ class Fit:
     training_log_mass: np.ndarray
     history: dict
     grid: np.ndarray
-    info: dict
+    info: FitInfo
     feature_names: tuple | None
     num_features: int
     method_options: dict = field(default_factory=dict)
@@ -215,9 +328,13 @@ class Fit:
     _model: Callable = field(repr=False, default=None)
     _cache: dict = field(repr=False, default_factory=dict)
 
+    def __post_init__(self):
+        if not isinstance(self.info, FitInfo):  # a dict of run facts, as before FitInfo
+            self.info = FitInfo.from_dict(self.info)
+
     def __repr__(self) -> str:
-        return (f"Fit({self.estimator.name!r}, method={self.method!r}, epochs={self.info.get('epochs_run')}, "
-                f"best val loss={self.info.get('best_val_loss')})")
+        return (f"Fit({self.estimator.name!r}, method={self.method!r}, epochs={self.info.epochs_run}, "
+                f"best val loss={self.info.best_val_loss})")
 
     @property
     def options(self):
@@ -469,7 +586,7 @@ def load(path, model: Callable | None = None) -> Fit:
         y_scaler=StandardScaler(mean=array("y_scaler_mean"), scale=array("y_scaler_scale")),
         training_log_mass=array("training_log_mass"),
         history={k: array(f"history_{k}") for k in manifest["history_keys"]},
-        grid=array("grid"), info=dict(manifest["info"]),
+        grid=array("grid"), info=FitInfo.from_dict(manifest["info"]),
         feature_names=None if names is None else tuple(names), num_features=int(manifest["num_features"]),
         method_options=options_dict(options), plan=plan,
         _method=impl, _model=model_fn if impl.model is None else impl.model, _cache={},
@@ -651,7 +768,7 @@ def fit(
             params=impl.get_params(state), state=state, x_scaler=x_scaler, y_scaler=y_scaler,
             training_log_mass=np.asarray(y), history=history,
             grid=default_grid(y, grid_size) if grid is None else check_grid(grid, min_points=3),
-            info={**info, **extra, "time_s": time.perf_counter() - t_start},
+            info=FitInfo.from_dict({**info, **extra, "time_s": time.perf_counter() - t_start}),
             feature_names=names, num_features=int(x.shape[1]), method_options=dict(method_options), plan=plan,
             _method=impl,
             _model=model if impl.model is None else impl.model,
@@ -681,12 +798,12 @@ def fit(
                         desc=f"{method} {est.name}", divergence_factor=divergence_factor, checkpoint=checkpoint,
                         checkpoint_every=int(checkpoint_every), resume=resume)
     info = result.info
-    if getattr(est, "likelihood_over_mass", True) and info["best_loss"] > info["baseline_loss"] - MIN_IMPROVEMENT:
-        worse = "; training made it worse" if info["best_loss"] > info["initial_loss"] else ""
+    if getattr(est, "likelihood_over_mass", True) and info.best_loss > info.baseline_loss - MIN_IMPROVEMENT:
+        worse = "; training made it worse" if info.best_loss > info.initial_loss else ""
         warnings.warn(
-            f"the fit's best {'validation' if info['n_val'] else 'training'} loss, {info['best_loss']:.4f} per "
-            f"cluster, is not {MIN_IMPROVEMENT} below {info['baseline_loss']:.4f}, that of a Gaussian ignoring the "
-            f"features (initial loss {info['initial_loss']:.4f}{worse}): the network has learned next to nothing "
+            f"the fit's best {'validation' if info.n_val else 'training'} loss, {info.best_loss:.4f} per "
+            f"cluster, is not {MIN_IMPROVEMENT} below {info.baseline_loss:.4f}, that of a Gaussian ignoring the "
+            f"features (initial loss {info.initial_loss:.4f}{worse}): the network has learned next to nothing "
             f"(a collapsed or untrained fit gives every cluster about the same mass). Lower the learning rate, "
             f"train longer, or check the features.",
             FitWarning, stacklevel=2,
