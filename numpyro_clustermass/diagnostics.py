@@ -41,6 +41,7 @@ __all__ = [
     "function_space_convergence",
     "compare_posteriors",
     "compare",
+    "arviz_to_netcdf",
     "Comparison",
     "EPISTEMIC_RATIO_THRESHOLD",
     "PARETO_K_THRESHOLD",
@@ -692,9 +693,11 @@ class Comparison(NamedTuple):
         ``elpd_loo``, ``elpd_loo_se``, ``p_loo``, ``n_pareto_k_bad``
             PSIS-LOO (``az.loo`` on ``fit.to_arviz(catalog)``): expected log pointwise predictive density (the sum
             over clusters, per dex), its standard error, the effective number of parameters, and the number of
-            clusters with Pareto k above :data:`PARETO_K_THRESHOLD` (their ELPD terms are unreliable). NaN where
+            clusters with Pareto k above :data:`PARETO_K_THRESHOLD` (their ELPD terms are unreliable; a NaN k is not
+            counted, a note gives their number). NaN where
             it does not apply: a fit whose draws all give the same predictive density (a point fit such as
-            ``"map"``: there is no posterior to leave a cluster out of), no true masses, or ``arviz=False``.
+            ``"map"``: there is no posterior to leave a cluster out of), no true masses, ``arviz=False``, or draws
+            ``az.loo`` refuses (ArviZ 1.x's PSIS needs at least 5 draws in the tail it smooths; a note says so).
         ``rhat_max``, ``ess_bulk_min``
             For MCMC fits (``"nuts"``) with at least 2 chains: the largest split R-hat and the smallest bulk ESS of
             the per-draw predictive means of the compared clusters (:func:`function_space_convergence`, every
@@ -714,7 +717,7 @@ class Comparison(NamedTuple):
         ``ref_mean``, ``ref_std`` and ``w1``.
     notes : list of str
         What a reader must know, one sentence each: a fit that under-estimates the reference's epistemic
-        variance (ratio below the threshold, with the ratio), unreliable PSIS-LOO (Pareto k), an MCMC fit not
+        variance (ratio below the threshold, with the ratio), unreliable or refused PSIS-LOO, an MCMC fit not
         converged on these clusters, grids made common, no true masses.
     reference : str or None
         The reference fit's name.
@@ -879,17 +882,24 @@ def compare(
             idata = _fit_call(name, lambda: f.to_arviz(catalog, num_draws=num_draws, seed=seed))
             idatas[name] = idata
             if truth is not None:
-                elpd = _loo(idata)
+                elpd, refused = _loo(idata)
+                if refused:
+                    notes.append(f"{name}: PSIS-LOO not computed: az.loo refused ({refused}); more predictive draws "
+                                 f"(num_draws) may let it run")
                 if elpd is not None:
                     loos[name] = elpd
                     k = np.asarray(_elpd_field(elpd, "pareto_k"), dtype=np.float64)
-                    bad = int(np.sum(~(k <= PARETO_K_THRESHOLD)))
+                    bad, unknown = int(np.sum(k > PARETO_K_THRESHOLD)), int(np.sum(np.isnan(k)))
                     row.update(elpd_loo=float(_elpd_field(elpd, "elpd_loo", "elpd")),
                                elpd_loo_se=float(_elpd_field(elpd, "se")),
                                p_loo=float(_elpd_field(elpd, "p_loo", "p")), n_pareto_k_bad=bad)
                     if bad:
-                        notes.append(f"{name}: {bad} of {k.size} clusters have Pareto k > {PARETO_K_THRESHOLD:g}: "
-                                     f"PSIS-LOO's ELPD is unreliable for them (see ArviZ's warning)")
+                        notes.append(f"{name}: {bad} of {k.size} clusters {'has' if bad == 1 else 'have'} Pareto k > "
+                                     f"{PARETO_K_THRESHOLD:g}: PSIS-LOO's ELPD is unreliable for them (see ArviZ's "
+                                     f"warning)")
+                    if unknown:
+                        notes.append(f"{name}: ArviZ gave no Pareto k (NaN) for {unknown} of {k.size} clusters: "
+                                     f"PSIS-LOO's reliability is unknown for them")
         row.update(rhat_max=np.nan, ess_bulk_min=np.nan)
         if _is_mcmc_state(f.state):
             conv = _fit_call(name, lambda: _mcmc_function_space(f, catalog, grid, seed))
@@ -904,9 +914,11 @@ def compare(
     per_cluster = []
     truth_col = {} if truth is None else {"log_mass": truth}
     for name, post in posts.items():
-        per_cluster.append(pd.DataFrame({"fit": name, "cluster": np.arange(len(post)), "mean": post.mean(),
-                                         "std": post.std(), "aleatoric_std": np.sqrt(post.aleatoric_variance),
-                                         "epistemic_std": np.sqrt(post.epistemic_variance), **truth_col}))
+        columns = {"mean": post.mean(), "std": post.std(), "aleatoric_std": np.sqrt(post.aleatoric_variance),
+                   "epistemic_std": np.sqrt(post.epistemic_variance)}
+        per_cluster.append(pd.DataFrame({"fit": name, "cluster": np.arange(len(post)),
+                                         **{k: np.asarray(v, dtype=np.float64) for k, v in columns.items()},
+                                         **truth_col}))
     if reference is not None:
         ref = posts[reference]
         ref_mean, ref_std = np.asarray(ref.mean()), np.asarray(ref.std())
@@ -921,7 +933,8 @@ def compare(
             rows[name].update(mean_abs_diff=float(np.mean(np.abs(d["delta_mean"]))),
                               std_ratio=float(np.mean(np.asarray(post.std()) / ref_std)),
                               w1=float(np.mean(d["wasserstein1"])), epistemic_ratio=ratio)
-            per_cluster[k] = per_cluster[k].assign(ref_mean=ref_mean, ref_std=ref_std, w1=d["wasserstein1"])
+            per_cluster[k] = per_cluster[k].assign(ref_mean=ref_mean.astype(np.float64),
+                                                   ref_std=ref_std.astype(np.float64), w1=d["wasserstein1"])
             if name != reference and ratio < threshold:
                 what = ("it has none (a point fit)" if epi == 0 else
                         "it under-estimates the reference's epistemic uncertainty")
@@ -1009,12 +1022,32 @@ def _fit_call(name: str, call):
 
 
 def _loo(idata):
-    """``az.loo`` (pointwise) of a fit's ArviZ object, or None where it does not apply (every draw the same)."""
+    """``(az.loo's pointwise result, None)``; ``(None, None)`` where LOO does not apply (every draw gives the same
+    density: a point fit); ``(None, ArviZ's message)`` where ``az.loo`` refuses the draws (ArviZ 1.x's PSIS needs
+    at least 5 draws in the tail it smooths)."""
     ll = np.asarray(idata["log_likelihood"]["log_mass"].values)
     draws = ll.reshape(-1, ll.shape[-1])
     if draws.shape[0] < 2 or np.all(draws == draws[:1]):
-        return None
-    return _az().loo(idata, pointwise=True)
+        return None, None
+    try:
+        return _az().loo(idata, pointwise=True), None
+    except ValueError as exc:
+        return None, " ".join(str(exc).split()) or type(exc).__name__
+
+
+def arviz_to_netcdf(idata, path) -> None:
+    """Write an ArviZ object to ``path`` as netCDF-4 (``InferenceData.to_netcdf`` on ArviZ 0.x, ``DataTree.to_netcdf``
+    on 1.x, both through the ``h5netcdf`` engine, a dependency of the package); ``az.from_netcdf`` reads it back.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "fit.nc")
+    >>> arviz_to_netcdf(to_arviz({"w": np.zeros((1, 3))}, observed_data={"y": np.ones(2)}), path)
+    >>> sorted(arviz_groups(_az().from_netcdf(path)))
+    ['observed_data', 'posterior']
+    """
+    import os
+
+    idata.to_netcdf(os.fspath(path), engine="h5netcdf")
 
 
 def _elpd_field(elpd, *names):
