@@ -1,12 +1,14 @@
-"""Command line: ``numpyro-clustermass {quickstart, simulate, info, train, predict, evaluate}``.
+"""Command line: ``numpyro-clustermass {quickstart, simulate, info, train, predict, evaluate, compare}``.
 
 ``quickstart`` runs the main job on default mock data; ``simulate`` writes a catalogue file; ``info``
 validates and summarises a catalogue file (FITS in the lecture's schema, or Parquet). ``train`` fits an
 estimator (``--estimator mdn|mse|msigma``) with any registered inference method to a catalogue and saves
 the fit in one file (``.ncm``); ``predict`` turns a saved fit and a catalogue into a table (FITS, Parquet or
 CSV) of per-cluster posterior statistics; ``evaluate`` scores a saved fit on a catalogue with true masses
-(overall and per-mass-bin tables, coverage, the lecture's figures). ``predict`` and ``evaluate`` reweight
-the posteriors to another mass prior with ``--prior`` (``flat:13.5,15.3``, ``tinker08``, ...).
+(overall and per-mass-bin tables, coverage, the lecture's figures); ``compare`` puts several saved fits side
+by side on one catalogue against a reference fit (``diagnostics.compare``: a markdown report, tables, figures
+and each fit's ArviZ object as netCDF). ``predict`` and ``evaluate`` reweight the posteriors to another mass
+prior with ``--prior`` (``flat:13.5,15.3``, ``tinker08``, ...).
 
 Example
 -------
@@ -16,6 +18,7 @@ Example
     numpyro-clustermass train cat.fits --out fit.ncm --estimator mdn --hidden 64,64 --epochs 50
     numpyro-clustermass predict fit.ncm test.fits --out masses.parquet --prior flat:13.5,15.3
     numpyro-clustermass evaluate fit.ncm test.fits --out report/ --prior tinker08
+    numpyro-clustermass compare map.ncm bbb.ncm nuts.ncm --catalog test.fits --reference nuts --out cmp/
 
 Bad input never ends in a Python traceback: a bad option value gets argparse's usage error, and a file or
 folder that cannot be used (missing, a directory, an unknown suffix, unreadable, no rows, a corrupt fit
@@ -771,6 +774,141 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    specs = parse_fit_specs(args.fits)
+    reference = None if args.reference.strip().lower() == "none" else args.reference.strip()
+    if reference is not None and reference not in specs:
+        raise CLIError(f"--reference {reference!r} is not among the fits ({', '.join(specs)}); name one of them "
+                       f"(a fit is named by its file name without the suffix, or NAME=PATH), or --reference none")
+    _check_output_folder(args.out)
+    for path in specs.values():
+        _check_input_file(path, f"a saved fit (a {FIT_SUFFIX} file written by train)")
+    _check_input_file(args.catalog)
+    fmt = _catalog_format(args.catalog, args.catalog_format)
+    fits = {name: _load_fit(path) for name, path in specs.items()}
+    cat = _read_catalog(args.catalog, fmt)
+    t = time.perf_counter()
+    paths, result = compare_report(fits, cat, args.out, reference=reference, num_draws=args.num_draws, seed=args.seed,
+                                   sources=specs, catalog_name=os.path.basename(args.catalog))
+    print(_markdown(_transposed(result.table)))
+    for note in result.notes:
+        print(f"- {note}")
+    print(f"wrote {len(paths)} files (report.md, tables, figures, netCDF) to {args.out}/ in "
+          f"{time.perf_counter() - t:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- compare
+def parse_fit_specs(specs) -> dict:
+    """``compare``'s FIT arguments -> ``{name: path}``: ``NAME=PATH``, or a path, named by its file name without
+    the suffix. A name is letters, digits, ``_``, ``-`` and ``.`` (it names the fit's netCDF file too); a name
+    given twice is a CLIError.
+
+    >>> parse_fit_specs(["runs/nuts.ncm", "vi=runs/bbb.ncm"])
+    {'nuts': 'runs/nuts.ncm', 'vi': 'runs/bbb.ncm'}
+    """
+    out: dict = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or os.path.exists(spec):  # an existing path holding "=" is a path
+            name, path = os.path.splitext(os.path.basename(spec.rstrip(os.sep)))[0], spec
+        name = name.strip()
+        if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum() or name[0] == ".":
+            raise CLIError(f"cannot name the fit {spec!r}: a name is letters, digits, '_', '-' and '.' (not first); "
+                           f"give one as NAME=PATH")
+        if not path:
+            raise CLIError(f"{spec!r} names no file; give NAME=PATH")
+        if name in out:
+            raise CLIError(f"two fits are named {name!r} ({out[name]!r} and {path!r}); tell them apart with "
+                           f"NAME=PATH")
+        out[name] = path
+    return out
+
+
+def _transposed(table):
+    """compare's table with one row per column and one column per fit, for markdown."""
+    import pandas as pd
+
+    rows = {"fit": list(table.columns)}
+    for name in table.index:
+        rows[str(name)] = [table.loc[name, col] for col in table.columns]
+    return pd.DataFrame(rows)
+
+
+def compare_report(fits: dict, cat, out: str, reference=None, num_draws: int | None = None, seed: int | None = None,
+                   sources: dict | None = None, catalog_name: str = "") -> tuple:
+    """Compare ``fits`` on ``cat`` (:func:`numpyro_clustermass.diagnostics.compare`) and write the report into ``out``.
+
+    Writes ``report.md`` (the table in markdown, one column per fit, the notes, per-bin coverage, links to the
+    figures and files), ``comparison.csv`` (the table at full precision, one row per fit), ``binned.csv`` and
+    ``per_cluster.csv`` (compare's other tables), the figures ``compare_to_reference.png`` (with a reference) and
+    ``coverage_by_mass.png`` (with true masses), and each fit's ArviZ object as ``NAME.nc`` (netCDF; read it back
+    with ``az.from_netcdf``). Every file is written atomically. Returns ``({name: path}, Comparison)``.
+    """
+    from numpyro_clustermass import plots
+    from numpyro_clustermass.catalog import CatalogError
+    from numpyro_clustermass.diagnostics import arviz_to_netcdf, compare
+
+    try:
+        result = compare(fits, cat, reference=reference, num_draws=num_draws, seed=seed)
+    except (CatalogError, ValueError) as exc:
+        raise CLIError(_one_line(exc)) from None
+    os.makedirs(out, exist_ok=True)
+    paths: dict = {}
+
+    def write(name, writer):
+        path = os.path.join(out, name)
+        try:
+            _atomic_write(path, writer)
+        except OSError as exc:
+            raise CLIError(f"cannot write {path!r}: {_one_line(exc)}") from None
+        paths[name] = path
+
+    write("comparison.csv", lambda tmp: result.table.to_csv(tmp, index=True))
+    write("binned.csv", lambda tmp: result.binned.to_csv(tmp, index=False))
+    write("per_cluster.csv", lambda tmp: result.per_cluster.to_csv(tmp, index=False))
+    figures = []
+    if result.reference is not None:
+        fig = plots.compare_to_reference(result)
+        write("compare_to_reference.png", lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+        figures.append(("compare_to_reference.png", f"predictive mean and standard deviation against {reference}"))
+    if len(result.binned):
+        fig = plots.coverage_by_mass(result)
+        write("coverage_by_mass.png", lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+        figures.append(("coverage_by_mass.png", "coverage per bin of true mass"))
+    for name, idata in result.idata.items():
+        write(f"{name}.nc", lambda tmp, idata=idata: arviz_to_netcdf(idata, tmp))
+
+    sources = sources or {}
+    lines = [f"# {len(fits)} fits compared on {catalog_name or 'the catalogue'}", "",
+             f"{result.table['n_clusters'].iloc[0]} clusters; reference: "
+             f"{'`' + reference + '`' if reference is not None else 'none'}. Fits: "
+             + ", ".join(f"`{n}` ({f.method}{', ' + os.path.basename(sources[n]) if n in sources else ''})"
+                         for n, f in fits.items()) + ".", "",
+             "## Table", "", "Columns are explained in docs/compare.md; comparison.csv holds them at full precision.",
+             "", _markdown(_transposed(result.table)), "", "## Notes", ""]
+    lines += [f"- {note}" for note in result.notes] or ["(none)"]
+    if len(result.binned):
+        lines += ["", "## Coverage per mass bin (central intervals)", ""]
+        cov = [c for c in result.binned.columns if str(c).startswith("coverage_")]
+        filled = result.binned[result.binned["n"] > 0]
+        wide = filled.pivot_table(index=["bin_lo", "bin_hi", "n"], columns="fit", values=cov, sort=False)
+        wide.columns = [f"{fit} {col[len('coverage_'):]}%" for col, fit in wide.columns]
+        lines += [_markdown(wide.reset_index()), "", "All bins, with bias, scatter, CRPS and log score: binned.csv."]
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{text}]({name})" for name, text in figures]
+    lines += ["", "## Files", "", "- comparison.csv, binned.csv, per_cluster.csv: compare's tables",
+              *[f"- {name}.nc: the ArviZ object of `{name}` (`arviz.from_netcdf`)" for name in result.idata]]
+    text = "\n".join(lines) + "\n"
+
+    def write_md(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    write("report.md", write_md)
+    return paths, result
+
+
 class _Failure(Exception):
     """A failure that is not the user's input (a diverged fit): one line, exit status 1."""
 
@@ -945,6 +1083,27 @@ def build_parser() -> argparse.ArgumentParser:
     _prediction_options(ev, seed_type)
     _common(ev)
     ev.set_defaults(func=_cmd_evaluate)
+
+    cp = sub.add_parser(
+        "compare", formatter_class=fmt, help="several saved fits side by side on one catalogue, against a reference",
+        description="Compare saved fits on the same clusters (numpyro_clustermass.diagnostics.compare): log score, "
+                    "CRPS, 68/95% coverage overall and per mass bin, bias and scatter, the aleatoric/epistemic split, "
+                    "PSIS-LOO (az.loo), function-space R-hat/ESS of MCMC fits, and per-cluster differences and "
+                    "1-Wasserstein distances to the reference fit. Writes report.md, comparison.csv, binned.csv, "
+                    "per_cluster.csv, PNG figures and each fit's ArviZ object (NAME.nc, netCDF) into --out.")
+    cp.add_argument("fits", nargs="+", metavar="FIT",
+                    help="a fit saved by train: PATH (named by its file name without the suffix) or NAME=PATH")
+    cp.add_argument("--catalog", required=True, help="the clusters to compare on (.fits or .parquet)")
+    cp.add_argument("--reference", default="nuts", metavar="NAME",
+                    help="the fit the others are compared with, or none for no reference columns (default: nuts)")
+    cp.add_argument("--out", required=True, metavar="FOLDER", help="folder for the report (created)")
+    cp.add_argument("--catalog-format", choices=sorted(SUFFIXES), default=None,
+                    help="format of --catalog (default: from its suffix)")
+    cp.add_argument("--num-draws", type=_int_at_least(1), default=None,
+                    help="predictive draws of each Bayesian fit (default: each method's)")
+    cp.add_argument("--seed", type=seed_type, default=None, help="seed of the predictive draws (default: each fit's)")
+    _common(cp)
+    cp.set_defaults(func=_cmd_compare)
     return p
 
 
