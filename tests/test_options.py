@@ -1,7 +1,9 @@
 """Method options are typed, validated, frozen dataclasses (inference/options.py and one class per method), and
 ``Fit.info`` is a FitInfo with named fields that still reads like the dict it was."""
 
+import copy
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
@@ -246,3 +248,5 @@ def test_fit_info_keeps_method_facts_in_extras():
     with pytest.raises(ValueError, match=r"extras \['n_rows'\] are named fields"):
         FitInfo(extras={"n_rows": 3})
     assert "num_latent=" not in repr(FitInfo(n_rows=1)) and "n_rows=1" in repr(FitInfo(n_rows=1))
+    for other in (copy.deepcopy(info), pickle.loads(pickle.dumps(info))):  # as a dict could be
+        assert isinstance(other, FitInfo) and dict(other) == dict(info)

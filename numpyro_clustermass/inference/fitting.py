@@ -270,6 +270,10 @@ class FitInfo(Mapping):
         shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.field_names() if getattr(self, k) is not None)
         return f"FitInfo({shown}, extras={dict(self.extras)!r})"
 
+    def __reduce__(self):
+        # the read-only view of extras cannot be pickled: rebuild from the plain dict (copy.deepcopy and pickle)
+        return (type(self).from_dict, (dict(self),))
+
 
 # ---------------------------------------------------------------------------------------------- Fit
 @dataclass
