@@ -10,7 +10,8 @@ The posterior of the Bayesian weights ``w`` (by default the last layer, with the
 2. hold the model's ``param`` sites at the MAP values and move the Bayesian weights from the maximum-likelihood
    MAP weights to the mode of the posterior *with* the prior (BFGS on the full training set, in NumPyro's
    unconstrained space);
-3. take the exact Hessian of the potential energy there (``jax.hessian``) and its eigen-decomposition;
+3. take the exact Hessian of the potential energy there (:func:`hessian_matrix`, in batches of Hessian-vector
+   products) and its eigen-decomposition;
    eigenvalues below ``eigenvalue_floor`` times the largest are raised to it (a Hessian that is not positive
    definite means the mode was not reached; their number is reported as ``info["clipped_eigenvalues"]``);
 4. draw weights as ``w* + V diag(lambda^-1/2) eps``.
@@ -96,6 +97,32 @@ class LaplaceState(NamedTuple):
     fixed: dict
 
 
+#: Hessian columns computed at once by :func:`hessian_matrix`: its memory is this many Hessian-vector products'
+#: intermediates, where a whole ``jax.hessian`` holds one per weight (for the lecture MDN's 3120 head weights on a
+#: 0.1 (Gpc/h)^3 mock that ran out of memory; ``benchmarks/nuts_lecture_reference.py``).
+HESSIAN_BATCH_SIZE = 32
+
+
+def hessian_matrix(fn: Callable, x: jax.Array, batch_size: int = HESSIAN_BATCH_SIZE) -> jax.Array:
+    """The dense Hessian of a scalar ``fn`` at the flat ``x``, ``batch_size`` columns at a time.
+
+    Each column is a Hessian-vector product (forward-over-reverse, what ``jax.hessian`` computes for all columns at
+    once); ``jax.lax.map`` runs them in batches, so the memory is that of ``batch_size`` products, not of ``x.size``.
+
+    >>> import jax.numpy as jnp
+    >>> hessian_matrix(lambda z: z[0] ** 2 * z[1] + z[1] ** 3, jnp.array([1.0, 2.0]), batch_size=1)
+    Array([[ 4.,  2.],
+           [ 2., 12.]], dtype=float32)
+    """
+    grad = jax.grad(fn)
+
+    def column(v):
+        return jax.jvp(grad, (x,), (v,))[1]
+
+    # row j of the result is H @ e_j, the j-th column; transposed back to H[i, j] = d2 fn / dx_i dx_j
+    return jax.lax.map(column, jnp.eye(x.size, dtype=x.dtype), batch_size=int(batch_size)).T
+
+
 def _sym_eigh(h):
     return jnp.linalg.eigh(0.5 * (h + h.T))
 
@@ -152,7 +179,7 @@ def gaussian_at_mode(potential_fn: Callable, z0: dict, refine_mode: bool = True,
     flat0, unravel = ravel_pytree(z0)
     potential = jax.jit(lambda f: potential_fn(unravel(f)))
     grad = jax.jit(jax.grad(potential))
-    hessian = jax.jit(lambda f: _sym_eigh(jax.hessian(potential)(f)))
+    hessian = jax.jit(lambda f: _sym_eigh(hessian_matrix(potential, f)))
     mode, opt, newton_steps = flat0, None, 0
     if refine_mode:
         opt = jax.jit(lambda f: minimize(potential, f, method="BFGS", options={"maxiter": int(max_iter)}))(flat0)
@@ -163,7 +190,7 @@ def gaussian_at_mode(potential_fn: Callable, z0: dict, refine_mode: bool = True,
     grad_norm = float(jnp.linalg.norm(grad(mode)))
     # eigen-decomposition in float64 on the host: a trained MDN's posterior precision spans ~8 decades, beyond
     # float32 eigh's accuracy for the small eigenvalues
-    h = np.asarray(jax.jit(jax.hessian(potential))(mode), np.float64)
+    h = np.asarray(jax.jit(lambda f: hessian_matrix(potential, f))(mode), np.float64)
     lam, vec = np.linalg.eigh(0.5 * (h + h.T))
     floor = float(eigenvalue_floor) * float(np.max(np.abs(lam)))
     clipped = int(np.sum(lam < floor))
