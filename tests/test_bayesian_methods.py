@@ -5,6 +5,8 @@ mock, with no method-specific code. The traps of DESIGN.md that touch these meth
 tests/test_bnn.py (prior keys): dropout masks, batch-norm state, jitted prediction, NUTS judged in function space.
 """
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -565,3 +567,28 @@ def test_nuts_converged_run_gives_no_warning():
                 **LINEAR_NUTS)
     assert f.info["converged"] and f.info["num_divergent"] == 0 and f.info["convergence_problems"] == []
     assert f.info["function_space"]["min_ess_bulk"] >= 200
+
+
+# ------------------------------------------------------------------------------------ the collapse check
+@pytest.mark.parametrize("informative", [True, False])
+def test_bbb_collapse_check_leaves_out_the_kl_term(informative):
+    """BBB's held-out loss is the negative ELBO per datum, likelihood plus KL(q || p) / num_data: fit's "learned next
+    to nothing" check compares the likelihood part with the Gaussian ignoring the features, so a small data set
+    (a large KL per datum) gives no false warning, while features of pure noise still warn."""
+    rng = np.random.default_rng(0)
+    y = rng.uniform(13.5, 15.0, 600)
+    signal = y + 0.1 * rng.normal(size=600) if informative else rng.normal(size=600)
+    x = np.stack([signal, rng.normal(size=600)], 1)
+    est = MDN(2, (16, 16), feature_names=("a", "b"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = fit(est, (x, y), method="bbb", num_epochs=30, batch_size=64, progress_bar=False, seed=0)
+    collapse = [w for w in caught if issubclass(w.category, ncm.FitWarning) and "learned next to" in str(w.message)]
+    prior = f._method.prior_loss(f.state)
+    # Measured (seed 0): KL / num_data 3.17 (informative) and 3.16 (noise) nats per cluster, more than the Gaussian
+    # baseline's whole loss (1.35); without it the loss is 0.50 for informative features and 1.348 for noise.
+    assert prior > 1.0
+    assert f.info.best_loss > f.info.baseline_loss  # the ELBO alone would have warned in both cases
+    assert bool(collapse) == (not informative), [str(w.message) for w in collapse]
+    if not informative:
+        assert f"with its prior term {prior:.4f}" in str(collapse[0].message)

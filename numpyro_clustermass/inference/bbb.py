@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro import handlers
 from numpyro.infer import SVI, TraceMeanField_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_median, init_to_value
@@ -89,6 +90,7 @@ from numpyro_clustermass.inference.svi import (
     make_schedule,
     prepare_svi,
 )
+from numpyro_clustermass.models import OBS_SITE
 
 __all__ = ["bbb_method", "BBBOptions", "MeanFieldGuide", "DEFAULT_INIT_SCALE", "DEFAULT_NUM_DRAWS"]
 
@@ -372,6 +374,15 @@ def bbb_method(model: Callable, plan: TrainingPlan, options: BBBOptions | None =
         loss = loss_fn.loss(state.rng_key, params, twin, guide, x, y, num_data=num_data)
         return loss / num_data
 
+    def prior_loss(state):
+        # evaluate's loss without its likelihood: the ELBO of the twin with the observation site hidden is the
+        # KL of the guide from the prior (analytic for the mean-field guide), per training datum
+        params = {**svi.get_params(state), **(state.mutable_state or {})}
+        x0 = jnp.zeros((1, plan.num_features), jnp.float32)
+        no_obs = handlers.block(twin, hide=[OBS_SITE])
+        kl = eval_elbo.loss(state.rng_key, params, no_obs, guide, x0, jnp.zeros(1, jnp.float32), num_data=num_data)
+        return float(kl) / num_data
+
     def get_params(state):
         params = svi.get_params(state)
         latent = guide.median(params)
@@ -387,6 +398,7 @@ def bbb_method(model: Callable, plan: TrainingPlan, options: BBBOptions | None =
     method = IterativeMethod(
         init=functools.partial(init_from, given_map), step=step, evaluate=evaluate, get_params=get_params,
         sample=sample, predict_kwargs={"deterministic": True}, num_draws=int(num_draws), name="bbb", model=twin,
+        prior_loss=prior_loss,
     )
     if not (isinstance(init, str) and init == "map"):
         return method

@@ -144,6 +144,10 @@ class IterativeMethod(NamedTuple):
     model : callable, optional
         The model :meth:`Fit.posterior` substitutes the draws into, when it is not the estimator's model (a
         Bayesian twin, a net with dropout added); default None: the estimator's model.
+    prior_loss : callable, optional
+        ``prior_loss(state) -> float``: the part of ``evaluate``'s per-datum loss that is not the likelihood of the
+        data (Bayes by Backprop: KL(q || p) / num_data). :func:`fit` subtracts it before comparing the held-out loss
+        with that of a Gaussian ignoring the features; None: ``evaluate`` is the likelihood alone.
     """
 
     init: Callable
@@ -155,6 +159,7 @@ class IterativeMethod(NamedTuple):
     num_draws: int = 1
     name: str = ""
     model: Callable | None = None
+    prior_loss: Callable | None = None
 
 
 class OneShotMethod(NamedTuple):
