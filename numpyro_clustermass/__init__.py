@@ -19,6 +19,7 @@ from numpyro_clustermass import (
     diagnostics,
     estimators,
     features,
+    flows,
     grid,
     inference,
     metrics,
@@ -33,7 +34,7 @@ from numpyro_clustermass import (
 )
 from numpyro_clustermass.catalog import Catalog, CatalogError, read_catalog, write_catalog
 from numpyro_clustermass.diagnostics import ConvergenceError, ConvergenceWarning
-from numpyro_clustermass.estimators import MDN, MSE, ModelEstimator
+from numpyro_clustermass.estimators import MDN, MSE, Flow, ModelEstimator
 from numpyro_clustermass.inference import (
     BBBOptions,
     EnsembleOptions,
@@ -59,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MDN",
+    "Flow",
     "MSE",
     "BBBOptions",
     "Catalog",

@@ -39,8 +39,8 @@ import flax.linen as nn
 import jax
 from numpyro import handlers
 
-from numpyro_clustermass.models import NET_NAME, is_bayesian, mdn_model, regression_model
-from numpyro_clustermass.nets import MLP, MDNNet, MixtureHead, PointHead, RegressionNet
+from numpyro_clustermass.models import NET_NAME, flow_model, is_bayesian, mdn_model, regression_model
+from numpyro_clustermass.nets import MLP, FlowHead, FlowNet, MDNNet, MixtureHead, PointHead, RegressionNet
 from numpyro_clustermass.weight_priors import (
     DEFAULT_WEIGHT_PRIOR,
     WeightPriorError,
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 #: The package's model functions: each one is deterministic or, given the weight-prior keywords, its own twin.
-PACKAGE_MODELS = (regression_model, mdn_model)
+PACKAGE_MODELS = (regression_model, mdn_model, flow_model)
 _BAYESIAN_KEYWORDS = ("weight_prior", "bayesian_layers")
 
 
@@ -100,7 +100,7 @@ def bayesian_twin(model: Callable, weight_prior=None, bayesian_layers="all") -> 
     """
     if not is_package_model(model):
         raise TypeError(
-            f"weight_prior / bayesian_layers apply to the package's MSE and MDN models; got the model "
+            f"weight_prior / bayesian_layers apply to the package's MSE and MDN models and its Flow; got the model "
             f"{getattr(model, '__name__', model)!r}. Put the priors in your own model (e.g. random_flax_module, "
             f"or numpyro.sample sites) and do not pass weight_prior or bayesian_layers"
         )
@@ -179,6 +179,8 @@ def head_only_twin(twin: Callable, num_features: int):
         head = MixtureHead(net.num_components, net.min_scale, net.weight_init)
     elif isinstance(net, RegressionNet):
         head = PointHead()
+    elif isinstance(net, FlowNet):
+        head = FlowHead(net.num_bins, net.num_layers, net.min_scale)
     else:
         return None
     kw = twin.keywords
@@ -186,7 +188,7 @@ def head_only_twin(twin: Callable, num_features: int):
     prior = resolve_weight_prior(shapes, kw.get("weight_prior"), kw.get("bayesian_layers", "all"))
     if set(prior) != {p for p in shapes if p.startswith("head.")}:
         return None
-    trunk = MLP(net.hidden, net.activations, 0.0, net.weight_init)
+    trunk = MLP(net.hidden, net.activations, 0.0, getattr(net, "weight_init", "flax"))
 
     def trunk_fn(trunk_params, x):
         return trunk.apply({"params": trunk_params}, x, deterministic=True)

@@ -8,6 +8,8 @@ itself (``estimator.config()``, used to save and rebuild a fit).
 * :class:`MSE` -- the lecture's first attempt, an MLP regressor (trained as a Gaussian likelihood; its MAP is
   the least-squares fit and the fitted scale is the residual scatter).
 * :class:`MDN` -- the lecture's second attempt, a Mixture Density Network.
+* :class:`Flow` -- the lecture's bonus, a conditional normalizing flow (rational-quadratic splines on the
+  training mass range, on TensorFlow Probability): its density has hard edges, which a mixture cannot have.
 * :class:`ModelEstimator` -- any user model function following the same convention.
 
 Example
@@ -23,14 +25,16 @@ True
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from numpyro_clustermass.catalog import FEATURE_NAMES
-from numpyro_clustermass.models import OBS_SITE, mdn_model, regression_model
-from numpyro_clustermass.nets import DEFAULT_HIDDEN, MIN_SCALE, MDNNet, RegressionNet, check_init
+import numpy as np
 
-__all__ = ["Estimator", "MSE", "MDN", "ModelEstimator", "as_estimator"]
+from numpyro_clustermass.models import OBS_SITE, flow_model, mdn_model, regression_model
+from numpyro_clustermass.nets import DEFAULT_HIDDEN, MIN_SCALE, FlowNet, MDNNet, RegressionNet, check_init
+
+__all__ = ["Estimator", "MSE", "MDN", "Flow", "FlowBoundsError", "ModelEstimator", "as_estimator"]
 
 
 class Estimator:
@@ -185,6 +189,125 @@ class MDN(Estimator):
     def config(self) -> dict[str, Any]:
         d = asdict(self)
         d["kind"] = "MDN"
+        return d
+
+
+class FlowBoundsError(ValueError):
+    """Training masses outside a :class:`Flow`'s ``bounds`` (the flow gives them zero density)."""
+
+
+@dataclass(frozen=True)
+class Flow(Estimator):
+    """A conditional normalizing flow over log10 M given the features: MLP trunk and a spline-flow head.
+
+    The density is ``num_layers`` rational-quadratic splines of ``num_bins`` bins (TFP's
+    ``RationalQuadraticSpline``) over a truncated-normal base, all on the interval ``bounds``, with every
+    parameter a function of the features through the same Flax trunk as the :class:`MDN`
+    (:func:`numpyro_clustermass.models.flow_model`). The density is zero outside ``bounds`` and can have hard
+    edges there: trained on a catalogue whose masses stop at 13.5 and 15.3, it can put a finite, non-vanishing
+    density just inside those edges, which a Gaussian mixture cannot. Needs TensorFlow Probability
+    (``tfp-nightly``, a dependency), imported on first use.
+
+    Parameters
+    ----------
+    num_bins : int
+        Bins of each spline (default 16).
+    num_layers : int
+        Number of stacked splines (default 1).
+    hidden, activations, dropout_rate, feature_names, min_scale
+        As for :class:`MDN` (``min_scale`` floors the base's scale).
+    bounds : (float, float), optional
+        The support of the masses in log10 M: give the prior's support when it is known (a mock's generating
+        range, 13.5 and 15.3), since a test mass outside the interval has zero density. Default: the training
+        catalogue's mass range. :func:`~numpyro_clustermass.fit` fills it in (the fit's estimator holds the
+        numbers) and converts ``bounds`` widened by ``margin`` with the training scaler into the model's
+        standardised units (``z_bounds``); a training mass outside explicit bounds is an error
+        (:class:`FlowBoundsError`).
+    margin : float
+        Widening of ``bounds`` into the flow's interval, dex (default 0.01, about two cells of the default posterior grid: a
+        hard edge that fell between two grid points would give a truth in the half cell beside it zero density
+        on the grid, so the edge is put just beyond the grid point next to the training range).
+    z_bounds : (float, float), optional
+        The interval in standardised units; set by ``fit`` (:meth:`bind`), never by hand.
+
+    Example
+    -------
+    >>> f = Flow(num_bins=8, hidden=(16,))
+    >>> f.name, f.config()["num_bins"], f.z_bounds is None
+    ('flow', 8, True)
+    >>> import numpy as np
+    >>> from numpyro_clustermass.catalog import StandardScaler
+    >>> b = f.bind(StandardScaler(mean=np.array(14.0), scale=np.array(0.5)), np.array([13.5, 15.0]))
+    >>> b.bounds, [round(v, 3) for v in b.z_bounds]  # z_bounds: bounds widened by margin, standardised
+    ((13.5, 15.0), [-1.02, 2.02])
+    """
+
+    num_bins: int = 16
+    num_layers: int = 1
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    activations: tuple[str, ...] | None = None
+    dropout_rate: float = 0.0
+    min_scale: float = MIN_SCALE
+    bounds: tuple[float, float] | None = None
+    margin: float = 0.01
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    z_bounds: tuple[float, float] | None = None
+    name: str = field(default="flow", init=False)
+
+    def __post_init__(self):
+        if int(self.num_bins) < 2 or int(self.num_layers) < 1:
+            raise ValueError(f"num_bins must be >= 2 and num_layers >= 1; got {self.num_bins}, {self.num_layers}")
+        object.__setattr__(self, "num_bins", int(self.num_bins))
+        object.__setattr__(self, "num_layers", int(self.num_layers))
+        object.__setattr__(self, "hidden", _check_hidden(self.hidden))
+        object.__setattr__(self, "dropout_rate", _check_dropout(self.dropout_rate))
+        if self.activations is not None:
+            object.__setattr__(self, "activations", tuple(self.activations))
+        object.__setattr__(self, "feature_names", tuple(self.feature_names))
+        if not self.min_scale > 0:
+            raise ValueError(f"min_scale must be > 0; got {self.min_scale}")
+        if not (np.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"margin must be a finite number >= 0 (dex); got {self.margin}")
+        for name in ("bounds", "z_bounds"):
+            b = getattr(self, name)
+            if b is not None:
+                b = tuple(float(v) for v in b)
+                if len(b) != 2 or not (np.isfinite(b).all() and b[1] > b[0]):
+                    raise ValueError(f"{name} must be two finite numbers (low, high) with high > low; got {b}")
+                object.__setattr__(self, name, b)
+
+    def bind(self, y_scaler, log_mass) -> "Flow":
+        """This flow with ``bounds`` resolved from the training masses ``log_mass`` (when not given) and
+        ``z_bounds`` converted with the fit's target scaler ``y_scaler``; what :func:`fit` trains."""
+        y = np.asarray(log_mass, dtype=np.float64).ravel()
+        if self.bounds is None:
+            bounds = (float(y.min()), float(y.max()))
+        else:
+            bounds = self.bounds
+            out = (y < bounds[0]) | (y > bounds[1])
+            if out.any():
+                raise FlowBoundsError(
+                    f"{int(out.sum())} of {y.size} training masses lie outside the flow's bounds "
+                    f"[{bounds[0]}, {bounds[1]}] (log10 M; range of the data [{y.min():.4f}, {y.max():.4f}]): the "
+                    f"flow gives them zero density. Widen bounds=, cut the catalogue, or leave bounds=None"
+                )
+        interval = np.array([bounds[0] - self.margin, bounds[1] + self.margin], dtype=np.float64)
+        z = np.asarray(y_scaler.transform(interval), dtype=np.float64).ravel()
+        return replace(self, bounds=bounds, z_bounds=(float(z[0]), float(z[1])))
+
+    @property
+    def net(self) -> FlowNet:
+        return FlowNet(num_bins=self.num_bins, num_layers=self.num_layers, hidden=self.hidden,
+                       activations=self.activations, dropout_rate=self.dropout_rate, min_scale=self.min_scale)
+
+    @property
+    def model(self) -> Callable:
+        low, high = (None, None) if self.z_bounds is None else self.z_bounds
+        return functools.partial(flow_model, net=self.net, low=low, high=high)
+
+    def config(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "Flow"
         return d
 
 

@@ -49,12 +49,13 @@ import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.contrib.module import flax_module, random_flax_module
 
-from numpyro_clustermass.nets import MDNNet, RegressionNet
+from numpyro_clustermass.nets import FlowNet, MDNNet, RegressionNet
 from numpyro_clustermass.weight_priors import DEFAULT_WEIGHT_PRIOR, param_shapes, resolve_weight_prior
 
 __all__ = [
     "regression_model",
     "mdn_model",
+    "flow_model",
     "apply_net",
     "is_bayesian",
     "likelihood_scale",
@@ -190,3 +191,43 @@ def mdn_model(x, y=None, num_data=None, deterministic: bool = False, *, net=None
     mixture = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(locs, scales))
     with numpyro.plate(DATA_PLATE, x.shape[0]), handlers.scale(scale=likelihood_scale(num_data, x.shape[0])):
         numpyro.sample(OBS_SITE, mixture, obs=y)
+
+
+def flow_model(x, y=None, num_data=None, deterministic: bool = False, *, net=None, low=None, high=None,
+               weight_prior=None, bayesian_layers=None):
+    """A conditional normalizing flow: ``y ~ Spline_x(TruncatedNormal(loc(x), scale(x); low, high))``.
+
+    The density of the standardised log-mass is zero outside ``[low, high]`` and has hard edges there
+    (:func:`numpyro_clustermass.flows.spline_flow`; needs TensorFlow Probability, imported on first use).
+    Parameters are as in :func:`regression_model`; ``net`` maps ``x`` to the flow's parameters, default
+    :class:`~numpyro_clustermass.nets.FlowNet`.
+
+    Parameters
+    ----------
+    low, high : float
+        The interval in *standardised* units (the units of ``y``). The :class:`~numpyro_clustermass.Flow`
+        estimator holds it in log10 M and :func:`~numpyro_clustermass.fit` converts it with the training
+        scaler, so a user of the estimator never gives these.
+
+    Example
+    -------
+    >>> import jax.numpy as jnp
+    >>> from numpyro import handlers
+    >>> from numpyro_clustermass.nets import FlowNet
+    >>> tr = handlers.trace(handlers.seed(flow_model, 0)).get_trace(
+    ...     jnp.ones((4, 3)), jnp.zeros(4), net=FlowNet(4, hidden=(8,)), low=-2.0, high=2.0)
+    >>> type(tr["obs"]["fn"]).__name__, tr["obs"]["fn"].batch_shape
+    ('TFPDistribution', (4,))
+    """
+    from numpyro_clustermass.flows import spline_flow  # TFP is imported only by the flow
+
+    if low is None or high is None:
+        raise ValueError(
+            "flow_model needs its interval low=, high= in standardised log-mass units; the Flow estimator gets it "
+            "from fit (Flow(bounds=...) in log10 M, converted with the training scaler)"
+        )
+    net = FlowNet() if net is None else net
+    params = apply_net(NET_NAME, net, x, deterministic, weight_prior, bayesian_layers)
+    flow = spline_flow(*params, low=low, high=high)
+    with numpyro.plate(DATA_PLATE, x.shape[0]), handlers.scale(scale=likelihood_scale(num_data, x.shape[0])):
+        numpyro.sample(OBS_SITE, flow, obs=y)

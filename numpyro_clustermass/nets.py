@@ -38,6 +38,8 @@ __all__ = [
     "MixtureHead",
     "RegressionNet",
     "MDNNet",
+    "FlowHead",
+    "FlowNet",
     "get_activation",
     "INITS",
     "check_init",
@@ -218,3 +220,57 @@ class MDNNet(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True):
         h = MLP(self.hidden, self.activations, self.dropout_rate, self.weight_init, name="trunk")(x, deterministic=deterministic)
         return MixtureHead(self.num_components, self.min_scale, self.weight_init, name="head")(h)
+
+
+
+class FlowHead(nn.Module):
+    """Conditional spline-flow head: the parameters of :func:`numpyro_clustermass.flows.spline_flow`.
+
+    Returns ``(loc, scale, widths, heights, slopes)`` of shapes ``(batch,)``, ``(batch,)``,
+    ``(batch, num_layers, num_bins)`` twice and ``(batch, num_layers, num_bins - 1)``: the location and scale of
+    the truncated-normal base (``scale = softplus(raw) + min_scale``) and each spline's unnormalised bin widths,
+    heights and interior knot slopes. The spline layers start with weights of order 1e-4 and zero biases
+    (equal bins; knot slopes near 1), so every input starts near the base alone.
+    """
+
+    num_bins: int = 16
+    num_layers: int = 1
+    min_scale: float = MIN_SCALE
+
+    @nn.compact
+    def __call__(self, h: jax.Array):
+        k, n = int(self.num_bins), int(self.num_layers)
+        batch = h.shape[:-1]
+        small = nn.initializers.normal(_SMALL_INIT_STD)
+        loc = nn.Dense(1, name="loc")(h)[..., 0]
+        unit = math.log(math.expm1(1.0 - float(self.min_scale)))  # softplus(unit) + min_scale == 1
+        scale = nn.softplus(nn.Dense(1, bias_init=nn.initializers.constant(unit), name="scale")(h)[..., 0])
+        widths = nn.Dense(n * k, kernel_init=small, name="widths")(h).reshape(batch + (n, k))
+        heights = nn.Dense(n * k, kernel_init=small, name="heights")(h).reshape(batch + (n, k))
+        slope_one = math.log(math.expm1(1.0 - 1e-3))
+        slopes = nn.Dense(n * (k - 1), kernel_init=small, bias_init=nn.initializers.constant(slope_one),
+                          name="slopes")(h).reshape(batch + (n, k - 1))
+        return loc, scale + self.min_scale, widths, heights, slopes
+
+
+class FlowNet(nn.Module):
+    """Trunk plus conditional spline-flow head (:class:`FlowHead`), the network of the Flow estimator.
+
+    >>> import jax, jax.numpy as jnp
+    >>> net = FlowNet(num_bins=4, num_layers=2, hidden=(8,))
+    >>> v = net.init(jax.random.key(0), jnp.ones((1, 3)))
+    >>> [a.shape for a in net.apply(v, jnp.ones((5, 3)))]
+    [(5,), (5,), (5, 2, 4), (5, 2, 4), (5, 2, 3)]
+    """
+
+    num_bins: int = 16
+    num_layers: int = 1
+    hidden: Sequence[int] = DEFAULT_HIDDEN
+    activations: Sequence[str | Callable] | None = None
+    dropout_rate: float = 0.0
+    min_scale: float = MIN_SCALE
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True):
+        h = MLP(self.hidden, self.activations, self.dropout_rate, name="trunk")(x, deterministic=deterministic)
+        return FlowHead(self.num_bins, self.num_layers, self.min_scale, name="head")(h)

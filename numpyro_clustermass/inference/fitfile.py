@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from numpyro_clustermass.catalog import atomic_target
-from numpyro_clustermass.estimators import MDN, MSE, ModelEstimator
+from numpyro_clustermass.estimators import MDN, MSE, Flow, ModelEstimator
 from numpyro_clustermass.inference.options import options_dict
 from numpyro_clustermass.scaling import MassObservableRelation
 
@@ -370,11 +370,11 @@ def estimator_from_config(cfg: dict, model: Callable | None = None):
     """Rebuild the estimator from ``Estimator.config()`` (a user model function is passed as ``model``)."""
     kind = cfg.get("kind")
     kwargs = {k: v for k, v in cfg.items() if k not in ("kind", "name")}
-    if kind in ("MDN", "MSE"):
-        for k in ("hidden", "activations", "feature_names"):
+    if kind in ("MDN", "MSE", "Flow"):
+        for k in ("hidden", "activations", "feature_names", "bounds", "z_bounds"):
             if kwargs.get(k) is not None:
                 kwargs[k] = tuple(kwargs[k])
-        return (MDN if kind == "MDN" else MSE)(**kwargs)
+        return {"MDN": MDN, "MSE": MSE, "Flow": Flow}[kind](**kwargs)
     if kind == "MassObservableRelation":
         return MassObservableRelation(feature_names=tuple(kwargs["feature_names"]))
     if kind == "ModelEstimator":

@@ -734,6 +734,8 @@ def fit(
         if checkpoint.is_dir() or not checkpoint.parent.is_dir():
             raise FileNotFoundError(f"checkpoint={str(checkpoint)!r}: give a file name in a folder that exists")
     if resume is not None:
+        if hasattr(est, "bind"):  # the resumed fit's estimator was bound with its own scaler
+            est = est.bind(resume.y_scaler, y)
         _check_resume(resume, est, method, opts)
 
     is_val = _validation_split(n, float(validation_fraction), groups, seed)
@@ -744,6 +746,9 @@ def fit(
         x_scaler, y_scaler = StandardScaler.fit(x_tr, names), StandardScaler.fit(y_tr)
     else:  # the resumed state expects the inputs standardised as when it was trained
         x_scaler, y_scaler = resume.x_scaler, resume.y_scaler
+    if resume is None and hasattr(est, "bind"):
+        # an estimator whose model depends on the target's units (Flow: its interval) is bound to the scaler
+        est = est.bind(y_scaler, y)
     x_train = jnp.asarray(x_scaler.transform(x_tr), jnp.float32)
     y_train = jnp.asarray(y_scaler.transform(y_tr), jnp.float32)
     has_val = bool(is_val.any())
