@@ -2,7 +2,7 @@
 
 ``quickstart`` runs the main job on default mock data; ``simulate`` writes a catalogue file; ``info``
 validates and summarises a catalogue file (FITS in the lecture's schema, or Parquet). ``train`` fits an
-estimator (``--estimator mdn|mse|msigma``) with any registered inference method to a catalogue and saves
+estimator (``--estimator mdn|mse|msigma|flow``) with any registered inference method to a catalogue and saves
 the fit in one file (``.ncm``); ``predict`` turns a saved fit and a catalogue into a table (FITS, Parquet or
 CSV) of per-cluster posterior statistics; ``evaluate`` scores a saved fit on a catalogue with true masses
 (overall and per-mass-bin tables, coverage, the lecture's figures); ``compare`` puts several saved fits side
@@ -57,7 +57,7 @@ TABLE_SUFFIXES = {**SUFFIXES, "csv": (".csv",)}
 #: Recommended suffix of a saved fit.
 FIT_SUFFIX = ".ncm"
 #: Estimators ``train --estimator`` builds.
-ESTIMATORS = ("mdn", "mse", "msigma")
+ESTIMATORS = ("mdn", "mse", "msigma", "flow")
 #: Quantile levels of the ``predict`` table and their column names.
 TABLE_QUANTILES = {"q16": 0.16, "q84": 0.84, "q025": 0.025, "q975": 0.975}
 #: Catalogue columns copied into the ``predict`` table when present (identifiers; the truth is added apart).
@@ -355,14 +355,15 @@ def build_estimator(kind: str = "mdn", *, components: int | None = None, hidden=
     >>> build_estimator("msigma", features=("Logsigv", "LogNgal")).feature_names
     ('Logsigv', 'LogNgal')
     """
-    from numpyro_clustermass.estimators import MDN, MSE
+    from numpyro_clustermass.estimators import MDN, MSE, Flow
     from numpyro_clustermass.scaling import MassObservableRelation
 
     if kind not in ESTIMATORS:
         raise CLIError(f"unknown --estimator {kind!r}; use one of {', '.join(ESTIMATORS)}")
     given = {"--components": components, "--hidden": hidden, "--dropout": dropout}
     if kind == "mse" and components is not None:
-        raise CLIError("--components applies to --estimator mdn only (the MSE regressor has a point head)")
+        raise CLIError("--components applies to --estimator mdn only, and to flow as its spline bins (the MSE regressor "
+                       "has a point head)")
     if kind == "msigma":
         bad = [flag for flag, value in given.items() if value is not None]
         if bad:
@@ -379,6 +380,8 @@ def build_estimator(kind: str = "mdn", *, components: int | None = None, hidden=
             kw["dropout_rate"] = dropout
         if kind == "mse":
             return MSE(**kw)
+        if kind == "flow":  # --components: the spline's bins
+            return Flow(num_bins=DEFAULT_COMPONENTS if components is None else components, **kw)
         return MDN(num_components=DEFAULT_COMPONENTS if components is None else components, **kw)
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--estimator {kind}: {_one_line(exc)}") from None
@@ -1012,14 +1015,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format of CATALOG (default: from its suffix)")
     e = t.add_argument_group("estimator")
     e.add_argument("--estimator", choices=ESTIMATORS, default=None,
-                   help="mdn: Mixture Density Network; mse: MLP regressor; msigma: power-law M-sigma relation "
+                   help="mdn: Mixture Density Network; mse: MLP regressor; msigma: power-law M-sigma relation; "
+                        "flow: conditional spline flow on the training mass range "
                         "(default: mdn, or the --resume fit's)")
     e.add_argument("--components", type=_int_at_least(1), default=None,
-                   help=f"Gaussian components of the mdn (default: {DEFAULT_COMPONENTS})")
+                   help=f"Gaussian components of the mdn, spline bins of the flow (default: {DEFAULT_COMPONENTS})")
     e.add_argument("--hidden", type=_widths, default=None, metavar="W1,W2,...",
-                   help=f"hidden layer widths of mdn/mse (default: {','.join(map(str, DEFAULT_HIDDEN))})")
+                   help=f"hidden layer widths of mdn/mse/flow (default: {','.join(map(str, DEFAULT_HIDDEN))})")
     e.add_argument("--dropout", type=_fraction, default=None, metavar="RATE",
-                   help="dropout rate after each hidden layer of mdn/mse, in [0, 1) (default: 0; the mc_dropout method "
+                   help="dropout rate after each hidden layer of mdn/mse/flow, in [0, 1) (default: 0; the mc_dropout method "
                         "sets its own unless given)")
     e.add_argument("--features", type=_names, default=None, metavar="NAME,...",
                    help="catalogue feature columns (default: the lecture's 14 for mdn/mse, Logsigv for msigma)")

@@ -131,3 +131,10 @@ def test_missing_tfp_is_a_clear_error(monkeypatch, xy):
     assert "tensorflow-probability" in str(err.value)
     with pytest.raises(flows.TFPImportError):
         ncm.fit(ncm.Flow(num_bins=4, hidden=(4,), feature_names=NAMES), xy, **SMALL)
+
+
+def test_cli_builds_the_flow():
+    from numpyro_clustermass.cli import build_estimator
+
+    est = build_estimator("flow", components=8, hidden=(16,), dropout=0.1)
+    assert isinstance(est, ncm.Flow) and (est.num_bins, est.hidden, est.dropout_rate) == (8, (16,), 0.1)
