@@ -89,7 +89,8 @@ def test_save_load_gives_a_bitwise_equal_posterior(flow_fit, xy, tmp_path):
     assert np.array_equal(a.aleatoric_variance, b.aleatoric_variance)
 
 
-@pytest.mark.parametrize("method,kw", [("bbb", {}), ("mc_dropout", {"dropout_rate": 0.1})])
+@pytest.mark.parametrize("method,kw", [("bbb", {}), ("mc_dropout", {"dropout_rate": 0.1}),
+                                       ("ensemble", {"num_members": 2})])
 def test_bayesian_methods_run_on_the_flow(xy, method, kw):
     f = ncm.fit(ncm.Flow(num_bins=4, hidden=(8,), feature_names=NAMES), xy, method=method, **kw, **SMALL)
     post = f.posterior((xy[0][:10], xy[1][:10]), num_draws=4)
@@ -99,8 +100,7 @@ def test_bayesian_methods_run_on_the_flow(xy, method, kw):
 
 
 def test_last_layer_twin_of_the_flow_keeps_the_trunk_fixed(xy):
-    # head_only_twin knows the flow head, so NUTS/Laplace on a last-layer flow compute the trunk's features once.
-    # (A Laplace fit of the flow is not tested: its Hessian at the mode came out non-finite in a first try.)
+    # head_only_twin knows the flow head, so NUTS/Laplace on a last-layer flow compute the trunk's features once
     est = ncm.Flow(num_bins=4, hidden=(8,), feature_names=NAMES)
     twin = bnn.bayesian_twin(est.bind(ncm.catalog.StandardScaler.fit(xy[1]), xy[1]).model, bayesian_layers="last")
     trunk_fn, head_twin = bnn.head_only_twin(twin, 3)
