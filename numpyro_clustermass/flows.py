@@ -56,6 +56,8 @@ __all__ = [
     "import_tfp",
     "TFPDistribution",
     "spline_flow",
+    "is_tfp_distribution",
+    "from_tfp",
     "MIN_BIN_FRACTION",
     "MIN_SLOPE",
 ]
@@ -162,6 +164,47 @@ class TFPDistribution(dist.Distribution):
     @property
     def variance(self):
         return self._moment("variance")
+
+
+def is_tfp_distribution(obj) -> bool:
+    """Whether ``obj`` is a TFP distribution (checked by its class's module: TFP is not imported).
+
+    >>> import numpyro.distributions as dist
+    >>> is_tfp_distribution(dist.Normal(0, 1)), is_tfp_distribution(import_tfp().distributions.Normal(0., 1.))
+    (False, True)
+    """
+    return any(c.__module__.startswith("tensorflow_probability.") and c.__name__ == "Distribution"
+               for c in type(obj).__mro__)
+
+
+def from_tfp(tfp_dist) -> TFPDistribution:
+    """A TFP distribution as a NumPyro one, with its support read from TFP's default event-space bijector
+    (its limits at -inf and +inf: ``Uniform(13.5, 15.3)`` -> ``interval(13.5, 15.3)``, ``Normal`` -> real).
+
+    >>> tfd = import_tfp().distributions
+    >>> d = from_tfp(tfd.Uniform(13.5, 15.3))
+    >>> type(d.support).__name__, float(d.support.lower_bound), float(d.support.upper_bound)
+    ('_Interval', 13.5, 15.3)
+    >>> from_tfp(tfd.Normal(14.0, 0.3)).support is constraints.real
+    True
+    """
+    if not is_tfp_distribution(tfp_dist):
+        raise TypeError(f"expected a TFP distribution (tensorflow_probability.substrates.jax); got {type(tfp_dist)}")
+    support = constraints.real
+    try:
+        with _tfp_context():
+            bij = tfp_dist.experimental_default_event_space_bijector()
+            lo, hi = (float(jnp.asarray(bij.forward(jnp.asarray(v, jnp.float32))).reshape(-1)[0])
+                      for v in (-jnp.inf, jnp.inf))
+    except Exception:  # noqa: BLE001 - no bijector or a non-scalar one: report the real line
+        lo, hi = -math.inf, math.inf
+    if math.isfinite(lo) and math.isfinite(hi) and hi > lo:
+        support = constraints.interval(lo, hi)
+    elif math.isfinite(lo) and hi == math.inf:
+        support = constraints.greater_than(lo)
+    elif lo == -math.inf and math.isfinite(hi):
+        support = constraints.less_than(hi)
+    return TFPDistribution(tfp_dist, support=support)
 
 
 def _bins(raw, width):

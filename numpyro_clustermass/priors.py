@@ -754,7 +754,8 @@ class MassFunction(_Piecewise):
 
 
 class FromDistribution(Prior):
-    """Wrap a scalar NumPyro distribution over log10 M as a prior.
+    """Wrap a scalar NumPyro distribution over log10 M as a prior (a TFP distribution is accepted too:
+    :func:`numpyro_clustermass.flows.from_tfp` wraps it and reads its support).
 
     Its support is read from ``distribution.support`` (``real`` -> (-inf, inf); intervals and
     half-lines -> their bounds); ``log_prob`` is the distribution's, with ``-inf`` outside the support.
@@ -772,8 +773,12 @@ class FromDistribution(Prior):
         import numpyro.distributions as dist
         from numpyro.distributions import constraints
 
+        from numpyro_clustermass.flows import from_tfp, is_tfp_distribution  # TFP itself is not imported here
+
+        if is_tfp_distribution(distribution):  # a TFP (JAX substrate) distribution, support from TFP
+            distribution = from_tfp(distribution)
         if not isinstance(distribution, dist.Distribution):
-            raise TypeError(f"expected a numpyro Distribution, got {type(distribution)}")
+            raise TypeError(f"expected a numpyro or TFP distribution, got {type(distribution)}")
         if distribution.batch_shape != () or distribution.event_shape != ():
             raise ValueError(
                 "FromDistribution needs a scalar distribution (batch_shape == event_shape == ()), got "

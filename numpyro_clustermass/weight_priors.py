@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
+from numpyro_clustermass.flows import from_tfp, is_tfp_distribution
+
 __all__ = [
     "DEFAULT_WEIGHT_PRIOR",
     "WeightPriorError",
@@ -144,10 +146,12 @@ def select_layers(paths: Sequence[str], bayesian_layers="all") -> list[str]:
 
 
 def _check_distribution(d, path: str, shape: tuple[int, ...], source: str) -> dist.Distribution:
+    if is_tfp_distribution(d):  # a TFP (JAX substrate) distribution as a NumPyro one
+        d = from_tfp(d)
     if not isinstance(d, dist.Distribution):
         raise WeightPriorError(
             f"the weight prior for {path!r} (from {source}) is {d!r} of type {type(d).__name__}, not a NumPyro "
-            f"distribution; use e.g. numpyro.distributions.Normal(0, 1)"
+            f"distribution (nor a TFP one); use e.g. numpyro.distributions.Normal(0, 1)"
         )
     ev = tuple(d.event_shape)
     bs = tuple(d.batch_shape)
@@ -200,6 +204,8 @@ def resolve_weight_prior(shapes: Mapping[str, tuple[int, ...]], weight_prior=Non
     if not bayes:
         raise WeightPriorError(f"bayesian_layers={bayesian_layers!r} selects no parameter; paths are {paths}")
     weight_prior = DEFAULT_WEIGHT_PRIOR if weight_prior is None else weight_prior
+    if is_tfp_distribution(weight_prior):
+        weight_prior = from_tfp(weight_prior)
     out = {}
     if isinstance(weight_prior, dist.Distribution):
         for p in bayes:
