@@ -167,3 +167,11 @@ def test_tfp_distributions_are_weight_priors(xy):
                 bayesian_layers="last", **SMALL)
     post = f.posterior((xy[0][:5], xy[1][:5]), num_draws=4)
     assert np.isfinite(post.mode()).all() and (post.epistemic_variance > 0).all()
+
+
+def test_importing_the_package_does_not_import_tfp():
+    import subprocess
+
+    code = "import sys, numpyro_clustermass; print('tensorflow_probability' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
