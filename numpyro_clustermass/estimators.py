@@ -76,6 +76,18 @@ def _check_dropout(rate: float) -> float:
     return rate
 
 
+def _check_density_trunk(est) -> None:
+    """Validate and normalise (in place, on a frozen dataclass) the trunk fields a density estimator (MDN, Flow)
+    shares: ``hidden``, ``dropout_rate``, ``activations``, ``feature_names`` and ``min_scale``."""
+    object.__setattr__(est, "hidden", _check_hidden(est.hidden))
+    object.__setattr__(est, "dropout_rate", _check_dropout(est.dropout_rate))
+    if est.activations is not None:
+        object.__setattr__(est, "activations", tuple(est.activations))
+    object.__setattr__(est, "feature_names", tuple(est.feature_names))
+    if not est.min_scale > 0:
+        raise ValueError(f"min_scale must be > 0; got {est.min_scale}")
+
+
 @dataclass(frozen=True)
 class MSE(Estimator):
     """The lecture's MSE regressor: MLP trunk, point head, Gaussian likelihood with a fitted scatter.
@@ -162,13 +174,7 @@ class MDN(Estimator):
         if int(self.num_components) < 1:
             raise ValueError(f"num_components must be >= 1; got {self.num_components}")
         object.__setattr__(self, "num_components", int(self.num_components))
-        object.__setattr__(self, "hidden", _check_hidden(self.hidden))
-        object.__setattr__(self, "dropout_rate", _check_dropout(self.dropout_rate))
-        if self.activations is not None:
-            object.__setattr__(self, "activations", tuple(self.activations))
-        object.__setattr__(self, "feature_names", tuple(self.feature_names))
-        if not self.min_scale > 0:
-            raise ValueError(f"min_scale must be > 0; got {self.min_scale}")
+        _check_density_trunk(self)
         check_init(self.weight_init)
 
     @property
@@ -259,13 +265,7 @@ class Flow(Estimator):
             raise ValueError(f"num_bins must be >= 2 and num_layers >= 1; got {self.num_bins}, {self.num_layers}")
         object.__setattr__(self, "num_bins", int(self.num_bins))
         object.__setattr__(self, "num_layers", int(self.num_layers))
-        object.__setattr__(self, "hidden", _check_hidden(self.hidden))
-        object.__setattr__(self, "dropout_rate", _check_dropout(self.dropout_rate))
-        if self.activations is not None:
-            object.__setattr__(self, "activations", tuple(self.activations))
-        object.__setattr__(self, "feature_names", tuple(self.feature_names))
-        if not self.min_scale > 0:
-            raise ValueError(f"min_scale must be > 0; got {self.min_scale}")
+        _check_density_trunk(self)
         if not (np.isfinite(self.margin) and self.margin >= 0):
             raise ValueError(f"margin must be a finite number >= 0 (dex); got {self.margin}")
         for name in ("bounds", "z_bounds"):
