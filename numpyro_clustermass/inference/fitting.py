@@ -808,15 +808,16 @@ def fit(
                         checkpoint_every=int(checkpoint_every), resume=resume)
     info = result.info
     # the held-out loss of a Bayesian method includes its prior term (BBB: KL / num_data), the Gaussian's does not
-    prior = 0.0 if impl.prior_loss is None else float(impl.prior_loss(result.state))
-    best, initial = info.best_loss - prior, info.initial_loss
-    if getattr(est, "likelihood_over_mass", True) and best > info.baseline_loss - MIN_IMPROVEMENT:
-        worse = "; training made it worse" if info.best_loss > initial else ""
+    checked = getattr(est, "likelihood_over_mass", True)
+    prior = float(impl.prior_loss(result.state)) if checked and impl.prior_loss is not None else 0.0
+    best = info.best_loss - prior
+    if checked and best > info.baseline_loss - MIN_IMPROVEMENT:
+        worse = "; training made it worse" if info.best_loss > info.initial_loss else ""
         of_which = f" ({info.best_loss:.4f} with its prior term {prior:.4f})" if prior else ""
         warnings.warn(
             f"the fit's best {'validation' if info.n_val else 'training'} loss, {best:.4f} per "
             f"cluster{of_which}, is not {MIN_IMPROVEMENT} below {info.baseline_loss:.4f}, that of a Gaussian ignoring the "
-            f"features (initial loss {initial:.4f}{worse}): the network has learned next to nothing "
+            f"features (initial loss {info.initial_loss:.4f}{worse}): the network has learned next to nothing "
             f"(a collapsed or untrained fit gives every cluster about the same mass). Lower the learning rate, "
             f"train longer, or check the features.",
             FitWarning, stacklevel=2,
