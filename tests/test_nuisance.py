@@ -44,9 +44,9 @@ def _hash(cat, digits=6):
 
 # ------------------------------------------------------------------------------------------ nuisance=None
 def test_none_is_the_fiducial_universe_of_main_bit_for_bit():
-    # Hash of this catalogue as main (83b8d5e, before nuisance parameters existed) makes it, from
-    # `python /tmp/nz/hash_cat.py` with PYTHONPATH=/work/main; the full-precision bytes hash matched too
-    # (32938aff...) and so did a 0.3 (Gpc/h)^3 catalogue's (2127ad42...).
+    # _hash of this catalogue as main made it at 83b8d5e, before nuisance parameters existed (the same
+    # function run with main's tree first on PYTHONPATH); the unrounded bytes matched main's too (sha256
+    # 32938aff...), and so did those of mock_catalog(volume=0.3, seed=0) (2127ad42...).
     cat = mock_catalog(volume=0.003, seed=7, with_members=True, nuisance=None)
     assert len(cat) == 835
     assert _hash(cat) == "8552226cf8b090f73812d43225e285463ab2d4679c01ed187a14e2f5ee6ba28a"

@@ -2,13 +2,16 @@
 
 Everything is vectorised over all halos and galaxies at once (``np.repeat`` over per-halo counts);
 there is no Python loop over clusters. One ``numpy.random.Generator`` seeded once drives every draw in a
-fixed order, so the same seed gives the same catalogue bit for bit on the same machine.
+fixed order, so the same seed gives the same catalogue bit for bit on the same machine. With
+``nuisance=`` the volume is a few sub-volumes, each a universe with its own physics and its own generator
+(spawned from the seed), simulated in turn and summarised together.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 
 import numpy as np
@@ -151,7 +154,8 @@ def mock_catalog(
         if clash:
             raise ValueError(f"{clash} set both as keyword override(s) and by nuisance=; set each in one place "
                              f"(a fixed value goes into the nuisance dict)")
-        if not (isinstance(sub_volume, (int, float)) and math.isfinite(sub_volume) and sub_volume > 0):
+        if not (isinstance(sub_volume, numbers.Real) and not isinstance(sub_volume, bool)
+                and math.isfinite(sub_volume) and sub_volume > 0):
             raise ValueError(f"sub_volume must be a positive number of (Gpc/h)^3; got {sub_volume!r}")
 
     clock = _Clock(verbose)
