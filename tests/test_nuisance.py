@@ -257,6 +257,11 @@ def test_cosmology_moves_the_mass_function_and_E_z():
     om_lo, om_hi = (MockPhysics(omega_m=o) for o in (0.26, 0.35))
     assert expected_halo_count(om_hi, 1.0, lo=14.5) > 2.0 * expected_halo_count(om_lo, 1.0, lo=14.5)
     assert hubble_E(om_hi) > hubble_E(om_lo)
+    # R200c (colossus mass_so) follows the cosmology: rho_c(z) scales as E(z)^2, so R200c as E(z)^(-2/3)
+    from numpyro_clustermass.simulate.physics import r200c_comoving
+
+    ratio = r200c_comoving(om_hi, np.array([14.0, 15.0])) / r200c_comoving(om_lo, np.array([14.0, 15.0]))
+    np.testing.assert_allclose(ratio, (hubble_E(om_hi) / hubble_E(om_lo)) ** (-2 / 3), rtol=1e-6)
     h_lo, h_hi = (MockPhysics(h=h) for h in (0.67, 0.72))
     assert expected_halo_count(h_hi, 1.0) > 1.015 * expected_halo_count(h_lo, 1.0)
     # ... and the catalogue follows: more halos above 10^14.3 at the higher sigma8 (same seed)
