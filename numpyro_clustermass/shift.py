@@ -10,7 +10,9 @@ a small reservoir of training rows. Two questions are answered with it:
   to the training rows' centre (larger is further out), calibrated by :meth:`FeatureReference.tail_probability`
   (the fraction of held-out training rows at least as far out). ``fit.posterior`` stores the score as
   ``MassPosterior.ood_score`` and warns when more clusters lie beyond :attr:`FeatureReference.threshold` (the
-  held-out rows' ``1 - alpha`` quantile, ``alpha`` = 0.1% by default) than that false-alarm rate explains;
+  held-out rows' ``1 - alpha`` quantile, ``alpha`` = 0.1% by default) than that false-alarm rate explains
+  (:meth:`FeatureReference.excess`). This flags clusters far outside the training features, one by one; a
+  catalogue whose features moved as a whole, but not that far, is what the two-sample test is for;
 * per catalogue, :func:`mmd_test` (behind :func:`numpyro_clustermass.diagnostics.covariate_shift`): a
   kernel two-sample test (maximum mean discrepancy, Gaussian kernel in the whitened copula space, permutation
   p-value) between the reservoir and the catalogue, with per-feature Kolmogorov-Smirnov tests and mean
@@ -258,11 +260,19 @@ class FeatureReference:
         return (1.0 + count) / (1.0 + n_cal)
 
     def excess(self, score) -> tuple[int, float, float]:
-        """``(count, expected, p)`` of rows beyond :attr:`threshold`: how many, how many the false-alarm rate
-        explains, and the binomial probability of at least that many in distribution."""
+        """``(count, expected, p)`` of rows beyond :attr:`threshold`: how many, how many the calibration rows'
+        rate beyond it predicts, and the one-sided p-value of Fisher's exact test that the rows' rate beyond the
+        threshold exceeds the calibration rows' (the threshold is itself estimated from those rows, so a binomial
+        test at ``alpha`` would ignore its uncertainty and fire on large in-distribution catalogues)."""
         s = np.asarray(score, dtype=np.float64)
-        k = int(np.sum(s > self.threshold))
-        return k, float(s.size * self.alpha), float(stats.binom.sf(k - 1, s.size, self.alpha)) if k else 1.0
+        thr = self.threshold
+        k, n = int(np.sum(s > thr)), int(s.size)
+        k_cal, n_cal = int(np.sum(self.calibration > thr)), int(self.calibration.size)
+        expected = n * k_cal / n_cal
+        if k == 0 or k <= expected:
+            return k, float(expected), 1.0
+        p = stats.fisher_exact([[k, n - k], [k_cal, n_cal - k_cal]], alternative="greater").pvalue
+        return k, float(expected), float(p)
 
     # ------------------------------------------------------------------ persistence
     def to_arrays(self) -> tuple[dict, dict]:

@@ -72,8 +72,8 @@ POSTERIOR_CHUNK_SIZE = 4096
 MIN_IMPROVEMENT = 0.05
 #: Fraction of the grid at each end where a posterior's peak counts as "on the edge" (beyond the grid).
 EDGE_FRACTION = 0.02
-#: ``fit.posterior`` warns (:class:`CovariateShiftWarning`) when the binomial probability of as many clusters
-#: beyond the out-of-distribution threshold, at its false-alarm rate, is below this.
+#: ``fit.posterior`` warns (:class:`CovariateShiftWarning`) when the p-value of as many clusters beyond the
+#: out-of-distribution threshold (Fisher's exact test against the held-out training rows) is below this.
 SHIFT_WARNING_P = 0.01
 
 
@@ -461,8 +461,8 @@ class Fit:
         -----
         CovariateShiftWarning
             More clusters score beyond the fit's calibrated threshold (``fit.feature_reference.threshold``, a 0.1%
-            false-alarm rate per cluster on held-out training rows) than that rate explains (binomial probability
-            below 1%); the message gives the count.
+            false-alarm rate per cluster on held-out training rows) than that rate explains (Fisher's exact test
+            against the held-out rows, p below :data:`SHIFT_WARNING_P`); the message gives the count.
         FitWarning
             The grid cuts off the training masses, or posteriors peak on its edges.
         """
