@@ -43,8 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-__all__ = ["FeatureReference", "ShiftTest", "mmd_test", "ALPHA", "NUM_QUANTILES", "RESERVOIR_SIZE",
-           "MIN_CALIBRATION_ROWS"]
+__all__ = ["FeatureReference", "ShiftTest", "mmd_test", "ALPHA", "NUM_QUANTILES", "RESERVOIR_SIZE"]
 
 #: Per-cluster false-alarm rate of :attr:`FeatureReference.threshold`.
 ALPHA = 1e-3
@@ -52,8 +51,6 @@ ALPHA = 1e-3
 NUM_QUANTILES = 257
 #: Training rows (standardised) kept for the catalogue-level two-sample test.
 RESERVOIR_SIZE = 2000
-#: Held-out rows needed to calibrate on them; with fewer, the training rows calibrate (in-sample).
-MIN_CALIBRATION_ROWS = 500
 #: Ridge added to the copula-space covariance before its Cholesky factor (in copula units squared).
 _RIDGE = 1e-6
 
@@ -87,14 +84,16 @@ class FeatureReference:
     whitening : array (d, d)
         Inverse Cholesky factor of their covariance: ``score = |whitening @ (z - center)|``.
     calibration : array (n_cal,)
-        Sorted scores of the calibration rows (held out from the quantiles and the covariance when there
-        were at least :data:`MIN_CALIBRATION_ROWS` of them).
+        Sorted scores of the calibration rows: the reservoir and the held-out rows given to :meth:`build`, none
+        of which shaped the quantiles or the covariance.
     reservoir : array (m, d)
-        A random sample of standardised training rows (one per halo when the training data had groups).
+        A random sample of standardised training rows (one per halo when the training data had groups), held
+        out from the quantiles and the covariance.
     alpha : float
         Per-cluster false-alarm rate of :attr:`threshold`.
     held_out : bool
-        Whether the calibration rows were held out (else they are training rows).
+        Whether the reservoir and calibration rows were held out from the transform (False only when the
+        training rows were too few, e.g. one group).
     n_train : int
         Rows the quantiles and covariance were computed from.
     feature_names : tuple of str or None
@@ -104,10 +103,10 @@ class FeatureReference:
     >>> import numpy as np
     >>> rng = np.random.default_rng(1)
     >>> ref = FeatureReference.build(rng.normal(size=(3000, 2)), rng.normal(size=(1000, 2)))
-    >>> ref.held_out, ref.reservoir.shape, ref.calibration.shape
-    (True, (2000, 2), (1000,))
-    >>> int(np.sum(ref.calibration > ref.threshold))   # alpha = 0.1% of the 1000 held-out rows lie beyond
-    1
+    >>> ref.held_out, ref.reservoir.shape, ref.calibration.shape, ref.n_train   # reservoir: half the rows
+    (True, (1500, 2), (2500,), 1500)
+    >>> int(np.sum(ref.calibration > ref.threshold))   # alpha = 0.1% of the 2500 held-out rows lie beyond
+    3
     """
 
     quantiles: np.ndarray
@@ -162,10 +161,12 @@ class FeatureReference:
         Parameters
         ----------
         x_train : array (n, d)
-            Standardised training features (the quantiles, covariance and reservoir come from them).
+            Standardised training features. A reservoir of ``reservoir_size`` rows (at most half of them; one
+            per group) is set aside, with every row of its groups; the quantiles and covariance come from the
+            rest, so that the reservoir is as new to the transform as a catalogue's rows are.
         x_calibration : array (n_cal, d), optional
-            Held-out rows (the fit's validation split) whose scores calibrate the threshold; with fewer than
-            :data:`MIN_CALIBRATION_ROWS` rows the training rows calibrate instead (``held_out=False``).
+            Held-out rows (the fit's validation split); their scores and the reservoir's calibrate the
+            threshold.
         groups : array (n,), optional
             Group (``halo_id``) of each training row: the reservoir keeps at most one row per group, so that
             the lines of sight of one halo do not enter the two-sample test as independent rows.
@@ -188,23 +189,41 @@ class FeatureReference:
         if int(num_quantiles) < 2 or int(reservoir_size) < 1:
             raise ValueError(f"num_quantiles must be >= 2 and reservoir_size >= 1; got {num_quantiles}, "
                              f"{reservoir_size}")
-        levels = np.linspace(0.0, 1.0, int(num_quantiles))
-        quantiles = np.quantile(x, levels, axis=0)
+        # the reservoir is held out from the quantiles and the covariance (with every row of its halos): a
+        # reservoir that shaped the transform would not be exchangeable with a new catalogue's rows, which the
+        # permutation test needs
         rng = np.random.default_rng([int(seed), 0x5F1F7])
-        reservoir = x[_one_per_group(x.shape[0], groups, rng)[: int(reservoir_size)]]
+        n = x.shape[0]
+        res_idx = _one_per_group(n, groups, rng)[: max(1, min(int(reservoir_size), n // 2))]
+        fit_rows = np.ones(n, dtype=bool)
+        if groups is None:
+            fit_rows[res_idx] = False
+        else:
+            groups = np.asarray(groups)
+            fit_rows = ~np.isin(groups, groups[res_idx])
+        held_out = int(fit_rows.sum()) >= 2
+        if not held_out:  # too few rows left (one halo): everything shapes the transform
+            fit_rows[:] = True
+        reservoir, x_fit = x[res_idx], x[fit_rows]
+        levels = np.linspace(0.0, 1.0, int(num_quantiles))
+        quantiles = np.quantile(x_fit, levels, axis=0)
         d = x.shape[1]
+        n_fit = int(x_fit.shape[0])
         proto = cls(quantiles, levels, np.zeros(d), np.eye(d), np.zeros(1), reservoir[:1], alpha=alpha,
-                    n_train=x.shape[0])
-        z = proto.transform(x)
+                    n_train=n_fit)
+        z = proto.transform(x_fit)
         center = z.mean(axis=0)
-        cov = np.atleast_2d(np.cov(z, rowvar=False)) + _RIDGE * np.eye(d)
-        whitening = np.linalg.inv(np.linalg.cholesky(cov))
-        held_out = x_calibration is not None and np.shape(x_calibration)[0] >= MIN_CALIBRATION_ROWS
-        cal_rows = np.asarray(x_calibration, dtype=np.float64) if held_out else x
-        tmp = cls(quantiles, levels, center, whitening, np.zeros(1), reservoir[:1], alpha=alpha, n_train=x.shape[0])
+        cov = np.atleast_2d(np.cov(z, rowvar=False)) if n_fit > 1 else np.eye(d)
+        whitening = np.linalg.inv(np.linalg.cholesky(cov + _RIDGE * np.eye(d)))
+        # calibration: the held-out rows given and the reservoir, both unseen by the transform
+        parts = [reservoir] if held_out else [x]
+        if x_calibration is not None and np.shape(x_calibration)[0] > 0:
+            parts.append(np.asarray(x_calibration, dtype=np.float64))
+        cal_rows = np.concatenate(parts)
+        tmp = cls(quantiles, levels, center, whitening, np.zeros(1), reservoir[:1], alpha=alpha, n_train=n_fit)
         calibration = tmp.score(cal_rows)
         return cls(quantiles, levels, center, whitening, calibration, reservoir.astype(np.float32),
-                   alpha=float(alpha), held_out=bool(held_out), n_train=int(x.shape[0]),
+                   alpha=float(alpha), held_out=bool(held_out), n_train=n_fit,
                    feature_names=feature_names)
 
     # ------------------------------------------------------------------ scoring
