@@ -29,6 +29,7 @@ from numpyro_clustermass import (
     posterior,
     priors,
     scaling,
+    shift,
     simulate,
     weight_priors,
 )
@@ -37,6 +38,7 @@ from numpyro_clustermass.diagnostics import ConvergenceError, ConvergenceWarning
 from numpyro_clustermass.estimators import MDN, MSE, Flow, ModelEstimator
 from numpyro_clustermass.inference import (
     BBBOptions,
+    CovariateShiftWarning,
     EnsembleOptions,
     Fit,
     FitDivergedError,
@@ -74,6 +76,7 @@ __all__ = [
     "FitFileError",
     "FitInterrupted",
     "FitWarning",
+    "CovariateShiftWarning",
     "LaplaceOptions",
     "MCDropoutOptions",
     "MapOptions",

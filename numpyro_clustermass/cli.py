@@ -497,10 +497,13 @@ def evaluate_fit(fit_obj, cat, out: str, prior=None, num_draws: int | None = Non
     belong to the posterior and are the same for both), ``binned.csv`` (Ho et al.'s per-0.1-dex-bin bias and
     scatter of both estimates, :func:`~numpyro_clustermass.metrics.binned`, with coverage, CRPS and log score
     per bin on the mode's rows), ``coverage.csv`` (central and HPD coverage at 5%, 10%, ..., 95% and 68%),
-    ``metrics.md`` (the main rows as markdown), ``summary.json`` and the lecture's figures:
-    ``binned_predictions.png``, ``training_prior.png``, ``posterior_examples.png``, ``pit_histogram.png`` and
-    ``coverage_curve.png`` (the last two for the reweighted posterior when there is one). Returns
-    ``{name: path}`` of what was written.
+    ``coverage_by_bin.csv`` (68% and 95% central coverage with binomial errors per 0.1-dex bin of true mass,
+    :func:`~numpyro_clustermass.metrics.coverage_by_bin`, per posterior), ``metrics.md`` (the main rows as
+    markdown, with the per-bin coverage and, for a fit with a feature reference, the covariate-shift test of
+    :func:`~numpyro_clustermass.diagnostics.covariate_shift` and the count of out-of-distribution clusters),
+    ``summary.json`` and the lecture's figures: ``binned_predictions.png``, ``training_prior.png``,
+    ``posterior_examples.png``, ``pit_histogram.png``, ``coverage_curve.png`` and ``coverage_by_bin.png`` (the
+    last three for the reweighted posterior when there is one). Returns ``{name: path}`` of what was written.
     """
     import numpy as np
     import pandas as pd
@@ -527,7 +530,7 @@ def evaluate_fit(fit_obj, cat, out: str, prior=None, num_draws: int | None = Non
     lo, hi = metrics.LOG_MASS_RANGE
     in_range = (truth >= lo) & (truth <= hi)
     levels = sorted(set(np.round(np.arange(1, 20) * 0.05, 2).tolist()) | {0.68})
-    summary_rows, binned_tables, coverage_tables, points = [], [], [], {}
+    summary_rows, binned_tables, coverage_tables, points, by_bin_tables = [], [], [], {}, {}
     for name, p in posts.items():
         points[name] = {"mean": p.mean(), "mode": p.mode()}
         s_mode = metrics.summary(p, truth, estimator="mode")
@@ -540,6 +543,7 @@ def evaluate_fit(fit_obj, cat, out: str, prior=None, num_draws: int | None = Non
             b.insert(0, "estimate", est)
             b.insert(0, "posterior", name)
             binned_tables.append(b)
+        by_bin_tables[name] = metrics.coverage_by_bin(p, truth)
         for kind in ("central", "hpd"):
             c = metrics.coverage(p, truth, probs=levels, kind=kind)
             c.insert(0, "kind", kind)
@@ -550,12 +554,17 @@ def evaluate_fit(fit_obj, cat, out: str, prior=None, num_draws: int | None = Non
     summary = summary[[c for c in first if c in summary] + [c for c in summary if c not in first]]
     binned = pd.concat(binned_tables, ignore_index=True)
     coverage = pd.concat(coverage_tables, ignore_index=True)
+    by_bin = pd.concat([t.assign(posterior=name)[["posterior", *t.columns]] for name, t in by_bin_tables.items()],
+                       ignore_index=True)
+    shift_lines = _shift_lines(fit_obj, cat, post)
 
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in (
         "metrics.csv", "binned.csv", "coverage.csv", "metrics.md", "summary.json", "binned_predictions.png",
-        "training_prior.png", "posterior_examples.png", "pit_histogram.png", "coverage_curve.png")}
-    for name, df in (("metrics.csv", summary), ("binned.csv", binned), ("coverage.csv", coverage)):
+        "training_prior.png", "posterior_examples.png", "pit_histogram.png", "coverage_curve.png",
+        "coverage_by_bin.csv", "coverage_by_bin.png")}
+    for name, df in (("metrics.csv", summary), ("binned.csv", binned), ("coverage.csv", coverage),
+                     ("coverage_by_bin.csv", by_bin)):
         _atomic_write(paths[name], lambda tmp, df=df: df.to_csv(tmp, index=False, float_format="%.7g"))
 
     mode_bins = binned[(binned.posterior == main_label) & (binned.estimate == "mode")]
@@ -570,6 +579,9 @@ def evaluate_fit(fit_obj, cat, out: str, prior=None, num_draws: int | None = Non
         _markdown(mode_bins[[c for c in _MD_BINNED if c in mode_bins.columns]]),
         f"## Coverage ({main_label} posterior)",
         _markdown(cov_main[["kind", "nominal", "empirical", "stderr", "n"]]),
+        f"## Coverage per mass bin ({main_label} posterior, central intervals, binomial standard errors)",
+        _markdown(by_bin_tables[main_label][by_bin_tables[main_label].n > 0].drop(columns=["bin_lo", "bin_hi"])),
+        *shift_lines,
     ]) + "\n"
     def write_md(tmp):
         with open(tmp, "w") as fh:
@@ -589,7 +601,28 @@ def evaluate_fit(fit_obj, cat, out: str, prior=None, num_draws: int | None = Non
     plots.posterior_examples(post, truth, reweighted=posts.get("reweighted"), path=paths["posterior_examples.png"])
     plots.pit_histogram(main, truth, path=paths["pit_histogram.png"])
     plots.coverage_curve(main, truth, path=paths["coverage_curve.png"])
+    plots.coverage_by_bin(by_bin_tables[main_label], path=paths["coverage_by_bin.png"])
     return paths
+
+
+def _shift_lines(fit_obj, cat, post) -> list[str]:
+    """The metrics.md section on covariate shift (empty for a fit without a feature reference)."""
+    reference = getattr(fit_obj, "feature_reference", None)
+    if reference is None or post.ood_score is None:
+        return []
+    from numpyro_clustermass.diagnostics import covariate_shift
+
+    count, expected, _ = reference.excess(post.ood_score)
+    test = covariate_shift(fit_obj, cat)
+    drivers = ", ".join(test.drivers) if test.drivers else "none"
+    return [
+        "## Covariate shift (catalogue against the training features)",
+        f"{count} of {len(post)} clusters score beyond the out-of-distribution threshold "
+        f"{reference.threshold:.2f} (about {expected:.1f} expected in distribution). Two-sample test (MMD, "
+        f"{test.n_reference} training and {test.n_catalog} catalogue rows): statistic {test.statistic:.4g}, "
+        f"p-value {test.pvalue:.3g}; features that differ (KS, Bonferroni at {test.level}): {drivers}.",
+        _markdown(test.per_feature.head(5)),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- commands

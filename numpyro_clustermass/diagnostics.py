@@ -28,6 +28,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from numpyro_clustermass.metrics import true_log_mass
+from numpyro_clustermass.shift import ShiftTest, mmd_test
 
 __all__ = [
     "ConvergenceWarning",
@@ -46,6 +47,8 @@ __all__ = [
     "EPISTEMIC_RATIO_THRESHOLD",
     "PARETO_K_THRESHOLD",
     "RHAT_THRESHOLD",
+    "covariate_shift",
+    "ShiftTest",
 ]
 
 
@@ -1088,3 +1091,68 @@ def _mcmc_function_space(fit, catalog, grid, seed):
             p /= p.sum(axis=-1, keepdims=True)
             means[:, start:stop] = p @ np.asarray(post.grid, dtype=np.float64)
     return function_space_convergence(means.reshape(num_chains, length, n))
+
+
+# ---------------------------------------------------------------------------------------------- covariate shift
+def covariate_shift(fit, catalog, *, max_rows: int = 1000, num_permutations: int = 500, level: float = 0.05,
+                    seed: int = 0) -> ShiftTest:
+    """Catalogue-level test: do ``catalog``'s features come from the distribution ``fit`` was trained on?
+
+    A kernel two-sample test (maximum mean discrepancy with a Gaussian kernel, width the median heuristic, in the
+    fit's whitened copula space, :mod:`numpyro_clustermass.shift`) between the fit's reservoir of training rows
+    and the catalogue's rows (at most ``max_rows`` of each; one line of sight per halo when the catalogue has
+    ``halo_id``, since a halo's projections are not independent rows), with a permutation p-value; and per
+    feature, a Kolmogorov-Smirnov test, the mean shift and the spread ratio, which say what drives a shift.
+
+    Parameters
+    ----------
+    fit : Fit
+        A fit with a feature reference (every fit made by this version; not one loaded from an older file).
+    catalog : Catalog, array (n, n_features) or tuple
+        The catalogue to test, with the fit's feature columns (true masses are not needed).
+    max_rows : int
+        Rows of each sample in the MMD test (its cost grows as the square).
+    num_permutations : int
+        Permutations of the p-value (its resolution is ``1 / (1 + num_permutations)``).
+    level : float
+        Significance level of :attr:`ShiftTest.shifted`; ``level / n_features`` selects the drivers.
+    seed : int
+        Seeds the subsamples and the permutations.
+
+    Returns
+    -------
+    ShiftTest
+        Frozen: ``statistic``, ``pvalue``, ``shifted``, ``per_feature`` (a DataFrame, most shifted feature
+        first), ``drivers`` (the features that differ significantly), sizes and settings.
+
+    Raises
+    ------
+    ValueError
+        The fit has no feature reference (loaded from a fit file written before shift detection), or bad settings.
+    CatalogError
+        The catalogue lacks the fit's feature columns, or has non-finite features.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> import numpyro_clustermass as ncm
+    >>> rng = np.random.default_rng(1)
+    >>> y = rng.uniform(13.5, 15.0, 3000); x = y[:, None] + 0.1 * rng.normal(size=(3000, 3))
+    >>> f = ncm.fit(ncm.MDN(2, (8,), feature_names=("a", "b", "c")), (x[:2000], y[:2000]), num_epochs=2,
+    ...             progress_bar=False)
+    >>> same = covariate_shift(f, x[2000:], num_permutations=200)  # a 5% test: 1 in 20 such catalogues is flagged
+    >>> moved = x[2000:].copy(); moved[:, 1] += 0.3             # feature "b" shifted by about 0.7 training std
+    >>> test = covariate_shift(f, moved, num_permutations=200)
+    >>> same.shifted, test.shifted, test.drivers
+    (False, True, ('b',))
+    """
+    reference = getattr(fit, "feature_reference", None)
+    if reference is None:
+        raise ValueError("covariate_shift: this fit keeps no summary of its training features (it was loaded from "
+                         "a fit file saved before shift detection existed); refit it to test for covariate shift")
+    x = fit.features(catalog)
+    from numpyro_clustermass.catalog import Catalog
+
+    groups = np.asarray(catalog["halo_id"]) if isinstance(catalog, Catalog) and "halo_id" in catalog else None
+    return mmd_test(reference, x, groups, max_rows=max_rows, num_permutations=num_permutations, level=level,
+                    seed=seed)

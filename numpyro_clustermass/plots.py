@@ -751,3 +751,59 @@ def catalog_overview(cat, *, bins: int = 45, max_points: int = 20_000, seed: int
         ax.set_xlim(*AXIS_RANGE)
         ax.set_xlabel(LOG_MASS_LABEL)
     return _finish(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------------
+def coverage_by_bin(table, *, ax=None, path=None) -> Figure:
+    """Interval coverage per bin (:func:`numpyro_clustermass.metrics.coverage_by_bin`'s table): one line per
+    probability with its binomial error bars, and the band a calibrated posterior stays in (nominal ± 2 standard
+    errors); bins are labelled with their counts.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        With ``bin_mid``, ``n`` and ``coverage_XX`` / ``stderr_XX`` columns (``table.attrs["by"]`` names the
+        x axis).
+    ax : matplotlib Axes, optional
+    path : str or PathLike, optional
+        Write the figure there.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"bin_lo": [14.0, 14.1], "bin_hi": [14.1, 14.2], "bin_mid": [14.05, 14.15], "n": [90, 40],
+    ...                   "coverage_68": [0.6, 0.7], "stderr_68": [0.049, 0.074]})
+    >>> fig = coverage_by_bin(t)
+    >>> fig.axes[0].get_ylabel()
+    'coverage'
+    """
+    columns = [c for c in table.columns if str(c).startswith("coverage_")]
+    if len(table) == 0 or not columns or "bin_mid" not in table:
+        raise ValueError("coverage_by_bin needs a table with bin_mid and coverage_XX columns "
+                         "(numpyro_clustermass.metrics.coverage_by_bin)")
+    fig, ax = _new_axes(ax, (6.4, 4.0))
+    x = np.asarray(table["bin_mid"], dtype=np.float64)
+    for k, col in enumerate(columns):
+        lab = col[len("coverage_"):]
+        nominal = float(lab) / 100.0
+        color = _COLORS[k % len(_COLORS)]
+        n = np.asarray(table["n"], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            band = 2.0 * np.sqrt(nominal * (1 - nominal) / n)
+        ax.fill_between(x, nominal - band, nominal + band, color=color, alpha=0.15, lw=0)
+        ax.axhline(nominal, color=color, ls="--", lw=1)
+        err = table[f"stderr_{lab}"] if f"stderr_{lab}" in table else None
+        ax.errorbar(x, table[col], yerr=err, marker="o", ms=3, color=color, lw=1, capsize=2,
+                    label=f"{lab}% intervals")
+    for xi, ni in zip(x, table["n"]):
+        ax.annotate(str(int(ni)), (xi, 0.02), ha="center", fontsize="x-small", color="0.4")
+    by = table.attrs.get("by", "log_mass")
+    ax.set_xlabel("true " + LOG_MASS_LABEL if by == "log_mass" else str(by))
+    ax.set_ylabel("coverage")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title("coverage per bin (band: nominal ± 2 binomial s.e.; counts at the bottom)", fontsize="small")
+    ax.legend(frameon=False, fontsize="small", loc="lower right")
+    return _finish(fig, path)
+
+
+__all__.append("coverage_by_bin")

@@ -415,10 +415,14 @@ class MassPosterior:
         Normalised per-draw densities for Bayesian fits (weight draws, dropout masks), when kept.
     chunk_size : int
         Clusters per compiled call of the statistics.
+    ood_score : array (n,), optional
+        Out-of-distribution score per cluster (``fit.posterior`` sets it: the distance of the cluster's features
+        from the training features, :meth:`numpyro_clustermass.shift.FeatureReference.score`; larger is further
+        out). None when unknown (a posterior built from arrays, a fit saved before shift detection).
 
     Attributes
     ----------
-    grid, log_density, aleatoric_variance, epistemic_variance, training_log_mass, draws_log_density
+    grid, log_density, aleatoric_variance, epistemic_variance, training_log_mass, draws_log_density, ood_score
     dx : float
         Grid spacing.
     """
@@ -434,6 +438,7 @@ class MassPosterior:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         meta: dict | None = None,
         source_prior=None,
+        ood_score=None,
     ):
         grid = check_grid(grid, min_points=3)
         log_density = jnp.asarray(log_density, dtype=jnp.float32)
@@ -462,6 +467,7 @@ class MassPosterior:
         self.draws_log_density = draws_log_density
         self.meta = dict(meta or {})
         self.source_prior = source_prior
+        self.ood_score = None if ood_score is None else np.asarray(ood_score, dtype=np.float64).reshape(n)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -606,6 +612,7 @@ class MassPosterior:
             chunk_size=self.chunk_size,
             meta=self.meta,
             source_prior=self.source_prior,
+            ood_score=None if self.ood_score is None else self.ood_score[idx],
         )
 
     def density(self) -> np.ndarray:
@@ -820,5 +827,5 @@ class MassPosterior:
         return MassPosterior(
             self.grid, log_density, np.asarray(ale), np.asarray(epi),
             training_log_mass=self.training_log_mass, draws_log_density=per_draw, chunk_size=self.chunk_size,
-            meta={**self.meta, "reweighted_to": repr(target)}, source_prior=target,
+            meta={**self.meta, "reweighted_to": repr(target)}, source_prior=target, ood_score=self.ood_score,
         )

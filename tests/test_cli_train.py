@@ -115,6 +115,15 @@ def test_simulate_train_predict_evaluate(catalog, fit_file, tmp_path, capsys):
     coverage = pd.read_csv(folder / "coverage.csv")
     assert set(coverage.kind) == {"central", "hpd"} and 0.68 in set(coverage.nominal.round(2))
     assert "| posterior | estimate |" in (folder / "metrics.md").read_text()
+    by_bin = pd.read_csv(folder / "coverage_by_bin.csv")
+    expected_bins = ncm.metrics.coverage_by_bin(rw, truth)
+    got = by_bin[by_bin.posterior == "reweighted"].reset_index(drop=True)
+    np.testing.assert_allclose(got.coverage_68, expected_bins.coverage_68, rtol=1e-6)
+    assert got.n.sum() == len(cat)
+    md = (folder / "metrics.md").read_text()
+    assert "## Coverage per mass bin" in md and "## Covariate shift" in md
+    with open(folder / "coverage_by_bin.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def _read_fits_table(path):

@@ -26,6 +26,7 @@ from numpyro_clustermass.inference.fitfile import FitFileError
 from numpyro_clustermass.inference.fitting import Fit, FitInfo, fit, load
 from numpyro_clustermass.inference.options import MethodOptions, UnknownOptionError
 from numpyro_clustermass.inference.protocol import (
+    CovariateShiftWarning,
     FitDivergedError,
     FitInterrupted,
     FitWarning,
@@ -62,6 +63,7 @@ __all__ = [
     "FitInfo",
     "FitInterrupted",
     "FitWarning",
+    "CovariateShiftWarning",
     "InferenceMethod",
     "IterativeMethod",
     "LaplaceOptions",

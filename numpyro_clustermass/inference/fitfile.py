@@ -11,7 +11,9 @@ no pickle anywhere, so a file from an untrusted source cannot run code when load
     manifest.sha256        SHA-256 of manifest.json
     arrays/<name>.npy      one NumPy ``.npy`` file per array: the state's leaves (PRNG keys as their raw
                            key data), the scalers, the training log-masses (the implicit prior), the grid,
-                           the loss history
+                           the loss history, the feature reference of shift detection
+                           (``feature_reference_*``: quantiles, whitening, calibration scores, reservoir;
+                           absent from files written before it, which load without it)
 
 On load the estimator is rebuilt from its config, the method from its factory with the same options and
 TrainingPlan, and the state from the manifest's structure and the arrays, each checked against its
@@ -66,6 +68,9 @@ FORMAT_VERSION = 1
 #: Modules whose NamedTuple classes may appear in a saved state (importing anything else is refused).
 _TRUSTED_MODULES = ("numpyro_clustermass.", "numpyro.", "optax.", "flax.", "jax.")
 _MANIFEST, _MANIFEST_SUM = "manifest.json", "manifest.sha256"
+#: Member-name prefix of the feature reference's arrays (shift detection; absent from older files).
+_REFERENCE_PREFIX = "feature_reference_"
+_REFERENCE_ARRAYS = ("quantiles", "levels", "center", "whitening", "calibration", "reservoir")
 
 
 class FitFileError(ValueError):
@@ -257,6 +262,12 @@ def save_fit(fit, path) -> pathlib.Path:
     history = {k: np.asarray(v) for k, v in fit.history.items()}
     for k, v in history.items():
         named[f"history_{k}"] = v
+    reference = getattr(fit, "feature_reference", None)
+    ref_scalars = None
+    if reference is not None:
+        ref_scalars, ref_arrays = reference.to_arrays()
+        for k, v in ref_arrays.items():
+            named[f"{_REFERENCE_PREFIX}{k}"] = np.asarray(v)
     members = {**arrays.data, **named}
     blobs = {name: _npy_bytes(a) for name, a in members.items()}
 
@@ -275,6 +286,7 @@ def save_fit(fit, path) -> pathlib.Path:
         "feature_names": None if fit.feature_names is None else list(fit.feature_names),
         "num_features": int(fit.num_features),
         "history_keys": list(history),
+        "feature_reference": ref_scalars,
         "state": state_tree,
         "arrays": {name: {"member": f"arrays/{name}.npy", "sha256": _sha256(b), "shape": list(members[name].shape),
                           "dtype": str(members[name].dtype)} for name, b in blobs.items()},
@@ -364,6 +376,22 @@ def _checked_manifest(text: bytes, checksum: bytes, where: str) -> dict:
                            f"reads version {FORMAT_VERSION} (saved with {manifest.get('versions')}); load it with "
                            f"that version of the package")
     return manifest
+
+
+def feature_reference(manifest: dict, array: Callable[[str], np.ndarray]):
+    """The fit's :class:`~numpyro_clustermass.shift.FeatureReference` from a read fit file, or None for a file
+    written before fits kept one (the manifest has no ``feature_reference``)."""
+    from numpyro_clustermass.shift import FeatureReference
+
+    scalars = manifest.get("feature_reference")
+    if scalars is None:
+        return None
+    try:
+        return FeatureReference.from_arrays(scalars, {k: array(f"{_REFERENCE_PREFIX}{k}") for k in _REFERENCE_ARRAYS})
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, FitFileError):
+            raise
+        raise FitFileError(f"the fit file's feature reference is malformed ({type(exc).__name__}: {exc})") from None
 
 
 def estimator_from_config(cfg: dict, model: Callable | None = None):

@@ -48,6 +48,7 @@ from numpyro_clustermass.inference.epochs import DIVERGENCE_FACTOR, EarlyStoppin
 from numpyro_clustermass.inference.fitfile import FitFileError
 from numpyro_clustermass.inference.options import options_dict
 from numpyro_clustermass.inference.protocol import (
+    CovariateShiftWarning,
     FitWarning,
     InferenceMethod,
     OneShotMethod,
@@ -59,8 +60,10 @@ from numpyro_clustermass.inference.protocol import (
     standardize_model,
 )
 from numpyro_clustermass.posterior import MassPosterior, mixture_on_grid
+from numpyro_clustermass.shift import FeatureReference
 
-__all__ = ["Fit", "FitInfo", "fit", "load", "POSTERIOR_CHUNK_SIZE", "MIN_IMPROVEMENT", "EDGE_FRACTION"]
+__all__ = ["Fit", "FitInfo", "fit", "load", "POSTERIOR_CHUNK_SIZE", "MIN_IMPROVEMENT", "EDGE_FRACTION",
+           "SHIFT_WARNING_P"]
 
 #: Default number of clusters per compiled call when building a posterior.
 POSTERIOR_CHUNK_SIZE = 4096
@@ -69,6 +72,9 @@ POSTERIOR_CHUNK_SIZE = 4096
 MIN_IMPROVEMENT = 0.05
 #: Fraction of the grid at each end where a posterior's peak counts as "on the edge" (beyond the grid).
 EDGE_FRACTION = 0.02
+#: ``fit.posterior`` warns (:class:`CovariateShiftWarning`) when the p-value of as many clusters beyond the
+#: out-of-distribution threshold (Fisher's exact test against the held-out training rows) is below this.
+SHIFT_WARNING_P = 0.01
 
 
 # ---------------------------------------------------------------------------------------------- heads
@@ -310,6 +316,10 @@ class Fit:
         method's options class (``fit.options`` is the options object).
     plan : TrainingPlan
         Sizes the method was built for; with ``method`` and ``method_options`` it rebuilds the method on load.
+    feature_reference : FeatureReference or None
+        What the fit keeps of its standardised training features for shift detection
+        (:mod:`numpyro_clustermass.shift`): it gives :attr:`MassPosterior.ood_score` and the reference sample of
+        :func:`numpyro_clustermass.diagnostics.covariate_shift`. None for a fit file saved before it existed.
     """
 
     estimator: Estimator
@@ -328,6 +338,7 @@ class Fit:
     num_features: int
     method_options: dict = field(default_factory=dict)
     plan: TrainingPlan | None = None
+    feature_reference: FeatureReference | None = None
     _method: InferenceMethod = field(repr=False, default=None)
     _model: Callable = field(repr=False, default=None)
     _cache: dict = field(repr=False, default_factory=dict)
@@ -442,8 +453,23 @@ class Fit:
         Returns
         -------
         MassPosterior
+            With ``ood_score``, the out-of-distribution score of each cluster's features
+            (:meth:`~numpyro_clustermass.shift.FeatureReference.score`; None for a fit without a feature
+            reference).
+
+        Warns
+        -----
+        CovariateShiftWarning
+            More clusters score beyond the fit's calibrated threshold (``fit.feature_reference.threshold``, a 0.1%
+            false-alarm rate per cluster on held-out training rows) than that rate explains (Fisher's exact test
+            against the held-out rows, p below :data:`SHIFT_WARNING_P`); the message gives the count.
+        FitWarning
+            The grid cuts off the training masses, or posteriors peak on its edges.
         """
         x = self.features(data)
+        ood = None if self.feature_reference is None else self.feature_reference.score(x)
+        if ood is not None:
+            self._check_shift(ood)
         grid = self.grid if grid is None else check_grid(grid, min_points=3)
         if num_draws is None:
             num_draws = self._method.num_draws
@@ -485,7 +511,24 @@ class Fit:
             draws_log_density=jnp.concatenate(dls, axis=1) if keep_draws and dls else None,
             meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws},
             source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
+            ood_score=ood,
         )
+
+    def _check_shift(self, ood: np.ndarray) -> None:
+        """Warn (:class:`CovariateShiftWarning`) when more clusters lie beyond the calibrated threshold than its
+        false-alarm rate explains."""
+        ref = self.feature_reference
+        count, expected, p = ref.excess(ood)
+        if count and p < SHIFT_WARNING_P:
+            rows = np.flatnonzero(ood > ref.threshold)
+            warnings.warn(
+                f"{count} of {ood.size} clusters have features outside the training distribution (ood_score > "
+                f"{ref.threshold:.2f}, the {1 - ref.alpha:.1%} contour of held-out training rows; about "
+                f"{expected:.1f} expected in distribution; first rows: {rows[:5].tolist()}): the network "
+                f"extrapolates there and their masses and intervals are not calibrated. See post.ood_score and "
+                f"numpyro_clustermass.diagnostics.covariate_shift(fit, catalog).",
+                CovariateShiftWarning, stacklevel=3,
+            )
 
     def _check_grid_use(self, grid: np.ndarray, log_density: jax.Array) -> None:
         """Warn (:class:`FitWarning`) when the grid cuts off the training masses or posteriors peak on its edges."""
@@ -583,6 +626,11 @@ def load(path, model: Callable | None = None) -> Fit:
         raise FitFileError(f"{str(path)!r}: the saved state does not fit the {method!r} method as installed "
                            f"({type(exc).__name__}: {exc})") from None
     names = manifest["feature_names"]
+    reference = fitfile.feature_reference(manifest, array)
+    if reference is None:
+        warnings.warn(f"{str(path)!r} was saved before fits kept a summary of their training features: its "
+                      f"posteriors have no ood_score and diagnostics.covariate_shift cannot test it; refit to get "
+                      f"shift detection", FitWarning, stacklevel=2)
     return Fit(
         estimator=est, method=method, config=manifest["config"], seed=int(manifest["seed"]), params=params,
         state=state,
@@ -592,7 +640,7 @@ def load(path, model: Callable | None = None) -> Fit:
         history={k: array(f"history_{k}") for k in manifest["history_keys"]},
         grid=array("grid"), info=FitInfo.from_dict(manifest["info"]),
         feature_names=None if names is None else tuple(names), num_features=int(manifest["num_features"]),
-        method_options=options_dict(options), plan=plan,
+        method_options=options_dict(options), plan=plan, feature_reference=reference,
         _method=impl, _model=model_fn if impl.model is None else impl.model, _cache={},
     )
 
@@ -753,6 +801,9 @@ def fit(
     y_train = jnp.asarray(y_scaler.transform(y_tr), jnp.float32)
     has_val = bool(is_val.any())
     x_val = jnp.asarray(x_scaler.transform(x[is_val]), jnp.float32) if has_val else None
+    reference = FeatureReference.build(
+        np.asarray(x_train, np.float64), None if x_val is None else np.asarray(x_val, np.float64),
+        None if groups is None else groups[~is_val], seed=seed, feature_names=names)
     y_val = jnp.asarray(y_scaler.transform(y[is_val]), jnp.float32) if has_val else None
 
     n_train = int(x_train.shape[0])
@@ -779,7 +830,7 @@ def fit(
             grid=default_grid(y, grid_size) if grid is None else check_grid(grid, min_points=3),
             info=FitInfo.from_dict({**info, **extra, "time_s": time.perf_counter() - t_start}),
             feature_names=names, num_features=int(x.shape[1]), method_options=dict(method_options), plan=plan,
-            _method=impl,
+            feature_reference=reference, _method=impl,
             _model=model if impl.model is None else impl.model,
             _cache=compiled.predict_cache,
         )

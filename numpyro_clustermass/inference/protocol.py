@@ -379,3 +379,9 @@ class FitWarning(UserWarning):
     """A fit or posterior that returned but may be wrong: no better than ignoring the features, a grid
     that does not cover the training masses, posteriors piled on the grid's edge."""
 
+
+
+class CovariateShiftWarning(FitWarning):
+    """Clusters whose features lie outside the training distribution (``MassPosterior.ood_score`` beyond the
+    fit's calibrated threshold), more of them than the threshold's false-alarm rate explains: the network
+    extrapolates there, and its masses and intervals are not calibrated."""
