@@ -30,6 +30,7 @@ __all__ = [
     "MOMENT_COLUMNS",
     "REQUIRED_COLUMNS",
     "MEMBER_COLUMNS",
+    "NUISANCE_PREFIX",
     "Catalog",
     "CatalogError",
     "StandardScaler",
@@ -48,6 +49,9 @@ FEATURE_NAMES = ("LogNgal", "Logsigv") + MOMENT_COLUMNS
 MEMBER_COLUMNS = ("mock", "R", "v", "log_mstar", "is_interloper")
 #: Minimum number of galaxies for the moments (skewness, kurtosis) to be defined.
 MIN_NGAL = 3
+#: Columns holding the simulator's nuisance parameters (``mock_catalog(nuisance=...)``) start with this;
+#: they describe the universe a mock came from, and :meth:`Catalog.features` never hands them to a model.
+NUISANCE_PREFIX = "nu_"
 
 FORMAT_VERSION = 1
 _MEMBERS_KEY = "n_member_rows"  # member-table row count in the file's JSON metadata (None: no members)
@@ -138,7 +142,18 @@ class Catalog:
 
     # ------------------------------------------------------------------ model inputs
     def features(self, names: tuple[str, ...] = FEATURE_NAMES) -> np.ndarray:
-        """The feature matrix, shape ``(len(self), len(names))``, float64, validated finite."""
+        """The feature matrix, shape ``(len(self), len(names))``, float64, validated finite.
+
+        Nuisance columns (``nu_*``, the simulator's parameters, unknown for a real catalogue) and the
+        ``sub_volume`` index are refused: a network must not see them. Read them with ``catalog[name]``.
+        """
+        hidden = [n for n in names if str(n).startswith(NUISANCE_PREFIX) or n == "sub_volume"]
+        if hidden:
+            raise ValueError(
+                f"features {hidden} are the simulator's nuisance parameters (or its sub-volume index), which a "
+                f"real catalogue does not have; a model must not see them. Use observable columns, e.g. "
+                f"{list(FEATURE_NAMES)}"
+            )
         x = np.stack([np.asarray(self[n], dtype=np.float64) for n in names], axis=1)
         validate_features(x, names)
         return x

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -42,6 +43,8 @@ __all__ = [
 AXIS_RANGE = _metrics.LOG_MASS_RANGE
 LOG_MASS_LABEL = r"$\log_{10}\,M_{200c}\ [M_\odot/h]$"
 _COLORS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"]
+#: Dash patterns of the lines without bands (a banded line is solid), so that overlaid lines differ in more than hue.
+_LINESTYLES = ["--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2))]
 
 
 def save_figure(fig: Figure, path, dpi: int = 120) -> None:
@@ -82,13 +85,19 @@ def binned_predictions(
     *,
     estimator: str = "mode",
     edges=None,
-    bands: bool = True,
+    bands=True,
     ax=None,
     path=None,
     title: str | None = None,
+    min_count: int = 1,
 ) -> Figure:
     """The lecture's binned plot: median prediction per bin of true mass with 5–95 and 15–85 percentile
     bands, the 1:1 line, and the residuals (predicted − true) in a panel below; axes 13.5–15.3.
+
+    Each estimator's median is a line of its own colour and dash pattern (solid for the banded one); the
+    bands are drawn for one estimator only, so that they stay readable, and the legend names them. Bins
+    with fewer than ``min_count`` clusters are left out as gaps (the lines break there instead of jumping
+    across).
 
     Parameters
     ----------
@@ -100,12 +109,19 @@ def binned_predictions(
         Default point estimate of posteriors.
     edges : array_like, optional
         Bin edges (default 0.1 dex over 13.5–15.3).
-    bands : bool
-        Draw the percentile bands (the median line is always drawn).
+    bands : bool, str or sequence of str
+        Which estimators get the 5–95 and 15–85 percentile bands of their predictions per bin: ``True``
+        the last one of ``estimates`` (the only one when there is one), ``False`` none, or the label(s) of
+        ``estimates`` to band (several overlapping bands are hard to tell apart). The median line is always
+        drawn.
     ax : Axes or (Axes, Axes), optional
         Draw into these: a pair (main, residual), or a single Axes (main panel only).
     path : str or PathLike, optional
         Write the figure there.
+    title : str, optional
+        Title of the main panel.
+    min_count : int
+        Bins with fewer clusters than this are drawn as gaps (default 1: only empty bins).
 
     Returns
     -------
@@ -117,12 +133,27 @@ def binned_predictions(
     >>> y = np.random.default_rng(0).uniform(13.5, 15.3, 2000)
     >>> fig = binned_predictions({"biased": 0.8 * y + 2.9, "good": y + 0.05}, y)
     >>> len(fig.axes), [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    (2, ['1:1', 'biased', 'good'])
+    (2, ['1:1', 'biased: median', 'good: median', 'good: 15–85% of predictions per bin', 'good: 5–95%'])
     """
     if not isinstance(estimates, Mapping):
         estimates = {"prediction" if not _metrics.is_posterior(estimates) else estimator: estimates}
     if len(estimates) == 0:
         raise ValueError("no estimates to plot")
+    names = [str(k) for k in estimates]
+    if bands is True:
+        banded = {names[-1]}
+    elif bands is False or bands is None:
+        banded = set()
+    elif isinstance(bands, str):
+        banded = {bands}
+    else:
+        banded = {str(b) for b in bands}
+    unknown = sorted(banded - set(names))
+    if unknown:
+        raise ValueError(f"bands names {unknown}, which are not labels of estimates ({names}); "
+                         "pass True, False, or labels of estimates")
+    if int(min_count) < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
     if ax is None:
         fig = Figure(figsize=(6.0, 6.5), layout="constrained")
         main, resid = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -133,30 +164,47 @@ def binned_predictions(
         main, resid = ax, None
         fig = main.figure
     lo, hi = AXIS_RANGE
-    main.plot([lo, hi], [lo, hi], color="k", ls="--", lw=1, label="1:1")
+    main.plot([lo, hi], [lo, hi], color="0.4", ls=":", lw=1, label="1:1")
     if resid is not None:
-        resid.axhline(0.0, color="k", ls="--", lw=1)
+        resid.axhline(0.0, color="0.4", ls=":", lw=1)
+    band_handles = []
     for k, (label, value) in enumerate(estimates.items()):
         est = estimator
         if isinstance(value, tuple):
             value, est = value
         df = _metrics.binned(value, truth_log_mass, estimator=est, edges=edges)
-        ok = df.n > 0
-        x = df.bin_mid[ok].to_numpy()
+        x = df.bin_mid.to_numpy()
+        few = df.n.to_numpy() < int(min_count)
+
+        def col(name, few=few, df=df):
+            v = df[name].to_numpy(dtype=np.float64, copy=True)
+            v[few] = np.nan  # a gap: the line breaks instead of joining the neighbouring bins
+            return v
+
         c = _COLORS[k % len(_COLORS)]
-        main.plot(x, df.pred_p50[ok], color=c, lw=2, label=str(label))
-        if bands:
-            main.fill_between(x, df.pred_p05[ok], df.pred_p95[ok], color=c, alpha=0.15, lw=0)
-            main.fill_between(x, df.pred_p15[ok], df.pred_p85[ok], color=c, alpha=0.3, lw=0)
+        with_bands = str(label) in banded
+        ls = "-" if with_bands else _LINESTYLES[k % len(_LINESTYLES)]
+        lw = 2.2 if with_bands else 1.6
+        main.plot(x, col("pred_p50"), color=c, ls=ls, lw=lw, marker="o", ms=2.5, label=f"{label}: median")
+        if with_bands:
+            outer = main.fill_between(x, col("pred_p05"), col("pred_p95"), color=c, alpha=0.15, lw=0,
+                                      label=f"{label}: 5–95%")
+            inner = main.fill_between(x, col("pred_p15"), col("pred_p85"), color=c, alpha=0.35, lw=0,
+                                      label=f"{label}: 15–85% of predictions per bin")
+            band_handles += [inner, outer]
         if resid is not None:
-            resid.plot(x, df.resid_p50[ok], color=c, lw=2)
-            if bands:
-                resid.fill_between(x, df.resid_p05[ok], df.resid_p95[ok], color=c, alpha=0.15, lw=0)
-                resid.fill_between(x, df.resid_p15[ok], df.resid_p85[ok], color=c, alpha=0.3, lw=0)
+            resid.plot(x, col("resid_p50"), color=c, ls=ls, lw=lw, marker="o", ms=2.5)
+            if with_bands:
+                resid.fill_between(x, col("resid_p05"), col("resid_p95"), color=c, alpha=0.15, lw=0)
+                resid.fill_between(x, col("resid_p15"), col("resid_p85"), color=c, alpha=0.35, lw=0)
     main.set_xlim(lo, hi)
     main.set_ylim(lo, hi)
     main.set_ylabel("predicted " + LOG_MASS_LABEL)
-    main.legend(loc="upper left", frameon=False)
+    handles, labels = main.get_legend_handles_labels()
+    lines = [(h, t) for h, t in zip(handles, labels) if h not in band_handles]
+    order = lines + [(h, h.get_label()) for h in band_handles]
+    main.legend([h for h, _ in order], [t for _, t in order], loc="upper left", frameon=False,
+                fontsize="small")
     if title:
         main.set_title(title)
     if resid is not None:
@@ -212,6 +260,53 @@ def training_prior(
     return _finish(fig, path)
 
 
+def _prior_name(post) -> str | None:
+    """A short name of the prior a posterior is conditioned on (for legends), or None when it is unknown.
+
+    Reads ``source_prior`` (set by :meth:`MassPosterior.reweight`) and never fits a training prior."""
+    prior = getattr(post, "source_prior", None)
+    if prior is None:
+        return "implicit, of the training set" if getattr(post, "training_log_mass", None) is not None else None
+    if isinstance(prior, _priors.Flat):
+        return f"flat {prior.lo:g}–{prior.hi:g}"
+    if isinstance(prior, _priors.TrainingPrior):
+        return "implicit, of the training set"
+    if isinstance(prior, _priors.MassFunction):
+        return f"{prior.model} mass function"
+    return type(prior).__name__
+
+
+def _spread_over_mass(values: np.ndarray, n: int) -> list[int]:
+    """Indices of ``n`` distinct clusters whose ``values`` lie nearest to the centres of ``n`` equal-width
+    bins between the smallest and largest value, in increasing order of value (ties: the lowest index)."""
+    finite = np.flatnonzero(np.isfinite(values))
+    if finite.size == 0:
+        return []
+    v = values[finite]
+    lo, hi = float(v.min()), float(v.max())
+    targets = lo + (np.arange(n) + 0.5) / n * (hi - lo)
+    free = np.ones(v.size, dtype=bool)
+    chosen = []
+    for t in targets:
+        if not free.any():
+            break
+        d = np.where(free, np.abs(v - t), np.inf)
+        j = int(np.argmin(d))
+        free[j] = False
+        chosen.append(int(finite[j]))
+    return sorted(chosen, key=lambda i: (values[i], i))
+
+
+def _mass_range(grid: np.ndarray, density: np.ndarray, lo_q: float = 0.005, hi_q: float = 0.995):
+    """The ``lo_q``–``hi_q`` quantile range of a density on a grid (trapezoid CDF)."""
+    d = np.clip(np.nan_to_num(np.asarray(density, dtype=np.float64)), 0.0, None)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (d[1:] + d[:-1]) * np.diff(grid))])
+    if cdf[-1] <= 0:
+        return float(grid[0]), float(grid[-1])
+    cdf /= cdf[-1]
+    return float(np.interp(lo_q, cdf, grid)), float(np.interp(hi_q, cdf, grid))
+
+
 def posterior_examples(
     post,
     truth_log_mass=None,
@@ -222,8 +317,17 @@ def posterior_examples(
     labels: tuple[str, str] = ("before reweighting", "after reweighting"),
     ax=None,
     path=None,
+    prior_names: tuple[str | None, str | None] | None = None,
+    zoom: bool = True,
 ) -> Figure:
     """Example posteriors, before and (optionally) after reweighting, with the true mass marked.
+
+    By default the clusters are spread over the range of true masses (or, without them, of posterior
+    medians): the ``n`` clusters nearest to the centres of ``n`` equal-width bins between the smallest and
+    largest mass, so that rare high-mass clusters are shown next to the common low-mass ones; the choice is
+    deterministic. Each panel is zoomed on where its posteriors have their mass (the 0.5–99.5% range of
+    the widest curve, with the truth, plus a margin), has its own axis labels, and its title gives the
+    cluster's index and true mass. The legend names the prior of each curve.
 
     Parameters
     ----------
@@ -233,9 +337,25 @@ def posterior_examples(
     reweighted : MassPosterior, optional
         Same clusters after reweighting, overlaid.
     indices : sequence of int, optional
-        Clusters to show; default ``n`` clusters spread evenly over the catalogue.
+        Clusters to show; default ``n`` clusters spread over the mass range (see above).
+    n : int
+        Number of clusters when ``indices`` is not given.
+    labels : (str, str)
+        Legend labels of ``post`` and ``reweighted``.
     ax : array of Axes, optional
         One Axes per example.
+    path : str or PathLike, optional
+        Write the figure there.
+    prior_names : (str or None, str or None), optional
+        The priors of ``post`` and ``reweighted``, appended to their labels ("before reweighting (prior:
+        ...)"). Default: read from the posteriors (``source_prior``, else the training set's implicit prior); a None
+        entry leaves that label as it is.
+    zoom : bool
+        Zoom each panel on its posteriors (else the whole grid).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
 
     Examples
     --------
@@ -244,22 +364,32 @@ def posterior_examples(
     >>> g = np.linspace(13.0, 16.0, 256)
     >>> p = MassPosterior.from_mixture(g, np.zeros((3, 1)), np.array([[14.0], [14.5], [15.0]]), np.full((3, 1), 0.2))
     >>> fig = posterior_examples(p, [14.1, 14.4, 15.2], n=3)
-    >>> len(fig.axes)
-    3
+    >>> len(fig.axes), [a.get_title() for a in fig.axes]
+    (3, ['cluster 0: true 14.10', 'cluster 1: true 14.40', 'cluster 2: true 15.20'])
     """
     total = int(np.shape(post.log_density)[0])
+    y = None if truth_log_mass is None else _metrics.true_log_mass(truth_log_mass, total)
     if indices is None:
-        indices = np.unique(np.linspace(0, total - 1, min(int(n), total)).round().astype(int))
+        if int(n) < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        order_by = y if y is not None else np.asarray(post.median(), dtype=np.float64)
+        indices = _spread_over_mass(np.asarray(order_by, dtype=np.float64), min(int(n), total))
     indices = [int(i) for i in indices]
+    if not indices:
+        raise ValueError("no clusters to show")
     if any(i < 0 or i >= total for i in indices):
         raise ValueError(f"indices must lie in [0, {total}), got {indices}")
-    y = None if truth_log_mass is None else _metrics.true_log_mass(truth_log_mass, total)
     if reweighted is not None and np.shape(reweighted.log_density)[0] != total:
         raise ValueError("reweighted must hold the same clusters as post")
+    if prior_names is None:
+        prior_names = (_prior_name(post), None if reweighted is None else _prior_name(reweighted))
+    if len(prior_names) != 2:
+        raise ValueError(f"prior_names must be a pair (prior of post, prior of reweighted), got {prior_names!r}")
+    names = [lab if pn is None else f"{lab} (prior: {pn})" for lab, pn in zip(labels, prior_names)]
     if ax is None:
         ncol = min(len(indices), 4)
         nrow = -(-len(indices) // ncol)
-        fig = Figure(figsize=(3.2 * ncol, 2.6 * nrow), layout="constrained")
+        fig = Figure(figsize=(3.4 * ncol, 3.0 * nrow + 0.5), layout="constrained")
         axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
         for extra in axes[len(indices):]:
             fig.delaxes(extra)
@@ -276,53 +406,130 @@ def posterior_examples(
         dens_rw = np.exp(np.asarray(reweighted.log_density[np.asarray(indices)], dtype=np.float64))
         grid_rw = np.asarray(reweighted.grid, dtype=np.float64)
     for k, (a, i) in enumerate(zip(axes, indices)):
-        a.plot(grid, dens[k], color="C0", lw=1.5, label=labels[0])
+        a.plot(grid, dens[k], color="C0", lw=1.5, label=names[0])
+        ranges = [_mass_range(grid, dens[k])]
         if dens_rw is not None:
-            a.plot(grid_rw, dens_rw[k], color="C1", lw=1.5, label=labels[1])
+            a.plot(grid_rw, dens_rw[k], color="C1", lw=1.5, ls="--", label=names[1])
+            ranges.append(_mass_range(grid_rw, dens_rw[k]))
         if y is not None:
-            a.axvline(y[i], color="k", ls="--", lw=1, label="truth")
-        a.set_title(f"cluster {i}", fontsize="small")
-        a.set_xlabel(LOG_MASS_LABEL)
-        a.set_xlim(grid[0], grid[-1])
-    axes[0].set_ylabel(r"$p(\log_{10} M\,|\,x)$")
-    axes[0].legend(frameon=False, fontsize="small")
+            a.axvline(y[i], color="k", ls=":", lw=1.2, label="true mass")
+            a.set_title(f"cluster {i}: true {y[i]:.2f}", fontsize="small")
+        else:
+            a.set_title(f"cluster {i}", fontsize="small")
+        if zoom:
+            lo = min(r[0] for r in ranges)
+            hi = max(r[1] for r in ranges)
+            if y is not None and np.isfinite(y[i]):
+                lo, hi = min(lo, float(y[i])), max(hi, float(y[i]))
+            margin = max(0.15 * (hi - lo), 0.05)
+            full = (min(grid[0], grid_rw[0]) if dens_rw is not None else grid[0],
+                    max(grid[-1], grid_rw[-1]) if dens_rw is not None else grid[-1])
+            a.set_xlim(max(lo - margin, full[0]), min(hi + margin, full[1]))
+        else:
+            a.set_xlim(grid[0], grid[-1])
+        a.set_ylim(bottom=0.0)
+        a.set_xlabel(LOG_MASS_LABEL, fontsize="small")
+        a.set_ylabel(r"$p(\log_{10} M\,|\,x)$ [dex$^{-1}$]", fontsize="small")
+        a.tick_params(labelsize="small")
+    handles, texts = axes[0].get_legend_handles_labels()
+    if ax is None:
+        fig.legend(handles, texts, loc="outside lower center", ncol=len(texts), frameon=False, fontsize="small")
+    else:
+        axes[0].legend(frameon=False, fontsize="small")
     return _finish(fig, path)
 
 
-def pit_histogram(post_or_pit, truth_log_mass=None, *, bins: int = 10, ax=None, path=None) -> Figure:
+def _p_text(p: float) -> str:
+    """``"= 0.016"``, ``"= 5.5e-248"``, or ``"< 1e-300"`` for a p-value that underflowed to 0."""
+    return f"= {p:.2g}" if p >= 1e-3 else (f"= {p:.1e}" if p > 0 else "< 1e-300")
+
+
+def pit_histogram(
+    post_or_pit,
+    truth_log_mass=None,
+    *,
+    bins: int = 10,
+    ax=None,
+    path=None,
+    label: str | None = None,
+    prior_name: str | None = None,
+    truth_name: str | None = None,
+    caption: bool = True,
+) -> Figure:
     """Histogram of PIT values with the uniform level and its ±1σ (binomial) band; the KS and
-    chi-square p-values in the title.
+    chi-square p-values in the title, and a caption under the axes saying what they test.
+
+    The PIT (the posterior CDF at the true mass) is uniform when the posteriors are calibrated for clusters
+    drawn like the test set, which needs the posterior's mass prior to be the distribution the test masses
+    were drawn from. A posterior under another prior (a flat prior, on a test set drawn from the mass
+    function) is expected to fail the tests: that is a statement about the prior, not a bug.
 
     Parameters
     ----------
     post_or_pit : MassPosterior or array_like
         A posterior (then ``truth_log_mass`` is required) or PIT values in [0, 1].
+    truth_log_mass : array_like or Catalog, optional
+    bins : int
+        Histogram bins (also the chi-square test's).
+    ax : Axes, optional
+    path : str or PathLike, optional
+        Write the figure there.
+    label : str, optional
+        Which posterior this is, for the title ("PIT of LABEL").
+    prior_name : str, optional
+        The posterior's mass prior; default read from a posterior's ``source_prior`` (else the training
+        set's implicit prior when it was fitted on a training set).
+    truth_name : str, optional
+        What the test masses were drawn from (e.g. "the Tinker08 mass function").
+    caption : bool
+        Write the caption under the axes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
 
     Examples
     --------
     >>> import numpy as np
-    >>> fig = pit_histogram(np.random.default_rng(0).uniform(size=1000))
-    >>> len(fig.axes[0].patches) >= 10
-    True
+    >>> fig = pit_histogram(np.random.default_rng(0).uniform(size=1000), label="toy")
+    >>> len(fig.axes[0].patches) >= 10, fig.axes[0].get_title().splitlines()[0]
+    (True, 'PIT of toy (n = 1000)')
     """
     if _metrics.is_posterior(post_or_pit):
         if truth_log_mass is None:
             raise ValueError("pit_histogram of a posterior needs truth_log_mass")
         u = _metrics.pit(post_or_pit, truth_log_mass)
+        if prior_name is None:
+            prior_name = _prior_name(post_or_pit)
     else:
         u = np.asarray(post_or_pit, dtype=np.float64)
     t = _metrics.pit_uniformity(u, bins=bins)
-    fig, a = _new_axes(ax, (5.0, 3.6))
+    fig, a = _new_axes(ax, (5.0, 4.2))
     a.hist(u, bins=bins, range=(0.0, 1.0), density=True, color="C0", alpha=0.7, label="PIT")
     p = 1.0 / bins
     err = np.sqrt(p * (1 - p) / t.n) / p  # in density units (level 1)
-    a.axhline(1.0, color="k", lw=1, label="uniform")
-    a.axhspan(1 - err, 1 + err, color="0.8", alpha=0.6, lw=0, label=r"$\pm1\sigma$")
+    a.axhline(1.0, color="k", lw=1, label="uniform (calibrated)")
+    a.axhspan(1 - err, 1 + err, color="0.8", alpha=0.6, lw=0, label=r"$\pm1\sigma$ of a uniform sample")
     a.set_xlim(0, 1)
     a.set_xlabel("PIT")
     a.set_ylabel("density")
-    a.set_title(f"KS p = {t.ks_pvalue:.3g}, $\\chi^2$ p = {t.chi2_pvalue:.3g} (n = {t.n})", fontsize="small")
+    verdict = "uniformity rejected at 5%" if min(t.ks_pvalue, t.chi2_pvalue) < 0.05 else "consistent with uniform"
+    head = f"PIT of {label} (n = {t.n})" if label else f"PIT (n = {t.n})"
+    a.set_title(f"{head}\nKS p {_p_text(t.ks_pvalue)}, $\\chi^2$ p {_p_text(t.chi2_pvalue)}: {verdict}",
+                fontsize="small")
     a.legend(frameon=False, fontsize="small")
+    if caption:
+        text = ("KS and $\\chi^2$ test whether the PIT values are uniform, i.e. whether the posteriors are "
+                "calibrated for clusters drawn like these. That needs the posterior's prior to be the test "
+                "masses' distribution: under any other prior, failing is expected.")
+        here = []
+        if prior_name:
+            here.append(f"posterior's prior: {prior_name}")
+        if truth_name:
+            here.append(f"test masses drawn from: {truth_name}")
+        lines = textwrap.wrap(text, 78) + (textwrap.wrap("Here " + "; ".join(here) + ".", 78) if here else [])
+        a.text(0.0, -0.16, "\n".join(lines), transform=a.transAxes, ha="left", va="top", fontsize="x-small",
+               color="0.25")
     return _finish(fig, path)
 
 
@@ -334,9 +541,28 @@ def coverage_curve(
     probs=None,
     ax=None,
     path=None,
+    label: str | None = None,
 ) -> Figure:
     """Empirical against nominal coverage of credible intervals (central and/or HPD), with the diagonal
-    and a ±2σ binomial band around it.
+    and a ±2σ binomial band around it; the title says which posterior it is (``label``) and how many
+    clusters, and the two sides of the diagonal are named (below: intervals too narrow).
+
+    Parameters
+    ----------
+    post : MassPosterior
+    truth_log_mass : array_like or Catalog
+    kinds : sequence of {"central", "hpd"}
+    probs : array_like, optional
+        Nominal probabilities (default those of :func:`numpyro_clustermass.metrics.coverage_curve`).
+    ax : Axes, optional
+    path : str or PathLike, optional
+        Write the figure there.
+    label : str, optional
+        Which posterior this is, for the title ("coverage of LABEL").
+
+    Returns
+    -------
+    matplotlib.figure.Figure
 
     Examples
     --------
@@ -344,27 +570,34 @@ def coverage_curve(
     >>> from numpyro_clustermass.posterior import MassPosterior
     >>> rng = np.random.default_rng(0); mu = rng.uniform(14, 15, 300)
     >>> p = MassPosterior.from_mixture(np.linspace(13, 16, 256), np.zeros((300, 1)), mu[:, None], np.full((300, 1), 0.2))
-    >>> fig = coverage_curve(p, mu + 0.2 * rng.standard_normal(300))
-    >>> len(fig.axes[0].lines)
-    3
+    >>> fig = coverage_curve(p, mu + 0.2 * rng.standard_normal(300), label="toy")
+    >>> len(fig.axes[0].lines), fig.axes[0].get_title()
+    (3, 'coverage of toy (n = 300)')
     """
     fig, a = _new_axes(ax, (4.5, 4.5))
     a.plot([0, 1], [0, 1], color="k", ls="--", lw=1, label="ideal")
     first = None
     for k, kind in enumerate(kinds):
         cc = _metrics.coverage_curve(post, truth_log_mass, probs=probs, kind=kind)
-        a.plot(cc.nominal, cc.empirical, marker="o", ms=3, color=_COLORS[k % len(_COLORS)], label=kind)
+        a.plot(cc.nominal, cc.empirical, marker="o", ms=3, color=_COLORS[k % len(_COLORS)],
+               label={"central": "central intervals", "hpd": "HPD intervals"}.get(kind, kind))
         first = cc if first is None else first
     if first is not None:
         nom = np.linspace(0.0, 1.0, 101)
         err = 2 * np.sqrt(nom * (1 - nom) / int(first.n.iloc[0]))
-        a.fill_between(nom, nom - err, nom + err, color="0.85", lw=0, label=r"$\pm2\sigma$")
+        a.fill_between(nom, nom - err, nom + err, color="0.85", lw=0, label=r"$\pm2\sigma$ (binomial)")
+    a.text(0.97, 0.03, "below: intervals too narrow\n(overconfident)", transform=a.transAxes, ha="right",
+           va="bottom", fontsize="x-small", color="0.35")
+    a.text(0.04, 0.62, "above: intervals too wide\n(underconfident)", transform=a.transAxes, ha="left",
+           va="top", fontsize="x-small", color="0.35")
     a.set_xlim(0, 1)
     a.set_ylim(0, 1)
     a.set_aspect("equal")
     a.set_xlabel("nominal coverage")
     a.set_ylabel("empirical coverage")
-    a.legend(frameon=False, loc="upper left")
+    n_txt = f" (n = {int(first.n.iloc[0])})" if first is not None else ""
+    a.set_title(f"coverage of {label}{n_txt}" if label else f"coverage{n_txt}", fontsize="small")
+    a.legend(frameon=False, loc="upper left", fontsize="small")
     return _finish(fig, path)
 
 

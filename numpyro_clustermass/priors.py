@@ -50,6 +50,7 @@ __all__ = [
     "check_grid",
     "evaluate_on_cells",
     "evaluate_on_grid",
+    "generating_prior",
     "prior_from_dict",
     "reweight_log_density",
     "reweight_mixture_log_density",
@@ -963,6 +964,69 @@ _REGISTRY = {
     "Product": Product,
     "Truncated": Truncated,
 }
+
+
+_GENERATOR = "numpyro_clustermass.simulate.mock_catalog"
+
+
+def generating_prior(catalog) -> Prior:
+    """The mass distribution a mock catalogue's halos were drawn from, read from its metadata.
+
+    ``mock_catalog`` records how it drew its masses; this returns that distribution as a prior, to divide
+    out in :meth:`MassPosterior.reweight` (``source=``) instead of the fit's estimate
+    (:class:`TrainingPrior`, the default, which needs no metadata):
+
+    * ``mass_sampling="flat"``: :class:`Flat` over the generated range;
+    * ``natural``, one universe (``nuisance=None``): :class:`MassFunction` of the physics (model,
+      redshift, cosmology with any Omega_m, sigma_8, h overrides);
+    * ``natural`` with ``nuisance=``: the family's mixture, a :class:`Tabulated` density equal to the sum of
+      the sub-volumes' mass functions weighted by their volumes (``meta["generating_mass_function"]``).
+
+    It is the distribution *before* the ``Ngal >= 10`` cut, which removes part of the low-mass halos'
+    projections. The cut depends on mass only through the observables, so a test catalogue made with the
+    same cut shares it and reweighting between generating priors is consistent; to divide out the training
+    set's mass distribution as it is, cut included, use the default :class:`TrainingPrior` (a log-spline fit
+    to the training masses, right for any catalogue).
+
+    Parameters
+    ----------
+    catalog : Catalog or dict
+        A catalogue made by ``numpyro_clustermass.simulate.mock_catalog`` (or read back from its file), or
+        its ``meta`` dictionary.
+
+    Raises
+    ------
+    ValueError
+        The metadata do not come from ``mock_catalog`` (e.g. the lecture's MDPL2 file).
+
+    Examples
+    --------
+    >>> import numpyro_clustermass as ncm
+    >>> cat = ncm.simulate.mock_catalog(volume=0.002, seed=0)
+    >>> generating_prior(cat)
+    MassFunction('tinker08', z=0.117, cosmology='planck13', mdef='200c', lo=13.5, hi=15.3)
+    """
+    meta = catalog if isinstance(catalog, dict) else getattr(catalog, "meta", None)
+    if not isinstance(meta, dict) or meta.get("generator") != _GENERATOR or "physics" not in meta:
+        raise ValueError(
+            "this catalogue does not record how its masses were drawn (its metadata do not come from "
+            f"{_GENERATOR}); use the training set's estimate, TrainingPrior.from_samples(train.log_mass), which "
+            "MassPosterior.reweight divides out by default"
+        )
+    phys = meta["physics"]
+    lo, hi = float(phys["log_mass_min"]), float(phys["log_mass_max"])
+    if meta.get("mass_sampling") == "flat":
+        return Flat(lo, hi)
+    table = meta.get("generating_mass_function")
+    if table is not None:
+        return Tabulated(np.asarray(table["log10_mass"], float), np.asarray(table["log_density"], float))
+    overrides = {key: float(phys[name]) * scale for name, key, scale in
+                 (("omega_m", "Om0", 1.0), ("sigma8", "sigma8", 1.0), ("h", "H0", 100.0))
+                 if phys.get(name) is not None}
+    if not overrides:
+        return MassFunction(phys["mass_function"], z=phys["z"], cosmology=phys["cosmology"], lo=lo, hi=hi)
+    with use_cosmology(phys["cosmology"], overrides) as cosmo:
+        return MassFunction(phys["mass_function"], z=phys["z"], cosmology=cosmo, lo=lo, hi=hi)
 
 
 def prior_from_dict(d: dict) -> Prior:
