@@ -3,8 +3,8 @@
 The data flow is one way: simulate (or load) -> catalog -> features -> fit -> MassPosterior -> reweight ->
 metrics, plots, ArviZ.
 
-Example
--------
+Examples
+--------
 >>> import numpyro_clustermass as ncm
 >>> cat = ncm.simulate.mock_catalog(volume=0.02, seed=0)                       # doctest: +SKIP
 >>> train, test = cat.split(test_fraction=0.2, seed=1)                          # doctest: +SKIP

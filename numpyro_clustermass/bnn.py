@@ -12,8 +12,8 @@ estimator's model themselves (:func:`bayesian_twin`), so a user asks for a Bayes
 
 The weight priors and their validation live in :mod:`numpyro_clustermass.weight_priors` (re-exported here).
 
-Example
--------
+Examples
+--------
 >>> import jax, jax.numpy as jnp, numpyro.distributions as dist
 >>> from numpyro import handlers
 >>> from numpyro_clustermass.estimators import MDN
@@ -113,6 +113,8 @@ def deterministic_model(twin: Callable) -> Callable:
     """The deterministic model of a Bayesian twin: the same model and net without the weight-prior keywords
     (``flax_module`` instead of ``random_flax_module``; the inverse of :func:`bayesian_twin`).
 
+    Examples
+    --------
     >>> from numpyro_clustermass.estimators import MDN
     >>> m = MDN(2, (8,)).model
     >>> deterministic_model(bayesian_twin(m)).func is m.func
@@ -125,6 +127,8 @@ def deterministic_model(twin: Callable) -> Callable:
 def with_dropout(model: Callable, dropout_rate: float) -> Callable:
     """A package model whose network has the given dropout rate after each hidden layer.
 
+    Examples
+    --------
     >>> from numpyro_clustermass.estimators import MDN
     >>> with_dropout(MDN(2, (8,)).model, 0.2).keywords["net"].dropout_rate
     0.2
@@ -145,6 +149,8 @@ def with_dropout(model: Callable, dropout_rate: float) -> Callable:
 def latent_site_names(model: Callable, x, y) -> list[str]:
     """Names of the latent (unobserved) sample sites of ``model(x, y)``, in trace order.
 
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> from numpyro_clustermass.estimators import MSE
     >>> latent_site_names(MSE(hidden=(4,)).model, jnp.ones((3, 2)), jnp.zeros(3))

@@ -5,8 +5,8 @@ holding the columns of Ho et al. (2019)'s ``Rockstar_UM_z=0.117_contam_summary.f
 and, for generated catalogues, ``halo_id``, ``los``, ``log_mass`` and truth columns. It may also carry a
 member table (one row per galaxy) for users who want their own summaries.
 
-Example
--------
+Examples
+--------
 >>> import numpyro_clustermass as ncm
 >>> cat = ncm.simulate.mock_catalog(volume=0.002, seed=0)
 >>> train, test = cat.split(test_fraction=0.2, seed=1)

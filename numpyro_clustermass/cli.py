@@ -10,8 +10,8 @@ by side on one catalogue against a reference fit (``diagnostics.compare``: a mar
 and each fit's ArviZ object as netCDF). ``predict`` and ``evaluate`` reweight the posteriors to another mass
 prior with ``--prior`` (``flat:13.5,15.3``, ``tinker08``, ...).
 
-Example
--------
+Examples
+--------
 .. code-block:: bash
 
     numpyro-clustermass simulate cat.fits --volume 0.1
@@ -156,6 +156,8 @@ def _key_value(text: str) -> tuple[str, object]:
 def parse_options(pairs, learning_rate: float | None = None) -> dict:
     """Method options from ``--option KEY=VALUE`` pairs (and ``--learning-rate``); a key given twice is an error.
 
+    Examples
+    --------
     >>> parse_options([("schedule", "constant"), ("clip_norm", 1.0)], learning_rate=3e-4)
     {'schedule': 'constant', 'clip_norm': 1.0, 'learning_rate': 0.0003}
     """
@@ -180,6 +182,8 @@ def parse_prior(spec: str | None):
     the lecture's 13.5-15.3). ``tinker08``, or any colossus mass-function model, optionally ``:LO,HI``: the
     halo mass function at the lecture's redshift and cosmology over that range.
 
+    Examples
+    --------
     >>> parse_prior("flat:13.5,15.3")
     Flat(13.5, 15.3)
     >>> parse_prior("none") is None
@@ -287,6 +291,8 @@ def checkpoint_path(out: str) -> str:
     """Where ``train --out OUT`` keeps its checkpoints and the state saved on Ctrl-C: ``fit.ncm`` ->
     ``fit.checkpoint.ncm`` (``fit`` -> ``fit.checkpoint``), in the same folder.
 
+    Examples
+    --------
     >>> checkpoint_path("runs/fit.ncm")
     'runs/fit.checkpoint.ncm'
     """
@@ -350,6 +356,8 @@ def build_estimator(kind: str = "mdn", *, components: int | None = None, hidden=
                     features=None):
     """The estimator of a ``train`` spec; an option that does not apply to ``kind`` is a CLIError.
 
+    Examples
+    --------
     >>> build_estimator("mdn", components=4, hidden=(32, 32)).config()["num_components"]
     4
     >>> build_estimator("msigma", features=("Logsigv", "LogNgal")).feature_names
@@ -840,6 +848,8 @@ def parse_fit_specs(specs) -> dict:
     the suffix. A name is letters, digits, ``_``, ``-`` and ``.`` (it names the fit's netCDF file too); a name
     given twice is a CLIError.
 
+    Examples
+    --------
     >>> parse_fit_specs(["runs/nuts.ncm", "vi=runs/bbb.ncm"])
     {'nuts': 'runs/nuts.ncm', 'vi': 'runs/bbb.ncm'}
     """

@@ -4,8 +4,8 @@ colossus keeps one global "current" cosmology. :func:`use_cosmology` sets it for
 ``with`` block and restores whatever was set before, so that this package never changes a user's global
 colossus state behind their back.
 
-Example
--------
+Examples
+--------
 >>> from numpyro_clustermass.cosmology import use_cosmology, DEFAULT_Z
 >>> with use_cosmology("planck13") as cosmo:
 ...     round(float(cosmo.Ez(DEFAULT_Z)), 4)

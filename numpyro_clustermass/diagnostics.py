@@ -10,8 +10,8 @@ ArviZ 0.x (Python 3.11) returns ``InferenceData``; ArviZ 1.x (Python >= 3.12) re
 :func:`to_arviz`, that renames variables and works with both; :func:`fit_to_arviz` turns any fit into such an
 object (posterior, posterior predictive, pointwise log-likelihood for ``az.loo``, sampler statistics).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> draws = np.random.default_rng(0).normal(size=(2, 500, 3))   # (chains, draws, clusters)
 >>> d = function_space_convergence(draws)
@@ -97,6 +97,8 @@ def convergence_problems(
     ``max_rhat``/``min_ess_bulk`` None means they were not computed (one chain); NaN R-hat (chains that never
     moved) counts as a problem.
 
+    Examples
+    --------
     >>> convergence_problems(1.3, 1.05, 2, 400, 35.0, 200)  # doctest: +NORMALIZE_WHITESPACE
     ['function-space R-hat 1.300 is above the threshold 1.05 (the chains disagree)',
      '2 divergent transitions of 400 draws (0.5%)',
@@ -132,6 +134,8 @@ def arviz_groups(idata) -> list[str]:
     """The group names of an ArviZ object, whichever line made it: ``InferenceData.groups()`` (ArviZ 0.x) or
     the children of a ``DataTree`` (ArviZ 1.x, whose ``groups`` property lists paths such as ``"/posterior"``).
 
+    Examples
+    --------
     >>> sorted(arviz_groups(to_arviz({"w": np.zeros((1, 3))}, observed_data={"y": np.ones(2)})))
     ['observed_data', 'posterior']
     """
@@ -167,6 +171,8 @@ def to_arviz(
     either (an optimiser's loss per epoch: give its dimension in ``dims``). Names are sanitised with
     :func:`sanitize_name` (and ``dims`` keys with them); ``attrs`` become the object's global attributes.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> idata = to_arviz({"nn/w": np.zeros((2, 10, 3))}, observed_data={"y": np.ones(4)})
     >>> [str(v) for v in idata.posterior.data_vars]
@@ -304,8 +310,8 @@ def fit_to_arviz(fit, catalog, num_draws: int | None = None, seed: int | None = 
     -------
     arviz.InferenceData or xarray.DataTree
 
-    Example
-    -------
+    Examples
+    --------
     >>> import arviz as az, numpy as np
     >>> from numpyro_clustermass.estimators import MDN
     >>> from numpyro_clustermass.inference import fit
@@ -1042,6 +1048,8 @@ def arviz_to_netcdf(idata, path) -> None:
     """Write an ArviZ object to ``path`` as netCDF-4 (``InferenceData.to_netcdf`` on ArviZ 0.x, ``DataTree.to_netcdf``
     on 1.x, both through the ``h5netcdf`` engine, a dependency of the package); ``az.from_netcdf`` reads it back.
 
+    Examples
+    --------
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "fit.nc")
     >>> arviz_to_netcdf(to_arviz({"w": np.zeros((1, 3))}, observed_data={"y": np.ones(2)}), path)

@@ -12,8 +12,8 @@ itself (``estimator.config()``, used to save and rebuild a fit).
   training mass range, on TensorFlow Probability): its density has hard edges, which a mixture cannot have.
 * :class:`ModelEstimator` -- any user model function following the same convention.
 
-Example
--------
+Examples
+--------
 >>> import numpyro_clustermass.estimators as est
 >>> mdn = est.MDN(num_components=16, hidden=(128, 128, 64))
 >>> mdn.name, mdn.config()["num_components"]
@@ -103,8 +103,8 @@ class MSE(Estimator):
     feature_names : tuple of str
         Catalogue feature columns (default the lecture's 14).
 
-    Example
-    -------
+    Examples
+    --------
     >>> MSE().net.hidden
     (128, 128, 64)
     """
@@ -155,8 +155,8 @@ class MDN(Estimator):
         (:data:`numpyro_clustermass.nets.INITS`; ``python3 benchmarks/vs_sbi.py --ours-init equal_mixture``
         measures the held-out log score of both).
 
-    Example
-    -------
+    Examples
+    --------
     >>> MDN(num_components=4).net.num_components
     4
     """
@@ -236,8 +236,8 @@ class Flow(Estimator):
     z_bounds : (float, float), optional
         The interval in standardised units; set by ``fit`` (:meth:`bind`), never by hand.
 
-    Example
-    -------
+    Examples
+    --------
     >>> f = Flow(num_bins=8, hidden=(16,))
     >>> f.name, f.config()["num_bins"], f.z_bounds is None
     ('flow', 8, True)
@@ -321,8 +321,8 @@ class ModelEstimator(Estimator):
     accepts ``num_data``, minibatches are scaled by ``num_data / batch`` inside it (priors counted once);
     otherwise :func:`fit` scales the whole model, which is the same for models without priors.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from numpyro_clustermass.models import mdn_model
     >>> ModelEstimator(mdn_model).name
     'mdn_model'

@@ -14,8 +14,8 @@ The kernel works on ragged groups with segment sums (two passes: means first, th
 which keeps float32 accurate), is vectorised over all mocks at once and pads its inputs to size
 buckets so that catalogues of similar size reuse one compilation.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.features import summarize
 >>> mock = np.array([0, 0, 0, 1, 1, 1, 1])

@@ -19,8 +19,8 @@ mixture cannot represent such an edge.
 (``log_prob``, ``sample``, ``support``, batch shape); ``numpyro.contrib.tfp`` still exists in numpyro 0.22, but its
 wrappers are generated per TFP class and know nothing of the flow's interval, so the package uses its own.
 
-Example
--------
+Examples
+--------
 >>> import jax, jax.numpy as jnp
 >>> from numpyro_clustermass.flows import spline_flow
 >>> c, k = 3, 4
@@ -94,6 +94,8 @@ def import_tfp():
     TFPImportError
         It is missing or fails to import; the message names the installed error and the fix.
 
+    Examples
+    --------
     >>> import_tfp().bijectors.RationalQuadraticSpline.__name__
     'RationalQuadraticSpline'
     """
@@ -113,6 +115,9 @@ def import_tfp():
 class TFPDistribution(dist.Distribution):
     """A TFP (JAX substrate) distribution as a NumPyro distribution: ``log_prob``, ``sample``, ``support``.
 
+    ``mean`` and ``variance`` are TFP's where TFP has them in closed form, else ``NotImplementedError`` (then
+    :meth:`Fit.posterior` computes them on its grid).
+
     Parameters
     ----------
     tfp_dist : tfp.distributions.Distribution
@@ -120,9 +125,8 @@ class TFPDistribution(dist.Distribution):
     support : numpyro.distributions.constraints.Constraint
         The support to report (default real; the flow gives its interval).
 
-    ``mean`` and ``variance`` are TFP's where TFP has them in closed form, else ``NotImplementedError`` (then
-    :meth:`Fit.posterior` computes them on its grid).
-
+    Examples
+    --------
     >>> tfd = import_tfp().distributions
     >>> d = TFPDistribution(tfd.Normal(jnp.zeros(2), 1.0))
     >>> d.batch_shape, float(d.log_prob(jnp.zeros(2))[0]) == float(-0.5 * jnp.log(2 * jnp.pi))
@@ -169,6 +173,8 @@ class TFPDistribution(dist.Distribution):
 def is_tfp_distribution(obj) -> bool:
     """Whether ``obj`` is a TFP distribution (checked by its class's module: TFP is not imported).
 
+    Examples
+    --------
     >>> import numpyro.distributions as dist
     >>> is_tfp_distribution(dist.Normal(0, 1)), is_tfp_distribution(import_tfp().distributions.Normal(0., 1.))
     (False, True)
@@ -181,6 +187,8 @@ def from_tfp(tfp_dist) -> TFPDistribution:
     """A TFP distribution as a NumPyro one, with its support read from TFP's default event-space bijector
     (its limits at -inf and +inf: ``Uniform(13.5, 15.3)`` -> ``interval(13.5, 15.3)``, ``Normal`` -> real).
 
+    Examples
+    --------
     >>> tfd = import_tfp().distributions
     >>> d = from_tfp(tfd.Uniform(13.5, 15.3))
     >>> type(d.support).__name__, float(d.support.lower_bound), float(d.support.upper_bound)

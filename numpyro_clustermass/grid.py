@@ -4,8 +4,8 @@ Every posterior in the package is a density of log10 M on a uniform, increasing 
 on the same grid. :mod:`numpyro_clustermass.posterior`, :mod:`numpyro_clustermass.priors`,
 :mod:`numpyro_clustermass.inference` and :mod:`numpyro_clustermass.simulate` take these definitions from here.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.grid import LOG_MASS_RANGE, check_grid, default_grid, spacing
 >>> g = default_grid(np.array(LOG_MASS_RANGE))
@@ -83,6 +83,8 @@ def default_grid(log_mass, num: int = DEFAULT_GRID_SIZE, margin: float | None = 
     The margin defaults to ``max(0.5 dex, 25% of the range)``, wide enough for the predictive tails of the
     lightest and heaviest clusters.
 
+    Examples
+    --------
     >>> g = default_grid(np.array([13.5, 15.3]))
     >>> g.shape, round(float(g[0]), 2), round(float(g[-1]), 2)
     ((512,), 13.0, 15.8)

@@ -658,6 +658,8 @@ def binned(
 def percent_label(p: float) -> str:
     """The label of a probability in column names (``coverage_central_68``): a percentage, two digits at least.
 
+    Examples
+    --------
     >>> percent_label(0.68), percent_label(0.05), percent_label(0.975)
     ('68', '05', '97.5')
     """

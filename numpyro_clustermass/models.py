@@ -25,8 +25,8 @@ deterministic model; either one given makes the model Bayesian (the other then d
 :data:`~numpyro_clustermass.weight_priors.DEFAULT_WEIGHT_PRIOR` and ``"all"``). Adding an estimator or a head
 is one model here: its Bayesian twin, MC dropout and every inference method follow from these keywords.
 
-Example
--------
+Examples
+--------
 >>> import jax, jax.numpy as jnp
 >>> from numpyro import handlers
 >>> from numpyro_clustermass.models import mdn_model
@@ -145,8 +145,8 @@ def regression_model(x, y=None, num_data=None, deterministic: bool = False, *, n
     bayesian_layers : "all", "last", str or sequence of str, optional
         Which weights are Bayesian (default ``"all"`` when ``weight_prior`` is given).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> from numpyro import handlers
     >>> tr = handlers.trace(handlers.seed(regression_model, 0)).get_trace(jnp.ones((4, 3)), jnp.zeros(4))
@@ -173,8 +173,8 @@ def mdn_model(x, y=None, num_data=None, deterministic: bool = False, *, net=None
     :class:`~numpyro_clustermass.nets.MDNNet` with 16 components. With ``weight_prior`` or ``bayesian_layers``
     the network's weights (all, or the ``bayesian_layers``) are latent with that prior.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> from numpyro import handlers
     >>> from numpyro_clustermass.nets import MDNNet
@@ -209,8 +209,8 @@ def flow_model(x, y=None, num_data=None, deterministic: bool = False, *, net=Non
         estimator holds it in log10 M and :func:`~numpyro_clustermass.fit` converts it with the training
         scaler, so a user of the estimator never gives these.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> from numpyro import handlers
     >>> from numpyro_clustermass.nets import FlowNet

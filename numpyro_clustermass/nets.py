@@ -9,8 +9,8 @@ optional dropout rate; dropout is active only when the module is called with ``d
 
 These are plain flax modules with no NumPyro in them; :mod:`numpyro_clustermass.models` wraps them.
 
-Example
--------
+Examples
+--------
 >>> import jax, jax.numpy as jnp
 >>> from numpyro_clustermass.nets import MDNNet
 >>> net = MDNNet(num_components=4, hidden=(32, 32))
@@ -69,6 +69,8 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 def get_activation(name: str | Callable) -> Callable[[jax.Array], jax.Array]:
     """Return the activation function for ``name`` (a callable is returned unchanged).
 
+    Examples
+    --------
     >>> get_activation("tanh")(0.0)
     Array(0., dtype=float32, weak_type=True)
     """
@@ -114,7 +116,7 @@ def default_activations(n_layers: int) -> tuple[str, ...]:
 class MLP(nn.Module):
     """Fully connected trunk: ``Dense -> activation -> (dropout)`` for each hidden width.
 
-    Parameters
+    Attributes
     ----------
     hidden : sequence of int
         Widths of the hidden layers (default the lecture's ``(128, 128, 64)``).
@@ -186,6 +188,8 @@ class MixtureHead(nn.Module):
 class RegressionNet(nn.Module):
     """Trunk plus point head: the lecture's MSE regressor. Output shape ``(batch,)``.
 
+    Examples
+    --------
     >>> import jax, jax.numpy as jnp
     >>> net = RegressionNet(hidden=(8,))
     >>> v = net.init(jax.random.key(0), jnp.ones((1, 3)))
@@ -256,6 +260,8 @@ class FlowHead(nn.Module):
 class FlowNet(nn.Module):
     """Trunk plus conditional spline-flow head (:class:`FlowHead`), the network of the Flow estimator.
 
+    Examples
+    --------
     >>> import jax, jax.numpy as jnp
     >>> net = FlowNet(num_bins=4, num_layers=2, hidden=(8,))
     >>> v = net.init(jax.random.key(0), jnp.ones((1, 3)))

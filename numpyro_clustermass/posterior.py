@@ -14,8 +14,8 @@ refined by a parabola through the log-density at the maximum and its two neighbo
 jit-compiled, vectorised over clusters and run in chunks of ``chunk_size`` clusters, so a catalogue of 261k
 clusters at 512 grid points (535 MB of float32 densities) is processed without any larger temporary.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.posterior import MassPosterior
 >>> grid = np.linspace(13.0, 16.0, 512)
@@ -474,6 +474,8 @@ class MassPosterior:
     def from_log_density(cls, grid, log_density, **kwargs) -> "MassPosterior":
         """Build from unnormalised log-densities (n, G), or per-draw ones (S, n, G) that are averaged.
 
+        Examples
+        --------
         >>> g = np.linspace(0.0, 1.0, 11)
         >>> p = MassPosterior.from_log_density(g, np.zeros((2, 11)))
         >>> float(np.exp(p.log_density).sum(-1)[0] * p.dx)
@@ -517,8 +519,8 @@ class MassPosterior:
         chunk_size : int
             Clusters per compiled call.
 
-        Example
-        -------
+        Examples
+        --------
         >>> g = np.linspace(13.0, 16.0, 256)
         >>> locs = np.array([[[14.0]], [[14.2]]])  # two draws, one cluster, one component
         >>> p = MassPosterior.from_mixture(g, np.zeros_like(locs), locs, np.full_like(locs, 0.1))
@@ -580,6 +582,8 @@ class MassPosterior:
     def select(self, rows) -> "MassPosterior":
         """A posterior with the given clusters (boolean mask or integer indices).
 
+        Examples
+        --------
         >>> g = np.linspace(0.0, 1.0, 11)
         >>> len(MassPosterior.from_log_density(g, np.zeros((4, 11))).select([0, 2]))
         2
@@ -659,6 +663,8 @@ class MassPosterior:
     def quantiles(self, qs: Sequence[float]) -> np.ndarray:
         """Quantiles by inverting the piecewise-linear CDF; shape ``(len(qs), n)``.
 
+        Examples
+        --------
         >>> g = np.linspace(-5.0, 5.0, 1001)
         >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
         >>> np.round(p.quantiles([0.1587, 0.5, 0.8413])[:, 0], 3)
@@ -679,6 +685,8 @@ class MassPosterior:
         cells holding mass (up to float32 tails of total mass below 1e-6), and a tiny ``prob`` a short interval at the highest cell. Both ends lie within
         the cells ``[grid[0] - dx/2, grid[-1] + dx/2]``, lower <= upper.
 
+        Examples
+        --------
         >>> g = np.linspace(-5.0, 5.0, 1001)
         >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
         >>> np.round(p.hpdi(0.6827)[:, 0], 2)
@@ -695,6 +703,8 @@ class MassPosterior:
         ``num_samples`` is a non-negative int (0 gives an empty ``(0, n)`` array); the draws lie within the
         cells ``[grid[0] - dx/2, grid[-1] + dx/2]``.
 
+        Examples
+        --------
         >>> import jax
         >>> g = np.linspace(-5.0, 5.0, 1001)
         >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
@@ -729,6 +739,8 @@ class MassPosterior:
         from the interpolation. Values outside the cells ``[grid[0] - dx/2, grid[-1] + dx/2]`` get
         ``-inf``; NaN is an error.
 
+        Examples
+        --------
         >>> g = np.linspace(-5.0, 5.0, 1001)
         >>> p = MassPosterior.from_mixture(g, np.zeros((1, 1)), np.zeros((1, 1)), np.ones((1, 1)))
         >>> np.round(p.log_prob(np.array([0.0])), 3)  # -0.5 log(2 pi)

@@ -4,8 +4,8 @@ Ho et al. (2019, section 4.1) fit this relation above 10^14.5 Msun/h and invert 
 the mock generator is validated against their numbers with it (MOCK.md). A fully Bayesian version (NumPyro,
 with intrinsic scatter and a MassPosterior) lives with the other estimators.
 
-Example
--------
+Examples
+--------
 >>> import numpyro_clustermass as ncm
 >>> cat = ncm.simulate.mock_catalog(volume=0.05, seed=0)
 >>> law = fit_power_law(cat.log_mass, cat["sigv_members"])
@@ -156,8 +156,8 @@ class MassObservableRelation(Estimator):
     feature_names : tuple of str
         Observables: ``("Logsigv",)`` (default, M–σ) or ``("Logsigv", "LogNgal")`` (M–σ with richness).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpyro_clustermass as ncm
     >>> cat = ncm.simulate.mock_catalog(volume=0.02, seed=0)
     >>> f = ncm.fit(MassObservableRelation(), cat.select(cat.log_mass > 14.5), method="nuts",

@@ -21,8 +21,8 @@ Bayesian layers (``bayesian_layers=``)
     ``"all"``; ``"last"`` (the parameters of the last top-level module: the ``head`` of the package's nets, a
     last-layer BNN); or a path prefix / sequence of prefixes (``("head", "trunk.Dense_1")``).
 
-Example
--------
+Examples
+--------
 >>> import numpyro.distributions as dist
 >>> from numpyro_clustermass.nets import MDNNet
 >>> shapes = param_shapes(MDNNet(3, (8,)), 4)
@@ -81,6 +81,8 @@ def param_shapes(net, input_dim: int) -> dict[str, tuple[int, ...]]:
 
     In the module's call order (one eager initialisation, cached per module and input size).
 
+    Examples
+    --------
     >>> from numpyro_clustermass.nets import RegressionNet
     >>> param_shapes(RegressionNet(hidden=(4,)), 3)
     {'trunk.Dense_0.kernel': (3, 4), 'trunk.Dense_0.bias': (4,), 'head.Dense_0.kernel': (4, 1), 'head.Dense_0.bias': (1,)}
@@ -117,6 +119,8 @@ def _matches(prefix: str, path: str) -> bool:
 def select_layers(paths: Sequence[str], bayesian_layers="all") -> list[str]:
     """The parameter paths made Bayesian by ``bayesian_layers`` (see the module docstring).
 
+    Examples
+    --------
     >>> paths = ["trunk.Dense_0.kernel", "trunk.Dense_0.bias", "head.Dense_0.kernel", "head.Dense_0.bias"]
     >>> select_layers(paths, "last")
     ['head.Dense_0.kernel', 'head.Dense_0.bias']
@@ -193,6 +197,8 @@ def resolve_weight_prior(shapes: Mapping[str, tuple[int, ...]], weight_prior=Non
         only non-Bayesian parameters, a Bayesian parameter that no key covers, a prior that is not a
         distribution or whose shape does not broadcast to its parameter.
 
+    Examples
+    --------
     >>> import numpyro.distributions as dist
     >>> shapes = {"trunk.Dense_0.kernel": (3, 4), "trunk.Dense_0.bias": (4,), "head.Dense_0.kernel": (4, 1)}
     >>> pri = resolve_weight_prior(shapes, {"*": dist.Normal(0, 1), "head": dist.Laplace(0, 0.1)})

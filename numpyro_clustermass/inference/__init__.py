@@ -12,8 +12,8 @@ The layout: :mod:`~numpyro_clustermass.inference.protocol` (the method types, th
 :mod:`~numpyro_clustermass.inference.fitting` (:func:`fit`, :class:`Fit`, :class:`FitInfo`, :func:`load`),
 :mod:`~numpyro_clustermass.inference.fitfile` (the file format), and one module per method family.
 
-Example
--------
+Examples
+--------
 >>> from numpyro_clustermass.inference import available_methods, options_class
 >>> "map" in available_methods()
 True

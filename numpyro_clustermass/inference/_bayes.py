@@ -32,6 +32,8 @@ def check_init(method: str, init, allowed: tuple[str, ...] = ("map",)) -> None:
     """``init`` is one of the ``allowed`` strings or a :class:`Fit` (a MAP fit to start from); a ValueError
     naming them otherwise.
 
+    Examples
+    --------
     >>> check_init("bbb", "mpa", ("net", "map"))
     Traceback (most recent call last):
     ...

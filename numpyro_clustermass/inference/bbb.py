@@ -19,8 +19,8 @@ a MAP fit: ``init="map"`` trains one first with the registered ``"map"`` method,
 Parameters that are not Bayesian (the trunk of a last-layer BNN, the MSE model's scatter) are optimised as
 points (type-II maximum likelihood).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, numpyro.distributions as dist
 >>> from numpyro_clustermass.estimators import MDN
 >>> from numpyro_clustermass.inference import fit
@@ -145,8 +145,8 @@ class MeanFieldGuide:
     init_scale : float
         Initial standard deviation of every weight.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import jax, jax.numpy as jnp
     >>> from numpyro import handlers
     >>> g = MeanFieldGuide({"a": (2, 3), "b": (3,)}, init_scale=0.01)
@@ -237,8 +237,8 @@ class BBBOptions(MethodOptions):
         Options of the internal MAP fit of ``init="map"`` (``num_epochs``, ``patience``, ``learning_rate``, ...);
         a dict is converted.
 
-    Example
-    -------
+    Examples
+    --------
     >>> BBBOptions(init="map", map_options={"num_epochs": 20}).map_options.num_epochs
     20
     >>> BBBOptions(num_particles=0)

@@ -10,8 +10,8 @@ the variance of the members' means. Early stopping watches the members' mean val
 ``fit.params`` and every draw carry the member axis first; ``fit.posterior`` always mixes all ``K`` members
 (``num_draws`` is ignored).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.estimators import MDN
 >>> from numpyro_clustermass.inference import fit
@@ -60,8 +60,8 @@ class EnsembleOptions(MapOptions):
     learning_rate, schedule, warmup_steps, final_lr_fraction, b1, b2, weight_decay, clip_norm, optimizer, guide :
         As in :class:`~numpyro_clustermass.inference.svi.MapOptions`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> EnsembleOptions(num_members=3).num_members
     3
     >>> EnsembleOptions.from_dict({"num_draws": 10})

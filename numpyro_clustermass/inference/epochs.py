@@ -7,8 +7,8 @@ stopping (:class:`EarlyStopping`), divergence and explosion checks, Ctrl-C handl
 :func:`run_epochs` is the entry point for methods that train an inner model of their own (the MAP start of BBB,
 NUTS, Laplace); :func:`~numpyro_clustermass.inference.fit` uses :func:`compiled_method` and :func:`epoch_loop`.
 
-Example
--------
+Examples
+--------
 >>> import jax, numpy as np
 >>> from numpyro_clustermass.estimators import MSE
 >>> from numpyro_clustermass.inference import TrainingData, TrainingPlan, get_method, standardize_model

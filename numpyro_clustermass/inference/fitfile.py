@@ -23,8 +23,8 @@ of draws, same compiled functions).
 The file is written to a temporary file in the target folder and renamed over the target, so a crash never
 leaves half a fit under the target's name.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, tempfile, os
 >>> import numpyro_clustermass as ncm
 >>> rng = np.random.default_rng(0)

@@ -9,8 +9,8 @@ shuffled batches, early stopping on the validation loss, a tqdm bar, a divergenc
 :class:`~numpyro_clustermass.posterior.MassPosterior`; :meth:`Fit.save` and :func:`load` write and read a fit file
 (:mod:`~numpyro_clustermass.inference.fitfile`).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.estimators import MDN
 >>> from numpyro_clustermass.inference import fit
@@ -213,8 +213,8 @@ class FitInfo(Mapping):
     extras : mapping
         Method-specific facts by name (read-only).
 
-    Example
-    -------
+    Examples
+    --------
     >>> info = FitInfo.from_dict({"epochs_run": 3, "best_val_loss": 0.5, "num_divergent": 0})
     >>> info.epochs_run, info["best_val_loss"], info.extras["num_divergent"], info.get("num_divergent")
     (3, 0.5, 0, 0)
@@ -566,6 +566,8 @@ class Fit:
         observed_data, constant_data, sample_stats) for ``az.summary``, ``az.loo``, ``az.compare`` and
         ArviZ's plots; see :func:`numpyro_clustermass.diagnostics.fit_to_arviz`.
 
+        Examples
+        --------
         >>> import arviz as az                                          # doctest: +SKIP
         >>> az.loo(fit.to_arviz(test))                                  # doctest: +SKIP
         """
@@ -599,8 +601,8 @@ def load(path, model: Callable | None = None) -> Fit:
         state the installed method does not accept.
     FileNotFoundError, IsADirectoryError
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpyro_clustermass as ncm
     >>> f = ncm.load("mdn.ncm")                                   # doctest: +SKIP
     >>> post = f.posterior(catalog)                               # doctest: +SKIP

@@ -16,8 +16,8 @@ The posterior of the Bayesian weights ``w`` (by default the last layer, with the
    definite means the mode was not reached; their number is reported as ``info["clipped_eigenvalues"]``);
 4. draw weights as ``w* + V diag(lambda^-1/2) eps``.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.estimators import MDN
 >>> from numpyro_clustermass.inference import fit
@@ -109,6 +109,8 @@ def hessian_matrix(fn: Callable, x: jax.Array, batch_size: int = HESSIAN_BATCH_S
     Each column is a Hessian-vector product (forward-over-reverse, what ``jax.hessian`` computes for all columns at
     once); ``jax.lax.map`` runs them in batches, so the memory is that of ``batch_size`` products, not of ``x.size``.
 
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> hessian_matrix(lambda z: z[0] ** 2 * z[1] + z[1] ** 3, jnp.array([1.0, 2.0]), batch_size=1)
     Array([[ 4.,  2.],
@@ -170,6 +172,8 @@ def gaussian_at_mode(potential_fn: Callable, z0: dict, refine_mode: bool = True,
         ``mode`` (D,), ``scale`` (D, D) with ``scale @ scale.T`` the covariance, ``unravel`` and ``info``
         (potential at the start and at the mode, gradient norm, eigenvalue range, number clipped).
 
+    Examples
+    --------
     >>> import jax.numpy as jnp
     >>> g = gaussian_at_mode(lambda z: 0.5 * jnp.sum((z["a"] - 1.0) ** 2 / jnp.array([1.0, 4.0])),
     ...                      {"a": jnp.zeros(2)})
@@ -240,8 +244,8 @@ class LaplaceOptions(MethodOptions):
     max_params : int, default 5000 (:data:`MAX_PARAMS`)
         Refuse more Bayesian weights than this (dense Hessian), >= 1; use ``bayesian_layers="last"``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> LaplaceOptions(refine_mode=False, map_options={"num_epochs": 30}).to_dict()
     {'map_options': {'num_epochs': 30}, 'refine_mode': False}
     """

@@ -10,8 +10,8 @@ show to be a variational approximation of a Bayesian net's predictive with a Ber
 The dropout rate is the estimator's (``MDN(dropout_rate=0.1)``), or the ``dropout_rate=`` option of this method,
 which overrides it; with a rate of 0 every draw is the same network and the epistemic variance is exactly 0.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.estimators import MDN
 >>> from numpyro_clustermass.inference import fit
@@ -64,8 +64,8 @@ class MCDropoutOptions(MapOptions):
         As in :class:`~numpyro_clustermass.inference.svi.MapOptions`. Gal & Ghahramani's prior length-scale
         corresponds to a weight decay.
 
-    Example
-    -------
+    Examples
+    --------
     >>> MCDropoutOptions(dropout_rate=0.2, weight_decay=1e-4).to_dict()
     {'weight_decay': 0.0001, 'dropout_rate': 0.2}
     """

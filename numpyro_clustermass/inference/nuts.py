@@ -38,8 +38,8 @@ or a minimum bulk ESS below ``min_ess`` (default 100 per chain, Vehtari et al. 2
 (``error.state``) and the diagnostics (``error.info``). Every option is checked when ``fit`` is called, before any
 training or compilation.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.estimators import MDN
 >>> from numpyro_clustermass.inference import fit
@@ -251,8 +251,8 @@ class NUTSOptions(MethodOptions):
         :class:`~numpyro_clustermass.diagnostics.ConvergenceError` carrying the state and info (needs
         ``num_chains >= 2``).
 
-    Example
-    -------
+    Examples
+    --------
     >>> NUTSOptions(num_chains=4, target_accept_prob=0.9).to_dict()
     {'num_chains': 4, 'target_accept_prob': 0.9}
     >>> NUTSOptions(max_tree_depth=40)

@@ -11,8 +11,8 @@ name is an :class:`UnknownOptionError` that lists the accepted names and suggest
 This module also holds the value checks the options classes share (:func:`check_int`, :func:`check_float`,
 :func:`check_choice`, :func:`check_bool`). It imports nothing from the package, so that every layer can use it.
 
-Example
--------
+Examples
+--------
 >>> from numpyro_clustermass.inference import MapOptions
 >>> MapOptions(learning_rate=3e-4).to_dict()
 {'learning_rate': 0.0003}
@@ -62,6 +62,8 @@ def check_int(method: str | None, name: str, value, minimum: int, maximum: int |
     """``value`` as an int; a ValueError unless it is an integer (``3`` or ``3.0``, not ``1.5``, ``True`` or NaN)
     in ``[minimum, maximum]``. ``method=None`` leaves the method out of the message.
 
+    Examples
+    --------
     >>> check_int("nuts", "num_chains", 2.0, 1)
     2
     >>> check_int("nuts", "num_chains", 1.5, 1)
@@ -84,6 +86,8 @@ def check_float(method: str | None, name: str, value, low: float | None = None, 
     """``value`` as a float; a ValueError unless it is a finite real number in the given (half-)open range.
     ``method=None`` leaves the method out of the message.
 
+    Examples
+    --------
     >>> check_float("nuts", "target_accept_prob", 1.5, 0, 1, low_open=True, high_open=True)
     Traceback (most recent call last):
     ...
@@ -110,6 +114,8 @@ def check_float(method: str | None, name: str, value, low: float | None = None, 
 def check_choice(method: str | None, name: str, value, choices) -> str:
     """``value`` if it is one of the strings ``choices``, else a ValueError listing them.
 
+    Examples
+    --------
     >>> check_choice("nuts", "on_convergence", "ignore", ("warn", "raise"))
     Traceback (most recent call last):
     ...
@@ -125,6 +131,8 @@ def check_choice(method: str | None, name: str, value, choices) -> str:
 def check_bool(method: str | None, name: str, value) -> bool:
     """``value`` as a bool; a ValueError unless it is True or False (a NumPy bool included).
 
+    Examples
+    --------
     >>> check_bool("nuts", "dense_mass", "yes")
     Traceback (most recent call last):
     ...
@@ -168,8 +176,8 @@ class MethodOptions:
     names users try that are not options), declares its fields with defaults (``kw_only=True``), and checks and
     normalises them in ``__post_init__`` with :func:`check_int`, :func:`check_float`, ...
 
-    Example
-    -------
+    Examples
+    --------
     >>> from numpyro_clustermass.inference import NUTSOptions
     >>> opts = NUTSOptions(num_chains=4, map_options={"num_epochs": 50})
     >>> opts.num_chains, opts.map_options.num_epochs
@@ -213,6 +221,8 @@ class MethodOptions:
         """The options as an instance of exactly this class: ``options`` itself, ``options`` as a dict of fields,
         or ``kwargs`` (keyword arguments), which cannot be given together with ``options``.
 
+        Examples
+        --------
         >>> from numpyro_clustermass.inference import MapOptions
         >>> MapOptions.coerce(None, {"learning_rate": 1e-2}) == MapOptions(learning_rate=1e-2)
         True
@@ -259,6 +269,8 @@ def nested_options(owner: str, name: str, cls: type[MethodOptions], value) -> Me
     """The value of an option of method ``owner`` that holds the options of another (``map_options``): an instance
     of ``cls``, or a dict of its fields, or None (its defaults). Errors name ``owner`` and ``name``.
 
+    Examples
+    --------
     >>> from numpyro_clustermass.inference import MapStartOptions
     >>> nested_options("nuts", "map_options", MapStartOptions, {"num_epochs": 0})
     Traceback (most recent call last):

@@ -33,8 +33,8 @@ needs later lives in its state pytree or in the factory's closure, never in a mu
 This module also holds :func:`standardize_model` (the model signature methods can rely on) and the errors and
 warnings of fitting (:class:`FitDivergedError`, :class:`FitInterrupted`, :class:`FitWarning`).
 
-Example
--------
+Examples
+--------
 >>> from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, available_methods, build_method
 >>> "map" in available_methods()
 True
@@ -216,6 +216,8 @@ def register_method(name: str, factory: Callable[..., InferenceMethod], overwrit
     :func:`build_method` are converted with the class first (an unknown name is an error listing the accepted
     ones). Without one, it is called as ``factory(model, plan, **options)``, the options unchecked here.
 
+    Examples
+    --------
     >>> "map" in available_methods()
     True
     """
@@ -252,6 +254,8 @@ def get_method(name: str) -> Callable[..., InferenceMethod]:
 def options_class(name: str) -> type[MethodOptions] | None:
     """The options class of the method registered under ``name`` (None for a method registered without one).
 
+    Examples
+    --------
     >>> options_class("map").__name__
     'MapOptions'
     """
@@ -273,6 +277,8 @@ def make_options(name: str, options=None, **kwargs):
     TypeError
         ``options`` and keyword arguments together, or options of another method.
 
+    Examples
+    --------
     >>> make_options("nuts", num_chains=4).num_chains
     4
     >>> make_options("nuts", num_chain=4)

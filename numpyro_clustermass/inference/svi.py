@@ -10,8 +10,8 @@ loss is the full-data objective; :func:`~numpyro_clustermass.inference.fit` runs
 one jit-compiled ``lax.scan``, which matches a hand-written Flax + Optax loop in throughput
 (``benchmarks/bench_train_throughput.py``).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numpyro_clustermass.estimators import MSE
 >>> from numpyro_clustermass.inference import fit
@@ -69,6 +69,8 @@ def make_schedule(
         Default: 1% of the steps, at most 500.
     final_lr_fraction : float
 
+    Examples
+    --------
     >>> s = make_schedule(1e-3, 1000)
     >>> [round(float(s(i)), 6) for i in (0, 10, 500, 1000)]  # warm-up over 10 steps, cosine to 1%
     [0.0001, 0.001, 0.000513, 1e-05]
@@ -109,6 +111,8 @@ def check_schedule_options(method: str | None, learning_rate, schedule, warmup_s
     range; ``method`` names the method in the message, None leaves it out) and normalised:
     ``(learning_rate, schedule, warmup_steps, final_lr_fraction)``.
 
+    Examples
+    --------
     >>> check_schedule_options("map", 1e-3, "cosine", -3, 0.01)
     Traceback (most recent call last):
     ...
@@ -139,6 +143,8 @@ def make_optimizer(schedule: Callable, b1: float = 0.9, b2: float = 0.999, weigh
                    clip_norm: float | None = None) -> optax.GradientTransformation:
     """Adam (AdamW if ``weight_decay > 0``), optionally after global-norm clipping.
 
+    Examples
+    --------
     >>> make_optimizer(optax.constant_schedule(1e-3), clip_norm=0.0)
     Traceback (most recent call last):
     ...
@@ -188,6 +194,8 @@ def latent_structure(model: Callable, num_rows: int, num_features: int, **model_
     transforms : dict
         ``{site: biject_to(support)}``.
 
+    Examples
+    --------
     >>> import numpyro, numpyro.distributions as dist
     >>> def model(x, y=None):
     ...     s = numpyro.sample("s", dist.HalfNormal(1.0))
@@ -267,8 +275,8 @@ class MapOptions(MethodOptions):
         The guide of the model's latent sample sites; None: an
         :class:`~numpyro.infer.autoguide.AutoDelta` (point mass) when the model has any.
 
-    Example
-    -------
+    Examples
+    --------
     >>> MapOptions(learning_rate=3e-4, schedule="constant").to_dict()
     {'learning_rate': 0.0003, 'schedule': 'constant'}
     >>> MapOptions(b1=1.0)
@@ -330,8 +338,8 @@ class MapStartOptions(MapOptions):
     learning_rate, schedule, ... :
         As in :class:`MapOptions`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> MapStartOptions(num_epochs=50, learning_rate=1e-2).to_dict()
     {'learning_rate': 0.01, 'num_epochs': 50}
     """
@@ -353,6 +361,10 @@ class MapStartOptions(MapOptions):
 def map_method(model: Callable, plan: TrainingPlan, options: MapOptions | None = None, **kwargs) -> IterativeMethod:
     """Build the ``"map"`` method: SVI, point-mass guide, Optax Adam with a schedule.
 
+    An autoguide given as ``guide`` that is not yet set up is set up here on zeros of one batch's shape (only its
+    structure is used), and every ``init`` starts from a copy of it as given, so that its initial values come
+    from ``init``'s key and data.
+
     Parameters
     ----------
     model : callable
@@ -362,10 +374,6 @@ def map_method(model: Callable, plan: TrainingPlan, options: MapOptions | None =
         The method's options (default ``MapOptions()``: cosine decay from 1e-3 over the planned steps).
     **kwargs
         Instead of ``options``: its fields (``learning_rate=3e-4``, ...), converted with :class:`MapOptions`.
-
-    An autoguide given as ``guide`` that is not yet set up is set up here on zeros of one batch's shape (only its
-    structure is used), and every ``init`` starts from a copy of it as given, so that its initial values come
-    from ``init``'s key and data.
     """
     opts = MapOptions.coerce(options, kwargs)
     optimizer, guide = opts.optimizer, opts.guide

@@ -1,7 +1,7 @@
 """The mock universe of ``MOCK.md``: halos, member galaxies, interlopers and projected cylinders.
 
-Example
--------
+Examples
+--------
 >>> import numpyro_clustermass as ncm
 >>> cat = ncm.simulate.mock_catalog(volume=0.01, seed=0)      # natural (Tinker08) masses
 >>> flat = ncm.simulate.mock_catalog(mass_sampling="flat", n_halos=2000, seed=1)
