@@ -169,7 +169,7 @@ def _pit_crps_kernel(log_density, y, e0, dx):
     f = jnp.clip(t - k, 0.0, 1.0)
     ak = jnp.take_along_axis(a, k[:, None], axis=-1)[:, 0]
     mk = jnp.take_along_axis(mass, k[:, None], axis=-1)[:, 0]
-    c = ak + f * mk  # F(yc)
+    c = jnp.clip(ak + f * mk, 0.0, 1.0)  # F(yc); float32 rounding can put it a few ulps past 1
     pit = jnp.where(y <= e0, 0.0, jnp.where(y >= eg, 1.0, c))
     j = jnp.arange(num)[None, :]
     left_cells = j < k[:, None]
