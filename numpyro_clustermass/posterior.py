@@ -464,14 +464,22 @@ def _padded(a: jax.Array, start: int, stop: int, size: int, axis: int = 0):
 
 
 @partial(jax.jit, static_argnames=("n", "axis"))
-def _joined(parts, n: int, axis: int = 0):
+def join_chunks(parts, n: int, axis: int = 0):
     """Chunks (each of the same number of rows along ``axis``) joined and cut to the first ``n`` rows, in one
-    compiled call (one program per catalogue size, instead of a slice per chunk and a concatenation)."""
+    compiled call (one program per catalogue size, instead of a slice per chunk and a concatenation).
+
+    >>> join_chunks([jnp.arange(4), jnp.arange(4, 8)], n=6).tolist()
+    [0, 1, 2, 3, 4, 5]
+    """
     return jax.lax.slice_in_dim(jnp.concatenate(parts, axis=axis), 0, n, axis=axis)
 
 
-def _host_joined(parts, n: int, axis: int = 0) -> np.ndarray:
-    """Chunk outputs copied to the host (after all were dispatched), joined and cut to ``n`` rows there."""
+def join_chunks_on_host(parts, n: int, axis: int = 0) -> np.ndarray:
+    """Chunk outputs copied to the host (after all were dispatched), joined and cut to ``n`` rows there.
+
+    >>> join_chunks_on_host([jnp.ones((2, 4)), jnp.zeros((2, 4))], n=5, axis=1).shape
+    (2, 5)
+    """
     out = np.concatenate([np.asarray(p) for p in parts], axis=axis)
     return out[(slice(None),) * axis + (slice(0, n),)]
 
@@ -622,10 +630,10 @@ class MassPosterior:
             outs.append(_k_mixture(grid32, *parts, keep_draws=keep_draws))
         if not outs:
             return cls(grid, jnp.zeros((0, grid.size)), training_log_mass=training_log_mass)
-        ld = _joined([o[0] for o in outs], n=n)
-        ale = _host_joined([o[1] for o in outs], n)
-        epi = _host_joined([o[2] for o in outs], n)
-        draws = _joined([o[3] for o in outs], n=n, axis=1) if keep_draws else None
+        ld = join_chunks([o[0] for o in outs], n=n)
+        ale = join_chunks_on_host([o[1] for o in outs], n)
+        epi = join_chunks_on_host([o[2] for o in outs], n)
+        draws = join_chunks([o[3] for o in outs], n=n, axis=1) if keep_draws else None
         return cls(grid, ld, ale, epi, training_log_mass=training_log_mass, draws_log_density=draws,
                    chunk_size=chunk_size)
 
@@ -705,7 +713,7 @@ class MassPosterior:
             ld = _padded(self.log_density, start, stop, size)
             pcs = [_padded(a, start, stop, size, axis=ax) for a, ax in per_cluster]
             outs.append(kernel(ld, self._grid32, *extra, *pcs, **static))
-        return _host_joined(outs, n, axis=out_axis)
+        return join_chunks_on_host(outs, n, axis=out_axis)
 
     def _grid_variance(self) -> np.ndarray:
         if len(self) == 0:
@@ -748,6 +756,8 @@ class MassPosterior:
         """Shortest interval holding probability ``prob`` per cluster; shape ``(2, n)`` (lower, upper).
 
         The lower end lies on a grid-cell edge, so the interval is the shortest to within one grid spacing.
+        On CPU a two-pointer sweep over the edges finds it, elsewhere (GPU) a vectorised binary search that
+        gives the same intervals (``tests/test_posterior.py`` compares the two on random posteriors).
         ``prob`` must be in (0, 1] (a ValueError names any other value); ``prob = 1`` gives the span of the
         cells holding mass (up to float32 tails of total mass below 1e-6), and a tiny ``prob`` a short interval at the highest cell. Both ends lie within
         the cells ``[grid[0] - dx/2, grid[-1] + dx/2]``, lower <= upper.

@@ -58,7 +58,13 @@ from numpyro_clustermass.inference.protocol import (
     make_options,
     standardize_model,
 )
-from numpyro_clustermass.posterior import MassPosterior, _host_joined, _joined, bucket_size, mixture_on_grid
+from numpyro_clustermass.posterior import (
+    MassPosterior,
+    bucket_size,
+    join_chunks,
+    join_chunks_on_host,
+    mixture_on_grid,
+)
 
 __all__ = ["Fit", "FitInfo", "fit", "load", "POSTERIOR_CHUNK_SIZE", "MIN_IMPROVEMENT", "EDGE_FRACTION"]
 
@@ -470,16 +476,16 @@ class Fit:
             if stop - start < size:
                 xc = np.concatenate([xc, np.repeat(xc[-1:], size - (stop - start), axis=0)])
             outs.append(fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale))
-        log_density = _joined([o[0] for o in outs], n=n) if outs else jnp.zeros((0, grid.size))
+        log_density = join_chunks([o[0] for o in outs], n=n) if outs else jnp.zeros((0, grid.size))
         peaks = [jnp.argmax(o[0], axis=-1) for o in outs]  # per chunk: compiled per bucket, not per size
-        self._check_grid_use(grid, _host_joined(peaks, n) if outs else np.zeros(0, np.int64))
+        self._check_grid_use(grid, join_chunks_on_host(peaks, n) if outs else np.zeros(0, np.int64))
         return MassPosterior(
             grid,
             log_density,
-            _host_joined([o[1] for o in outs], n) if outs else np.zeros(0),
-            _host_joined([o[2] for o in outs], n) if outs else np.zeros(0),
+            join_chunks_on_host([o[1] for o in outs], n) if outs else np.zeros(0),
+            join_chunks_on_host([o[2] for o in outs], n) if outs else np.zeros(0),
             training_log_mass=self.training_log_mass,
-            draws_log_density=_joined([o[3] for o in outs], n=n, axis=1) if keep_draws and outs else None,
+            draws_log_density=join_chunks([o[3] for o in outs], n=n, axis=1) if keep_draws and outs else None,
             meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws},
             source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
         )
