@@ -13,7 +13,11 @@ Examples
 >>> ncm.metrics.binned(post, test)                                              # doctest: +SKIP
 """
 
-from numpyro_clustermass import (
+from numpyro_clustermass import _compilation_cache
+
+_compilation_cache.configure_default()  # before anything compiles: see compilation_cache_dir()
+
+from numpyro_clustermass import (  # noqa: E402
     bnn,
     catalog,
     diagnostics,
@@ -33,6 +37,7 @@ from numpyro_clustermass import (
     simulate,
     weight_priors,
 )
+from numpyro_clustermass._compilation_cache import compilation_cache_dir  # noqa: E402
 from numpyro_clustermass.catalog import Catalog, CatalogError, read_catalog, write_catalog
 from numpyro_clustermass.diagnostics import ConvergenceError, ConvergenceWarning
 from numpyro_clustermass.estimators import MDN, MSE, Flow, ModelEstimator
@@ -87,6 +92,7 @@ __all__ = [
     "available_methods",
     "bnn",
     "catalog",
+    "compilation_cache_dir",
     "diagnostics",
     "estimators",
     "features",

@@ -1285,6 +1285,13 @@ def _reweight_rows(log_density, log_w, log_dx):
 
 
 @jax.jit
+def _nan_rows(out):
+    """Rows of ``_reweight_rows``'s output flagged bad (NaN in column 0): one compiled call per shape, not three
+    eager ones (slice, squeeze, isnan)."""
+    return jnp.isnan(out[:, 0])
+
+
+@jax.jit
 def _normalised_weight(log_w, log_dx):
     """Fallback rows: log_w normalised on the grid (uniform where log_w is -inf everywhere)."""
     fm = jnp.max(log_w, axis=-1, keepdims=True)
@@ -1331,7 +1338,7 @@ def _reweight_checked(ld, log_w, log_dx, on_empty, what):
         # inside a user's jit: no raise possible; bad rows become the normalised weight (documented)
         out = jnp.where(jnp.isnan(out[:, :1]), jnp.broadcast_to(fb, out.shape), out)
         return out.reshape(shape)
-    bad = np.asarray(jnp.isnan(out[:, 0]))
+    bad = np.asarray(_nan_rows(out))
     if bad.any():
         idx = np.flatnonzero(bad)
         rows_in = ld2[jnp.asarray(idx)]

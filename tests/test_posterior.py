@@ -211,6 +211,33 @@ def test_hpdi_tiny_and_full_probability_give_ordered_intervals_inside_the_cells(
     assert np.all(lo <= mu - 4 * s) and np.all(hi >= mu + 4 * s) and np.all(hi <= hi_cells + 1e-5)
 
 
+def test_hpdi_binary_search_gives_the_sweeps_intervals_on_random_posteriors():
+    """The vectorised binary search (hpdi off CPU) against the two-pointer sweep (hpdi on CPU) on random 1-6
+    component mixtures, some multimodal, some narrower than a cell, some cut by the grid's edge, plus rows with
+    empty cells: the same interval to float32 rounding (measured: identical on 2048 such rows at 512 points)."""
+    import jax.numpy as jnp
+
+    from numpyro_clustermass.posterior import _hpdi_kernel, _k_hpdi, _k_hpdi_search
+
+    rng = np.random.default_rng(5)
+    n, k, g = 300, 6, np.linspace(13.0, 16.0, 257)
+    logits = rng.normal(0, 2, (n, k))
+    logits[rng.random((n, k)) < 0.4] = -np.inf
+    logits[:, 0] = np.maximum(logits[:, 0], 0.0)  # one live component per row
+    locs = rng.uniform(12.8, 16.2, (n, k))
+    scales = np.exp(rng.uniform(np.log(0.002), np.log(0.5), (n, k)))
+    post = MassPosterior.from_mixture(g, logits, locs, scales)
+    ld = np.asarray(post.log_density).copy()
+    ld[:20, 100:140] = -np.inf  # empty cells inside the support
+    post = MassPosterior(g, ld - np.log(np.exp(ld).sum(-1, keepdims=True) * (g[1] - g[0])))
+    assert _hpdi_kernel(post.log_density) is _k_hpdi  # these tests run on CPU
+    for prob in (1e-9, 0.05, 0.3, 0.5, 0.68, 0.9, 0.95, 0.997, 1.0):
+        p = jnp.float32(prob)
+        sweep = np.asarray(_k_hpdi(post.log_density, post._grid32, p))
+        search = np.asarray(_k_hpdi_search(post.log_density, post._grid32, p))
+        np.testing.assert_allclose(search, sweep, rtol=0, atol=1e-5, err_msg=f"prob={prob}")
+
+
 @pytest.mark.parametrize("qs,err,match", [
     ([float("nan")], ValueError, r"quantile levels must be in \[0, 1\]; got qs=\[nan\] \(NaN is not"),
     ([0.5, -0.1], ValueError, r"got qs=\[-0.1\]"),

@@ -59,7 +59,13 @@ from numpyro_clustermass.inference.protocol import (
     make_options,
     standardize_model,
 )
-from numpyro_clustermass.posterior import MassPosterior, mixture_on_grid
+from numpyro_clustermass.posterior import (
+    MassPosterior,
+    bucket_size,
+    join_chunks,
+    join_chunks_on_host,
+    mixture_on_grid,
+)
 from numpyro_clustermass.shift import FeatureReference
 
 __all__ = ["Fit", "FitInfo", "fit", "load", "POSTERIOR_CHUNK_SIZE", "MIN_IMPROVEMENT", "EDGE_FRACTION",
@@ -486,29 +492,26 @@ class Fit:
         grid32 = jnp.asarray(grid, jnp.float32)
         y_mean = jnp.asarray(np.asarray(self.y_scaler.mean).reshape(()), jnp.float32)
         y_scale = jnp.asarray(np.asarray(self.y_scaler.scale).reshape(()), jnp.float32)
-        size = max(1, min(int(chunk_size), n))
-        lds, ales, epis, dls = [], [], [], []
+        # every chunk has ``size`` rows (the last one padded with its last row): one compiled program per
+        # bucket of catalogue sizes, not per size (a dropout mask of a row does not depend on the padding)
+        size = bucket_size(max(n, 1), chunk_size)
+        outs = []
         for start in range(0, n, size):
             stop = min(start + size, n)
             xc = x[start:stop]
             if stop - start < size:
                 xc = np.concatenate([xc, np.repeat(xc[-1:], size - (stop - start), axis=0)])
-            ld, ale, epi, dl = fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale)
-            k = stop - start
-            lds.append(ld[:k])
-            ales.append(np.asarray(ale[:k]))
-            epis.append(np.asarray(epi[:k]))
-            if keep_draws:
-                dls.append(dl[:, :k])
-        log_density = jnp.concatenate(lds) if lds else jnp.zeros((0, grid.size))
-        self._check_grid_use(grid, log_density)
+            outs.append(fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale))
+        log_density = join_chunks([o[0] for o in outs], n=n) if outs else jnp.zeros((0, grid.size))
+        peaks = [jnp.argmax(o[0], axis=-1) for o in outs]  # per chunk: compiled per bucket, not per size
+        self._check_grid_use(grid, join_chunks_on_host(peaks, n) if outs else np.zeros(0, np.int64))
         return MassPosterior(
             grid,
             log_density,
-            np.concatenate(ales) if ales else np.zeros(0),
-            np.concatenate(epis) if epis else np.zeros(0),
+            join_chunks_on_host([o[1] for o in outs], n) if outs else np.zeros(0),
+            join_chunks_on_host([o[2] for o in outs], n) if outs else np.zeros(0),
             training_log_mass=self.training_log_mass,
-            draws_log_density=jnp.concatenate(dls, axis=1) if keep_draws and dls else None,
+            draws_log_density=join_chunks([o[3] for o in outs], n=n, axis=1) if keep_draws and outs else None,
             meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws},
             source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
             ood_score=ood,
@@ -530,8 +533,9 @@ class Fit:
                 CovariateShiftWarning, stacklevel=3,
             )
 
-    def _check_grid_use(self, grid: np.ndarray, log_density: jax.Array) -> None:
-        """Warn (:class:`FitWarning`) when the grid cuts off the training masses or posteriors peak on its edges."""
+    def _check_grid_use(self, grid: np.ndarray, peak: np.ndarray) -> None:
+        """Warn (:class:`FitWarning`) when the grid cuts off the training masses or posteriors peak on its edges
+        (``peak``: the grid index of each posterior's maximum)."""
         lo, hi = float(np.min(self.training_log_mass)), float(np.max(self.training_log_mass))
         tol = 0.5 * float(grid[1] - grid[0]) if grid.size > 1 else 0.0
         if grid[0] > lo + tol or grid[-1] < hi - tol:
@@ -541,11 +545,10 @@ class Fit:
                 f"means 'beyond the grid', not a mass. Use the default grid or widen it.",
                 FitWarning, stacklevel=3,
             )
-        n = int(log_density.shape[0])
+        n = int(peak.shape[0])
         if n == 0:
             return
         k = max(1, int(round(EDGE_FRACTION * grid.size)))
-        peak = np.asarray(jnp.argmax(log_density, axis=-1))
         piled = (peak < k) | (peak >= grid.size - k)
         if piled.any():
             warnings.warn(
