@@ -483,7 +483,8 @@ class Fit:
             np.concatenate(epis) if epis else np.zeros(0),
             training_log_mass=self.training_log_mass,
             draws_log_density=jnp.concatenate(dls, axis=1) if keep_draws and dls else None,
-            meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws},
+            meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws,
+                  "feature_names": None if self.feature_names is None else list(self.feature_names)},
             source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
         )
 
