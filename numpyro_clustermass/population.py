@@ -589,9 +589,9 @@ class PopulationFit:
 
     def rhat(self) -> dict:
         """Largest split R-hat per parameter (and of the density over bins), from ArviZ."""
-        from numpyro_clustermass.diagnostics import _az
-
-        az = _az()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz as az
         r = az.rhat(self.to_arviz())
         out = {}
         for k in r.data_vars:
