@@ -93,10 +93,11 @@ def test_selection_is_divided():
     res0 = pop.mass_function(post, volume=VOLUME, edges=edges, selection=None, seed=2, **NUTS)
     ratio = np.median(res0.density[:, 0]) / np.median(res.density[:, 0])
     assert 0.4 < ratio < 0.6, ratio
-    # a callable on the grid enters the integrals as the Selection object does: same selection per bin
+    # a callable on the grid enters the integrals as the Selection object does: the same selection per bin,
+    # 0.505 below 14.5 because the grid point at 14.5 (S = 1) has half its 0.01-dex cell in the lower bin
     prep = pop._prepare(post, 14.0, 15.0, edges, keep, None, 0.05)
-    assert np.allclose(prep.s_bins, [0.5, 1.0]) and np.allclose(res.selection_bins, [0.5, 1.0])
-    assert np.allclose(prep.log_t, np.log(np.where(prep.cells[:-1] < 14.5, 0.5, 1.0) * 0.05), atol=1e-6)
+    assert np.allclose(prep.s_bins, [0.505, 1.0], atol=1e-9), prep.s_bins
+    assert np.allclose(res.selection_bins, [0.505, 1.0], atol=1e-9), res.selection_bins
 
 
 @pytest.mark.slow
