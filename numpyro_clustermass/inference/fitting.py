@@ -512,7 +512,8 @@ class Fit:
             join_chunks_on_host([o[2] for o in outs], n) if outs else np.zeros(0),
             training_log_mass=self.training_log_mass,
             draws_log_density=join_chunks([o[3] for o in outs], n=n, axis=1) if keep_draws and outs else None,
-            meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws},
+            meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws,
+                  "feature_names": None if self.feature_names is None else list(self.feature_names)},
             source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
             ood_score=ood,
         )
