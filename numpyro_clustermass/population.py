@@ -897,7 +897,8 @@ def scaling_relation(
         ``Fit.posterior``). Without either, this raises: double counting cannot be ruled out.
     projection : None, int or "first"
         As in :func:`mass_function`.
-    pivot, amplitude_scale, tilt_scale, ngal_min, cell_width, selection_uncertainty, num_* , seed, progress_bar
+    pivot, amplitude_scale, tilt_scale, ngal_min, cell_width, selection_uncertainty, num_warmup, num_samples,
+    num_chains, seed, progress_bar
         As in :func:`mass_function`; priors ``a, b ~ N(0, 10)``, ``s ~ HalfNormal(1)`` (dex).
 
     Returns

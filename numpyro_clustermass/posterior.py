@@ -436,6 +436,8 @@ def bucket_size(n: int, chunk_size: int) -> int:
     catalogue, padded by repeating its last row), so a catalogue of a new size reuses the programs compiled
     for an earlier one: one program per power of two below ``chunk_size``, and one for any larger catalogue.
 
+    Examples
+    --------
     >>> [bucket_size(n, 2048) for n in (1, 17, 1000, 2048, 61000)]
     [16, 32, 1024, 2048, 2048]
     """
