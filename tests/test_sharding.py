@@ -34,7 +34,8 @@ def _run_on_two_devices(code: str, timeout: int = 600) -> dict:
 
 
 def test_sharded_map_gives_the_single_device_loss_curve_with_replicated_parameters():
-    out = _run_on_two_devices("""
+    out = _run_on_two_devices(r"""
+        import re
         import numpy as np
         import numpyro_clustermass as ncm
         from numpyro_clustermass.estimators import MDN
@@ -58,6 +59,7 @@ def test_sharded_map_gives_the_single_device_loss_curve_with_replicated_paramete
             state = replicate(f.state, mesh)
             return entry.epoch.lower(state, jax.random.key(0), 0, x, y, x[:64], y[:64], mesh=mesh).compile().as_text()
 
+        hlos = [hlo(one, None), hlo(two, data_mesh(2))]
         x_test = cat.features(one.feature_names)[:20]
         try:
             fit(est, cat, devices=2, batch_size=63, num_epochs=1, progress_bar=False)
@@ -69,7 +71,9 @@ def test_sharded_map_gives_the_single_device_loss_curve_with_replicated_paramete
             "val": [one.history["val_loss"].tolist(), two.history["val_loss"].tolist()],
             "replicated": replicated, "num_leaves": len(leaves),
             "devices_info": two.info.get("data_parallel_devices"), "one_info": "data_parallel_devices" in one.info,
-            "all_reduce": ["all-reduce" in hlo(one, None), "all-reduce" in hlo(two, data_mesh(2))],
+            "all_reduce": ["all-reduce" in hlos[0], "all-reduce" in hlos[1]],
+            # the rows of the first layer's matrix product (8 hidden units) in each device's program
+            "dot_rows": [sorted({int(m) for m in re.findall(r"f32\[(\d+),8\]\{[^}]*\} dot", h)}) for h in hlos],
             "posterior": [np.asarray(one.posterior(x_test).mean()).tolist(),
                           np.asarray(two.posterior(x_test).mean()).tolist()],
             "batch_error": batch_error,
@@ -86,6 +90,10 @@ def test_sharded_map_gives_the_single_device_loss_curve_with_replicated_paramete
     assert out["devices_info"] == 2 and not out["one_info"]
     # XLA split the batch and summed the gradients across the devices; the single-device epoch has no collective
     assert out["all_reduce"] == [False, True]
+    # batch 64: one device multiplies 64 rows at a time, each of the 2 devices its 32 (the other shapes are the
+    # weight gradients, (features or hidden, rows) products)
+    assert 64 in out["dot_rows"][0] and 32 not in out["dot_rows"][0]
+    assert 32 in out["dot_rows"][1] and 64 not in out["dot_rows"][1]
     np.testing.assert_allclose(out["posterior"][1], out["posterior"][0], rtol=1e-5)  # measured: equal (0.0)
     assert "batch_size=63" in out["batch_error"] and "divisible by the number of devices" in out["batch_error"]
     assert "batch_size=62 or 64" in out["batch_error"]
