@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numpyro_clustermass.inference import sharding
 from numpyro_clustermass.inference.protocol import (
     FitDivergedError,
     FitInterrupted,
@@ -111,8 +113,9 @@ class CompiledMethod:
     predict_cache : dict
         Compiled posterior functions, shared by the fits of this entry.
     epoch : callable or None
-        ``epoch(state, base_key, index, x, y, x_check, y_check) -> (state, train loss, check loss)``,
-        jit-compiled; None for a :class:`~numpyro_clustermass.inference.protocol.OneShotMethod`.
+        ``epoch(state, base_key, index, x, y, x_check, y_check, mesh=None) -> (state, train loss, check loss)``,
+        jit-compiled (``mesh``, static: a data-parallel mesh of :mod:`~numpyro_clustermass.inference.sharding`);
+        None for a :class:`~numpyro_clustermass.inference.protocol.OneShotMethod`.
     initial_loss : callable or None
         The jit-compiled ``evaluate``, for the loss of the initial state (None for a one-shot method).
     """
@@ -127,23 +130,27 @@ class CompiledMethod:
             self.traces["evaluate"] += 1
             return impl.evaluate(state, x, y)
 
-        def epoch(state, base_key, index, x, y, x_check, y_check):
+        def epoch(state, base_key, index, x, y, x_check, y_check, mesh=None):
             """One epoch of steps over shuffled minibatches, then the loss of the new state on the check set
-            (validation data, or one training batch), all in one compiled call with one result to fetch."""
+            (validation data, or one training batch), all in one compiled call with one result to fetch.
+            ``mesh`` (static): data parallel, each minibatch split over its devices (:mod:`.sharding`)."""
             self.traces["epoch"] += 1  # runs at trace time only
             rng_key = jax.random.fold_in(base_key, index)
             perm = jax.random.permutation(rng_key, n)[: steps * bsz]
             xb = jnp.take(x, perm, axis=0).reshape(steps, bsz, x.shape[-1])
             yb = jnp.take(y, perm, axis=0).reshape(steps, bsz)
+            xb, yb = sharding.shard_batches((xb, yb), mesh)  # no-ops without a mesh
+            x_check, y_check = sharding.shard_rows(x_check, mesh), sharding.shard_rows(y_check, mesh)
 
             def body(s, batch):
-                return impl.step(s, *batch)
+                s, loss = impl.step(s, *batch)
+                return sharding.constrain_replicated(s, mesh), loss
 
             state, losses = jax.lax.scan(body, state, (xb, yb))
             return state, jnp.mean(losses) / n, evaluate(state, x_check, y_check)
 
         iterative = isinstance(impl, IterativeMethod)
-        self.epoch = jax.jit(epoch) if iterative else None
+        self.epoch = jax.jit(epoch, static_argnames="mesh") if iterative else None
         # the initial loss, the reference of the explosion check (not counted in ``traces``: one call a fit)
         self.initial_loss = jax.jit(impl.evaluate) if iterative else None
 
@@ -262,8 +269,16 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
     def traces():
         return {k: v - traces_before[k] for k, v in compiled.traces.items()}
 
-    epoch_jit = compiled.epoch
-    state = impl.init(k_init, x_train[:bsz], y_train[:bsz]) if resume is None else resume.state
+    # data placed on a data-parallel mesh (fit's devices=, inference/sharding.py): the state is replicated on it
+    # and every minibatch split over it
+    mesh = sharding.data_mesh_of(x_train)
+    sharding.check_batch_size(bsz, mesh, x_train.shape[0])
+    epoch_jit = compiled.epoch if mesh is None else functools.partial(compiled.epoch, mesh=mesh)
+    x0, y0 = x_train[:bsz], y_train[:bsz]
+    if mesh is not None:  # init (op by op for some methods) on the default device, then its state replicated
+        x0, y0 = jnp.asarray(np.asarray(x0)), jnp.asarray(np.asarray(y0))
+    state = impl.init(k_init, x0, y0) if resume is None else resume.state
+    state = sharding.replicate(state, mesh)
     has_val = x_val is not None
     x_check, y_check = (x_val, y_val) if has_val else (x_train[:bsz], y_train[:bsz])
     history = {"train_loss": [], "val_loss": [], "epoch_time": []}

@@ -43,7 +43,7 @@ from numpyro_clustermass import diagnostics
 from numpyro_clustermass.catalog import FEATURE_NAMES, Catalog, CatalogError, StandardScaler, validate_features
 from numpyro_clustermass.estimators import Estimator, as_estimator
 from numpyro_clustermass.grid import DEFAULT_GRID_SIZE, check_grid, default_grid, normalise_log_density, spacing
-from numpyro_clustermass.inference import fitfile
+from numpyro_clustermass.inference import fitfile, sharding
 from numpyro_clustermass.inference.epochs import DIVERGENCE_FACTOR, EarlyStopping, compiled_method, epoch_loop
 from numpyro_clustermass.inference.fitfile import FitFileError
 from numpyro_clustermass.inference.options import options_dict
@@ -683,6 +683,7 @@ def fit(
     checkpoint=None,
     checkpoint_every: int = 10,
     resume: Fit | None = None,
+    devices=None,
     **method_options,
 ) -> Fit:
     """Train ``estimator`` on ``data`` with the inference ``method``; return a :class:`Fit`.
@@ -735,6 +736,17 @@ def fit(
         same catalogue (the validation split is drawn from ``seed`` as before). The loss history continues
         the resumed fit's. The result is not bitwise that of an uninterrupted run: the best state and the
         early-stopping counter start afresh, and the shuffling continues from the resumed epoch count.
+    devices : None, int, "all" or sequence of jax.Device
+        Data-parallel training with JAX's sharding (:mod:`~numpyro_clustermass.inference.sharding`): the data
+        and the method's state (parameters, optimiser state) are replicated on these devices and every minibatch
+        is split over them along the batch axis; XLA sums the gradients across devices. None (default): JAX's
+        default device, nothing sharded. An int ``n``: the first ``n`` of ``jax.devices()``; ``"all"``: every
+        device (of every process, after ``jax.distributed.initialize()``); or a list of devices. The batch size
+        (capped at the training rows) must be divisible by the number of devices. The same seed gives the same
+        batches and the single-device loss curve up to the order of floating-point sums. ``"nuts"`` runs its
+        chains spread evenly over these devices (``num_chains`` a multiple of their number; one chain per device
+        when equal), its MAP start data-parallel; the MAP start of ``"laplace"`` and ``"bbb"`` (``init="map"``)
+        is data-parallel too. See docs/scaling.md.
     **method_options
         The method's options as keyword arguments, converted with its options class (for ``"map"``:
         ``learning_rate``, ``schedule``, ``warmup_steps``, ... of :class:`~numpyro_clustermass.inference.MapOptions`):
@@ -751,7 +763,8 @@ def fit(
         Wrong feature count, NaN or infinite inputs.
     ValueError
         Unknown method (the message lists the registered ones), an unknown option name (an
-        :class:`~numpyro_clustermass.inference.UnknownOptionError` listing the accepted ones), or bad settings.
+        :class:`~numpyro_clustermass.inference.UnknownOptionError` listing the accepted ones), or bad settings
+        (a batch size not divisible by the number of ``devices``, more devices than JAX sees).
     TypeError
         ``options`` and keyword options together, or the options object of another method.
     FitDivergedError
@@ -771,6 +784,7 @@ def fit(
     # an unknown method and the method's options are checked before the data is read
     opts = make_options(method, options, **method_options)
     method_options = options_dict(opts)
+    mesh = sharding.data_mesh(devices)  # None: one device, nothing sharded
     x, y, groups, names = _as_xy(data, est.feature_names, "fit")
     if y is None:
         raise CatalogError("fit: the training data has no target log-masses (M200c or log_mass)")
@@ -814,6 +828,8 @@ def fit(
 
     n_train = int(x_train.shape[0])
     bsz = min(int(batch_size), n_train)
+    sharding.check_batch_size(bsz, mesh, n_train)
+    x_train, y_train, x_val, y_val = sharding.replicate((x_train, y_train, x_val, y_val), mesh)
     steps = n_train // bsz
     plan = TrainingPlan(num_data=n_train, batch_size=bsz, steps_per_epoch=steps, num_epochs=int(num_epochs),
                         num_features=int(x.shape[1]))
@@ -827,6 +843,8 @@ def fit(
     # a method option named like a training setting (bbb's own patience) is in fit.method_options
     config = _jsonable({**settings, **{k: v for k, v in method_options.items() if k not in settings}})
     info = dict(n_rows=n, n_train=n_train, n_val=int(is_val.sum()), steps_per_epoch=steps)
+    if mesh is not None:
+        info["data_parallel_devices"] = int(mesh.devices.size)
 
     def make_fit(state, history, extra):
         return Fit(

@@ -93,6 +93,7 @@ from numpyro_clustermass.inference._bayes import (
     substitute_params,
     tile,
 )
+from numpyro_clustermass.inference import sharding
 from numpyro_clustermass.inference.laplace import gaussian_at_mode
 from numpyro_clustermass.inference.options import (
     MethodOptions,
@@ -203,6 +204,26 @@ def _report_convergence(problems: list[str], state: MCMCState, info: dict, targe
                   stacklevel=4)
 
 
+def _chain_placement(chain_method: str, num_chains: int, mesh):
+    """``(method name, chain_method for MCMC, devices or None)`` of NUTSOptions' ``chain_method``.
+
+    On a data-parallel mesh (``fit(..., devices=...)``; the data given to ``run`` lives on it), ``"auto"`` and
+    ``"parallel"`` spread the chains over its devices with :func:`~numpyro_clustermass.inference.sharding.chain_map`
+    (a ValueError here, before any training, unless ``num_chains`` is a multiple of the devices). Without one,
+    ``"auto"`` is ``"parallel"`` (NumPyro's ``pmap`` over the first local devices) when there are enough devices.
+    """
+    if chain_method == "auto":
+        enough = mesh is not None or jax.local_device_count() >= num_chains
+        chain_method = "parallel" if num_chains > 1 and enough else "vectorized"
+    if chain_method != "parallel" or num_chains == 1:
+        return chain_method, chain_method, None
+    if mesh is not None:  # each device its own while-loops, as with pmap, on the devices asked for
+        return chain_method, sharding.chain_map(mesh, num_chains), sharding.mesh_devices(mesh)
+    # numpyro's pmap over the first local devices (it runs the chains sequentially, with a warning, without enough)
+    devs = jax.local_devices()[:num_chains] if jax.local_device_count() >= num_chains else None
+    return chain_method, chain_method, devs
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NUTSOptions(MethodOptions):
     """Options of the ``"nuts"`` method (see the module docstring).
@@ -221,7 +242,11 @@ class NUTSOptions(MethodOptions):
     num_chains : int, default 2
         >= 1; R-hat needs at least 2 (with one, the run warns that convergence was not checked).
     chain_method : {"auto", "vectorized", "parallel", "sequential"}, default "auto"
-        ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` devices, else ``"vectorized"``.
+        ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` devices, else ``"vectorized"``. With
+        ``fit(..., devices=...)``, ``"auto"`` and ``"parallel"`` spread the chains evenly over those devices
+        (:func:`~numpyro_clustermass.inference.sharding.chain_map`: ``num_chains`` a multiple of their number, one
+        chain per device when equal); without, ``"parallel"`` is NumPyro's ``pmap`` over the first local devices.
+        ``fit.info["chain_devices"]`` lists the ids of the devices the chains ran on.
     target_accept_prob : float, default 0.8
         In (0, 1); raise it toward 0.95 against divergent transitions.
     max_tree_depth : int, default 10
@@ -344,6 +369,8 @@ def nuts_method(model: Callable, plan: TrainingPlan, options: NUTSOptions | None
 
     def run(rng_key, data: TrainingData, plan_: TrainingPlan, progress_bar: bool):
         t0 = time.perf_counter()
+        method_, run_chains, chain_devices = _chain_placement(chain_method, int(num_chains),
+                                                              sharding.data_mesh_of(data.x_train))
         k_map, k_mcmc = jax.random.split(rng_key)
         map_params, info = map_params_from(init, model, plan_, data, k_map, progress_bar, map_options, "nuts")
         t_map = time.perf_counter() - t0
@@ -371,11 +398,8 @@ def nuts_method(model: Callable, plan: TrainingPlan, options: NUTSOptions | None
             lap_info = {"laplace_" + k: v for k, v in lap["info"].items()}
         kernel = NUTS(target, init_strategy=init_to_value(values=start), target_accept_prob=target_accept_prob,
                       max_tree_depth=max_tree_depth, **nuts_kw)
-        method_ = chain_method
-        if method_ == "auto":
-            method_ = "parallel" if jax.local_device_count() >= int(num_chains) > 1 else "vectorized"
         mcmc = MCMC(kernel, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                    chain_method=method_, progress_bar=progress_bar)
+                    chain_method=run_chains, progress_bar=progress_bar and not callable(run_chains))
         t1 = time.perf_counter()
         # full batch: num_data=None, no likelihood scale; dropout (if any) off
         mcmc.run(k_mcmc, x_s, data.y_train, deterministic=True, extra_fields=SAMPLE_STATS, init_params=init_params)
@@ -414,6 +438,8 @@ def nuts_method(model: Callable, plan: TrainingPlan, options: NUTSOptions | None
             "num_samples": s,
             "num_warmup": int(num_warmup),
             "chain_method": method_,
+            # the devices the chains ran on (None: one device; "parallel" without enough devices ran sequentially)
+            "chain_devices": None if chain_devices is None else [int(d.id) for d in chain_devices],
             "num_divergent": int(np.asarray(extra["diverging"]).sum()),
             "mean_num_steps": float(np.asarray(extra["num_steps"]).mean()),
             "rhat_threshold": rhat_threshold,
