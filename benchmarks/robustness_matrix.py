@@ -14,7 +14,7 @@ Kolmogorov-Smirnov statistic of the whole variant; and the p-value of
 :func:`~numpyro_clustermass.diagnostics.covariate_shift` of the fiducial fit against a natural-mass catalogue
 of the variant (``--shift-volume``; a flat-mass catalogue would be a shift by itself).
 
-    python3 benchmarks/robustness_matrix.py                    # 1 seed, volume 1: about 15 min on 2 idle cores
+    python3 benchmarks/robustness_matrix.py --seeds 0 1 2      # 16 min on the shared 2-core machine
     python3 benchmarks/robustness_matrix.py --seeds 0 1 --params sigma8 n_background --test-halos 4000
 
 "Leave-one-variant-out" here means that each test variant is a fresh catalogue at one edge of one range: the
