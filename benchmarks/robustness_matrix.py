@@ -78,12 +78,13 @@ def main(argv=None) -> int:
     trains = {"fiducial": ncm.simulate.mock_catalog(volume=args.volume, seed=0),
               "family": ncm.simulate.mock_catalog(volume=args.volume, seed=0, nuisance="prior")}
     trains = {k: c.split(test_fraction=0.2, seed=1)[0] for k, c in trains.items()}
+    cases = variants(args.params, args.clustered)
     tests = [(label, ncm.simulate.mock_catalog(mass_sampling="flat", n_halos=args.test_halos, seed=1000 + i,
                                                nuisance=nu))
-             for i, (label, nu) in enumerate(variants(args.params, args.clustered))]
+             for i, (label, nu) in enumerate(cases)]
     # the shift test needs the training set's mass distribution (a flat-mass catalogue is itself a shift)
     natural = {label: ncm.simulate.mock_catalog(volume=args.shift_volume, seed=2000 + i, nuisance=nu)
-               for i, (label, nu) in enumerate(variants(args.params, args.clustered))}
+               for i, (label, nu) in enumerate(cases)}
     print(f"training mocks: fiducial {len(trains['fiducial'])}, family {len(trains['family'])}; "
           f"{len(tests)} test variants of {len(tests[0][1])} mocks ({time.perf_counter() - t0:.0f} s)", flush=True)
 
