@@ -16,6 +16,10 @@ registered names, and anything else the body wrote (the quickstart's CSV tables)
 that the body did not write is an error. ``--small`` first applies the figure's ``small`` replacements (exact
 substrings of the body, each of which must occur) so that the same code runs at a smoke size in seconds; the
 committed figures are made without it. Seeds are fixed in the bodies; the time per figure is printed.
+
+Measured on this project's 2-core CPU machine, shared with other jobs, warm JAX compilation cache: mock_catalog
+10 s, quickstart 58 s, shift_coverage 8-13 s, tutorial_binned 21 s, tutorial_compare 227 s (NUTS); ``--small``
+142 s for all five.
 """
 
 from __future__ import annotations
