@@ -802,7 +802,7 @@ def coverage_by_bin(table, *, ax=None, path=None) -> Figure:
     ax.set_ylabel("coverage")
     ax.set_ylim(0.0, 1.02)
     ax.set_title("coverage per bin (band: nominal ± 2 binomial s.e.; counts at the bottom)", fontsize="small")
-    ax.legend(frameon=False, fontsize="small", loc="lower right")
+    ax.legend(frameon=False, fontsize="small", loc="best")
     return _finish(fig, path)
 
 
