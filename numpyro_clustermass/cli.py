@@ -38,11 +38,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 
 from numpyro_clustermass.catalog import FORMAT_SUFFIXES as SUFFIXES  # the suffixes read_catalog recognises
+from numpyro_clustermass.catalog import atomic_target
 
 PROG = "numpyro-clustermass"
 #: Exit status of every usage or input error (argparse's convention).
@@ -337,12 +337,7 @@ def _load_fit(path: str):
 
 def _atomic_write(path: str, write) -> None:
     """``write(tmp)`` into a temporary file next to ``path``, then rename it to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    tmp, path = atomic_target(path)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -17,7 +17,6 @@ prediction plot (median and 5–95 / 15–85 percentile bands of predicted again
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 
@@ -25,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from numpyro_clustermass import metrics as _metrics
+from numpyro_clustermass.catalog import atomic_target
 from numpyro_clustermass import priors as _priors
 
 __all__ = [
@@ -48,13 +48,13 @@ _LINESTYLES = ["--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2))]
 
 
 def save_figure(fig: Figure, path, dpi: int = 120) -> None:
-    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then rename), creating the folder;
+    the file gets the mode the umask gives new files."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
+    tmp, path = atomic_target(path)  # the mode the umask gives new files (mkstemp alone gives 0600)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix.lstrip(".") or "png")
         os.replace(tmp, path)

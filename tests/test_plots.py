@@ -36,6 +36,20 @@ def _legend(ax):
     return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
+def test_saved_figures_follow_the_umask(tmp_path):
+    # save_figure writes through a temporary file; mkstemp alone gives it mode 0600 (readable by its owner only)
+    import os
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [0, 1])
+    old = os.umask(0o022)
+    try:
+        plots.save_figure(fig, tmp_path / "new" / "fig.png")
+    finally:
+        os.umask(old)
+    assert ((tmp_path / "new" / "fig.png").stat().st_mode & 0o777) == 0o644
+
+
 def test_binned_predictions_overlay(data, tmp_path):
     post, y = data
     path = tmp_path / "sub" / "binned.png"
