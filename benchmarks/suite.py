@@ -294,7 +294,7 @@ def bench_hpdi(quick: bool, verbose: bool) -> list[dict]:
     """MassPosterior.hpdi against quantiles on the same posteriors (bench_hpdi)."""
     from benchmarks import bench_hpdi as b
 
-    m = b.measure(**(dict(n=2_000, repeats=2) if quick else dict(n=61_000, repeats=7)))
+    m = b.measure(**(dict(n=2_000, repeats=2) if quick else dict(n=61_000, repeats=3)))
     used = m[m["used"]]
     sizes = {"clusters": m["n"], "grid": m["grid"], "components": m["components"], "repeats": m["repeats"],
              "algorithm": m["used"]}
@@ -310,7 +310,7 @@ def bench_hpdi(quick: bool, verbose: bool) -> list[dict]:
 def bench_simulate(quick: bool, verbose: bool) -> list[dict]:
     """A mock catalogue with members and features in a fresh process (peak memory), and the feature kernel
     against np.bincount (bench_simulate, child process)."""
-    volume = 0.005 if quick else 0.25
+    volume = 0.005 if quick else 1.0  # 1.0: the lecture's catalogue (issue "Foundation": < 90 s, < 6 GB)
     with tempfile.TemporaryDirectory(prefix="ncm_bench_sim_") as tmp:
         out = Path(tmp) / "sim.json"
         proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_simulate.py"), "--volume",
