@@ -29,6 +29,55 @@ from numpyro_clustermass.inference import fit
 TARGET_RATIO = 0.7
 
 
+def measure(n_halos: int = 6000, hidden=(16, 16), components: int = 3, batch: int = 512, epochs: int = 10,
+            rounds: int = 5, seed: int = 0, methods=("map", "bbb"), method_options=None,
+            verbose: bool = True) -> dict:
+    """Time ``fit`` with each of ``methods`` (the first is the reference) in alternating rounds; return the numbers.
+
+    ``method_options`` maps a method to extra ``fit`` keywords (e.g. ``{"ensemble": {"num_members": 5}}``).
+    Returns a dict: ``best`` (method -> best samples/s over the rounds), ``rates`` (method -> per-round list),
+    ``ratio`` (method -> best / best of the first method), the sizes and the warm-up times.
+    """
+    from numpyro_clustermass.simulate import mock_catalog
+
+    say = print if verbose else (lambda *a, **k: None)
+    method_options = dict(method_options or {})
+    say(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s))")
+    cat = mock_catalog(volume=1.0, mass_sampling="flat", n_halos=n_halos, seed=seed)
+    x, y = cat.features(), cat.log_mass
+    hidden = tuple(int(h) for h in hidden)
+    est = MDN(num_components=components, hidden=hidden)
+    n_weights = sum(a * b + b for a, b in zip((x.shape[1],) + hidden, hidden)) + 3 * (hidden[-1] + 1) * components
+    say(f"data: {x.shape[0]} mocks x {x.shape[1]} features; MDN {components} components, trunk "
+        f"{'-'.join(map(str, hidden))} ({n_weights} weights); batch {batch}")
+    kw = dict(num_epochs=epochs, batch_size=batch, validation_fraction=0.0, patience=None,
+              progress_bar=False, seed=seed)
+
+    warmup = {}
+    for m in methods:  # warm-up: compile every configuration
+        t0 = time.perf_counter()
+        fit(est, (x, y), method=m, **kw, **method_options.get(m, {}))
+        warmup[m] = time.perf_counter() - t0
+        say(f"warm-up {m} (compilation included): {warmup[m]:.2f} s")
+
+    rates = {m: [] for m in methods}
+    for r in range(rounds):
+        line = []
+        for m in methods:
+            f = fit(est, (x, y), method=m, **kw, **method_options.get(m, {}))
+            et = f.history["epoch_time"][1:]
+            samples = f.info["steps_per_epoch"] * batch * len(et)
+            rates[m].append(samples / et.sum())
+            line.append(f"{m} {rates[m][-1]:9.0f} samples/s")
+        say(f"round {r}: " + " | ".join(line) + "".join(
+            f" | ratio {m}/{methods[0]} {rates[m][-1] / rates[methods[0]][-1]:.3f}" for m in methods[1:]))
+
+    best = {m: max(v) for m, v in rates.items()}
+    return dict(best=best, rates=rates, ratio={m: best[m] / best[methods[0]] for m in methods},
+                n_mocks=int(x.shape[0]), n_weights=int(n_weights), hidden=list(hidden), components=components,
+                batch=batch, epochs=epochs, rounds=rounds, warmup_s=warmup)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-halos", type=int, default=6000, help="flat-mass mock halos (6000: ~18k mocks)")
@@ -41,36 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 if the ratio misses the target")
     args = ap.parse_args(argv)
 
-    from numpyro_clustermass.simulate import mock_catalog
-
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s))")
-    cat = mock_catalog(volume=1.0, mass_sampling="flat", n_halos=args.n_halos, seed=args.seed)
-    x, y = cat.features(), cat.log_mass
-    hidden = tuple(int(h) for h in args.hidden.split(","))
-    est = MDN(num_components=args.components, hidden=hidden)
-    n_weights = sum(a * b + b for a, b in zip((x.shape[1],) + hidden, hidden)) + 3 * (hidden[-1] + 1) * args.components
-    print(f"data: {x.shape[0]} mocks x {x.shape[1]} features; MDN {args.components} components, trunk "
-          f"{'-'.join(map(str, hidden))} ({n_weights} weights); batch {args.batch}")
-    kw = dict(num_epochs=args.epochs, batch_size=args.batch, validation_fraction=0.0, patience=None,
-              progress_bar=False, seed=args.seed)
-
-    for m in ("map", "bbb"):  # warm-up: compile both configurations
-        t0 = time.perf_counter()
-        fit(est, (x, y), method=m, **kw)
-        print(f"warm-up {m} (compilation included): {time.perf_counter() - t0:.2f} s")
-
-    rates = {"map": [], "bbb": []}
-    for r in range(args.rounds):
-        line = []
-        for m in ("map", "bbb"):
-            f = fit(est, (x, y), method=m, **kw)
-            et = f.history["epoch_time"][1:]
-            samples = f.info["steps_per_epoch"] * args.batch * len(et)
-            rates[m].append(samples / et.sum())
-            line.append(f"{m} {rates[m][-1]:9.0f} samples/s")
-        print(f"round {r}: " + " | ".join(line) + f" | ratio {rates['bbb'][-1] / rates['map'][-1]:.3f}")
-
-    best_map, best_bbb = max(rates["map"]), max(rates["bbb"])
+    m = measure(args.n_halos, tuple(int(h) for h in args.hidden.split(",")), args.components, args.batch,
+                args.epochs, args.rounds, args.seed)
+    best_map, best_bbb = m["best"]["map"], m["best"]["bbb"]
     ratio = best_bbb / best_map
     print(f"\nbest of {args.rounds} rounds, {args.epochs} epochs each:")
     print(f"  fit(method='map') : {best_map:10.0f} samples/s")

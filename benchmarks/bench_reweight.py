@@ -108,31 +108,32 @@ def best_of(fn, repeats):
     return min(times), float(np.median(times)), result
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=61_000)
-    ap.add_argument("--grid", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--strict", action="store_true", help="exit 1 if the JAX path misses the target")
-    args = ap.parse_args(argv)
+def measure(n: int = 61_000, grid: int = 512, repeats: int = 3, verbose: bool = True) -> dict:
+    """Time the JAX reweighting + estimators against the plain-NumPy path on the same data; return the numbers.
 
-    post, train = make_posteriors(args.n, args.grid)
+    Returns a dict: ``first_call`` (compilation + run), ``jax_best``/``jax_median`` and
+    ``numpy_best``/``numpy_median`` (reweight + mode + mean + q16/84), ``stages`` (name -> best time),
+    ``reweight_jax``/``reweight_numpy`` (reweighting alone), ``agree`` (max |jax - numpy| over the estimates, dex).
+    """
+    say = print if verbose else (lambda *a, **k: None)
+    post, train = make_posteriors(n, grid)
     source = P.TrainingPrior.from_samples(train, bins=64, range=(13.5, 15.3))
     target = P.MassFunction("tinker08", z=0.117, cosmology="planck13", mdef="200c")
     lt = P.evaluate_on_grid(target, post.grid.astype(np.float32))
     ls = P.evaluate_on_grid(source, post.grid.astype(np.float32))
     jax.block_until_ready(post.log_density)
-    print(f"{args.n} clusters x {args.grid} grid points, float32, devices={jax.devices()}, "
-          f"cpus={os.cpu_count()}, load={os.getloadavg()[0]:.2f}")
+    say(f"{n} clusters x {grid} grid points, float32, devices={jax.devices()}, "
+        f"cpus={os.cpu_count()}, load={os.getloadavg()[0]:.2f}")
 
     t0 = time.perf_counter()
     jax.block_until_ready(jax_path(post, lt, ls))
-    print(f"jax  first call (compilation + run): {time.perf_counter() - t0:.3f} s")
-    jbest, jmed, (jmode, jmean, jq) = best_of(lambda: jax_path(post, lt, ls), args.repeats)
+    first = time.perf_counter() - t0
+    say(f"jax  first call (compilation + run): {first:.3f} s")
+    jbest, jmed, (jmode, jmean, jq) = best_of(lambda: jax_path(post, lt, ls), repeats)
 
     ld_np = np.asarray(post.log_density)
     lt_np, ls_np = np.asarray(lt), np.asarray(ls)
-    nbest, nmed, (nmode, nmean, nq) = best_of(lambda: numpy_path(post.grid, ld_np, lt_np, ls_np), args.repeats)
+    nbest, nmed, (nmode, nmean, nq) = best_of(lambda: numpy_path(post.grid, ld_np, lt_np, ls_np), repeats)
 
     # where the JAX time goes (each stage timed alone, best of repeats)
     ld_rw = P.reweight_log_density(post.grid, post.log_density, lt, ls)
@@ -143,14 +144,30 @@ def main(argv=None):
         "mean (MassPosterior.mean)": rw.mean,
         "q16/84 (MassPosterior.quantiles)": lambda: rw.quantiles(QS),
     }
+    stage_t = {}
     for name, fn in stages.items():
-        print(f"  jax stage {name}: {best_of(fn, args.repeats)[0]:.3f} s")
+        stage_t[name] = best_of(fn, repeats)[0]
+        say(f"  jax stage {name}: {stage_t[name]:.3f} s")
 
-    rw_j = best_of(stages["reweight (priors.reweight_log_density)"], args.repeats)[0]
-    rw_n = best_of(lambda: numpy_reweight(post.grid, ld_np, lt_np, ls_np), args.repeats)[0]
+    rw_j = best_of(stages["reweight (priors.reweight_log_density)"], repeats)[0]
+    rw_n = best_of(lambda: numpy_reweight(post.grid, ld_np, lt_np, ls_np), repeats)[0]
+    agree = float(max(np.abs(jmode - nmode).max(), np.abs(jmean - nmean).max(), np.abs(jq - nq).max()))
+    return dict(first_call=first, jax_best=jbest, jax_median=jmed, numpy_best=nbest, numpy_median=nmed,
+                stages=stage_t, reweight_jax=rw_j, reweight_numpy=rw_n, agree=agree, n=n, grid=grid, repeats=repeats)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=61_000)
+    ap.add_argument("--grid", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--strict", action="store_true", help="exit 1 if the JAX path misses the target")
+    args = ap.parse_args(argv)
+
+    m = measure(args.n, args.grid, args.repeats)
+    jbest, jmed, nbest, nmed, agree = m["jax_best"], m["jax_median"], m["numpy_best"], m["numpy_median"], m["agree"]
+    rw_j, rw_n = m["reweight_jax"], m["reweight_numpy"]
     print(f"reweighting alone: jax {rw_j:.3f} s, numpy {rw_n:.3f} s, ratio numpy/jax {rw_n / rw_j:.2f}x")
-
-    agree = max(np.abs(jmode - nmode).max(), np.abs(jmean - nmean).max(), np.abs(jq - nq).max())
     print(f"jax   reweight+mode+mean+q16/84: best {jbest:.3f} s, median {jmed:.3f} s (of {args.repeats})")
     print(f"numpy reweight+mode+mean+q16/84: best {nbest:.3f} s, median {nmed:.3f} s (of {args.repeats})")
     print(f"ratio numpy/jax (best): {nbest / jbest:.2f}x   max |jax - numpy| over estimates: {agree:.2e} dex")

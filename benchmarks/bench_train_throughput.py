@@ -90,6 +90,54 @@ def reference_trainer(est: MDN, x: np.ndarray, y: np.ndarray, num_epochs: int, s
     return run, steps * BATCH
 
 
+def measure(volume: float = 0.25, epochs: int = 5, rounds: int = 5, seed: int = 0, verbose: bool = True) -> dict:
+    """Time ``fit(method="map")`` against the hand-written loop in this process; return the numbers.
+
+    Returns a dict: ``ref``, ``fit_call``, ``fit_epochs`` (best samples/s over the rounds), ``ratio_call`` and
+    ``ratio_epochs`` (fit / reference), the per-round lists, the sizes and the warm-up times.
+    """
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s))")
+    x, y = load_data(volume, seed)
+    est = MDN(num_components=16, hidden=(128, 128, 64))
+    say(f"data: {x.shape[0]} mocks x {x.shape[1]} features; MDN 16 components, trunk 128-128-64; batch {BATCH}")
+
+    fit_kw = dict(method="map", num_epochs=epochs, batch_size=BATCH, validation_fraction=0.0, patience=None,
+                  progress_bar=False, seed=seed)
+    ref_run, samples_per_epoch = reference_trainer(est, x, y, epochs, seed)
+
+    # warm-up: compile both
+    t0 = time.perf_counter()
+    warm = fit(est, (x, y), **fit_kw)
+    t_warm_fit = time.perf_counter() - t0
+    say(f"warm-up fit (compilation included): {t_warm_fit:.2f} s, traces {warm.info['traces']}")
+    t0 = time.perf_counter()
+    ref_run(1, jax.random.key(99))
+    t_warm_ref = time.perf_counter() - t0
+    say(f"warm-up reference (compilation included): {t_warm_ref:.2f} s")
+
+    fit_call, fit_epochs, ref_epochs = [], [], []
+    for r in range(rounds):
+        times = ref_run(epochs, jax.random.key(r))
+        ref_epochs.append(samples_per_epoch * epochs / sum(times))
+        t0 = time.perf_counter()
+        f = fit(est, (x, y), **fit_kw)
+        wall = time.perf_counter() - t0
+        assert f.info["traces"]["epoch"] == 0, "a warm configuration must not retrace"
+        fit_call.append(samples_per_epoch * epochs / wall)
+        et = f.history["epoch_time"][1:]
+        fit_epochs.append(samples_per_epoch * len(et) / et.sum())
+        overhead = wall - f.history["epoch_time"].sum()
+        say(f"round {r}: reference {ref_epochs[-1]:9.0f} samples/s | fit() call {fit_call[-1]:9.0f} samples/s"
+            f" | fit epochs {fit_epochs[-1]:9.0f} samples/s | fit outside epochs {1e3 * overhead:.1f} ms")
+
+    ref, call, ep = max(ref_epochs), max(fit_call), max(fit_epochs)
+    return dict(ref=ref, fit_call=call, fit_epochs=ep, ratio_call=call / ref, ratio_epochs=ep / ref,
+                rounds_ref=ref_epochs, rounds_fit_call=fit_call, rounds_fit_epochs=fit_epochs,
+                n_mocks=int(x.shape[0]), samples_per_epoch=int(samples_per_epoch), epochs=epochs, rounds=rounds,
+                batch=BATCH, warmup_fit_s=t_warm_fit, warmup_ref_s=t_warm_ref)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--volume", type=float, default=0.25, help="mock volume in (Gpc/h)^3 (0.25: ~68k mocks)")
@@ -99,41 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 if the ratio misses the target")
     args = ap.parse_args(argv)
 
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device(s))")
-    x, y = load_data(args.volume, args.seed)
-    est = MDN(num_components=16, hidden=(128, 128, 64))
-    print(f"data: {x.shape[0]} mocks x {x.shape[1]} features; MDN 16 components, trunk 128-128-64; batch {BATCH}")
-
-    fit_kw = dict(method="map", num_epochs=args.epochs, batch_size=BATCH, validation_fraction=0.0, patience=None,
-                  progress_bar=False, seed=args.seed)
-    ref_run, samples_per_epoch = reference_trainer(est, x, y, args.epochs, args.seed)
-
-    # warm-up: compile both
-    t0 = time.perf_counter()
-    warm = fit(est, (x, y), **fit_kw)
-    print(f"warm-up fit (compilation included): {time.perf_counter() - t0:.2f} s, traces {warm.info['traces']}")
-    t0 = time.perf_counter()
-    ref_run(1, jax.random.key(99))
-    print(f"warm-up reference (compilation included): {time.perf_counter() - t0:.2f} s")
-
-    fit_call, fit_epochs, ref_epochs = [], [], []
-    for r in range(args.rounds):
-        times = ref_run(args.epochs, jax.random.key(r))
-        ref_epochs.append(samples_per_epoch * args.epochs / sum(times))
-        t0 = time.perf_counter()
-        f = fit(est, (x, y), **fit_kw)
-        wall = time.perf_counter() - t0
-        assert f.info["traces"]["epoch"] == 0, "a warm configuration must not retrace"
-        fit_call.append(samples_per_epoch * args.epochs / wall)
-        et = f.history["epoch_time"][1:]
-        fit_epochs.append(samples_per_epoch * len(et) / et.sum())
-        overhead = wall - f.history["epoch_time"].sum()
-        print(f"round {r}: reference {ref_epochs[-1]:9.0f} samples/s | fit() call {fit_call[-1]:9.0f} samples/s"
-              f" | fit epochs {fit_epochs[-1]:9.0f} samples/s | fit outside epochs {1e3 * overhead:.1f} ms")
-
-    ref, call, epochs = max(ref_epochs), max(fit_call), max(fit_epochs)
-    ratio = call / ref
-    print(f"\nbest of {args.rounds} rounds, {args.epochs} epochs x {samples_per_epoch} samples each:")
+    m = measure(args.volume, args.epochs, args.rounds, args.seed)
+    ref, call, epochs, ratio = m["ref"], m["fit_call"], m["fit_epochs"], m["ratio_call"]
+    print(f"\nbest of {args.rounds} rounds, {args.epochs} epochs x {m['samples_per_epoch']} samples each:")
     print(f"  hand-written Flax+Optax loop : {ref:10.0f} samples/s")
     print(f"  fit(method='map') epochs     : {epochs:10.0f} samples/s   (ratio {epochs / ref:.3f})")
     print(f"  fit(method='map') whole call : {call:10.0f} samples/s   (ratio {ratio:.3f})")

@@ -1,0 +1,82 @@
+"""The benchmark suite (``python -m benchmarks``): one cheap run at quick sizes writes its JSON and markdown.
+
+No wall-clock thresholds: the test checks the files, the header and that each entry's ratio is finite and
+consistent with its target flag, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import suite  # noqa: E402
+
+HEADER_FIELDS = ("device", "platform", "versions", "cpu_count", "date", "git_commit", "quick", "benchmarks",
+                 "wall_s")
+ENTRY_FIELDS = ("name", "value", "unit", "reference", "reference_value", "ratio", "ratio_means", "target", "met",
+                "sizes", "note", "benchmark")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "hpdi,reweight", "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc.stdout
+
+
+def test_quick_run_writes_json_and_markdown(quick_run):
+    out, stdout = quick_run
+    platform = json.loads((out / next(p.name for p in out.glob("*.json"))).read_text())["header"]["platform"]
+    data = json.loads((out / f"{platform}.json").read_text())
+    md = (out / f"{platform}.md").read_text()
+    h = data["header"]
+    for k in HEADER_FIELDS:
+        assert k in h, k
+    for k in ("jax", "numpyro", "flax", "numpy", "numpyro_clustermass"):
+        assert h["versions"][k], k
+    assert h["quick"] is True and h["benchmarks"] == ["hpdi", "reweight"]
+    assert h["cpu_count"] >= 1 and data["errors"] == {}
+    assert {e["benchmark"] for e in data["entries"]} == {"hpdi", "reweight"}
+    for e in data["entries"]:
+        for k in ENTRY_FIELDS:
+            assert k in e, (e["name"], k)
+        assert e["reference"] and math.isfinite(e["ratio"]) and e["ratio"] > 0
+        assert math.isfinite(e["value"]) and math.isfinite(e["reference_value"])
+        if e["target"] is not None:
+            op, bound = e["target"].split()
+            assert e["met"] == (e["ratio"] >= float(bound) if op == ">=" else e["ratio"] <= float(bound))
+        # the table has one row per entry, with its ratio
+        assert f"| {e['name']} |" in md
+    assert h["device"] in md and "| benchmark | value | reference |" in md
+    assert "[1/2] hpdi" in stdout and "[2/2] reweight" in stdout
+
+
+def test_unknown_benchmark_is_an_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nope", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown benchmark" in proc.stderr and "hpdi" in proc.stderr
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        suite.run(["nope"])
+
+
+def test_entry_target_and_markdown():
+    e = suite.entry("a", 1.0, "s", "b", 2.0, 0.5, "time / reference time", ("<=", 3.0), {"n": 1})
+    assert e["met"] is True and e["target"] == "<= 3"
+    e = suite.entry("a", 1.0, "s", "b", 2.0, 0.5, "value / reference", (">=", 0.95))
+    assert e["met"] is False
+    assert suite.entry("a", 1.0, "s", None, None, None, "")["met"] is None
+    md = suite.markdown({"header": {"device": "cpu: x", "versions": {"jax": "0"}, "cpu_count": 1, "date": "d",
+                                    "git_commit": None, "quick": False, "wall_s": 2.0},
+                         "entries": [e], "errors": {"x": "RuntimeError: boom"}})
+    assert "| a | 1 s | b | 2 s | 0.5 | value / reference | >= 0.95 | **no** |" in md
+    assert "Failed: x: RuntimeError: boom" in md
