@@ -31,6 +31,7 @@ array([13.8, 14.2], dtype=float32)
 
 from __future__ import annotations
 
+import hashlib
 import math
 from functools import partial
 from typing import Sequence
@@ -43,6 +44,7 @@ from numpyro_clustermass.grid import DEFAULT_GRID_SIZE, check_grid, default_grid
 
 __all__ = [
     "MassPosterior",
+    "training_prior",
     "default_grid",
     "mixture_on_grid",
     "normalise_log_density",
@@ -487,6 +489,36 @@ def join_chunks_on_host(parts, n: int, axis: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- the class
+#: Training priors fitted so far, by the digest of their training log-masses (most recently used last).
+_TRAINING_PRIORS: dict = {}
+_TRAINING_PRIORS_KEPT = 8
+
+
+def training_prior(training_log_mass):
+    """The :class:`~numpyro_clustermass.priors.TrainingPrior` of these training log-masses, fitted once per
+    distinct array and then shared: every posterior of one fit (each catalogue it predicts, each ``select``)
+    divides by the same object instead of fitting the log-spline again (an L-BFGS fit, the slowest step of
+    reweighting a new posterior). The last eight distinct training sets are kept.
+
+    Examples
+    --------
+    >>> m = np.random.default_rng(0).uniform(13.5, 15.0, 2000)
+    >>> training_prior(m) is training_prior(m.copy())
+    True
+    """
+    from numpyro_clustermass.priors import TrainingPrior
+
+    a = np.ascontiguousarray(training_log_mass)
+    key = (a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest())
+    prior = _TRAINING_PRIORS.pop(key, None)
+    if prior is None:
+        prior = TrainingPrior.from_samples(a)
+    _TRAINING_PRIORS[key] = prior
+    while len(_TRAINING_PRIORS) > _TRAINING_PRIORS_KEPT:
+        del _TRAINING_PRIORS[next(iter(_TRAINING_PRIORS))]
+    return prior
+
+
 class MassPosterior:
     """Per-cluster predictive densities of log10 M on a uniform grid.
 
@@ -855,7 +887,8 @@ class MassPosterior:
     def prior(self):
         """The mass prior these densities are conditioned on: ``source_prior`` if set, else the fit's
         :class:`~numpyro_clustermass.priors.TrainingPrior` (a log-spline density estimate of the training
-        log-masses, the lecture's implicit prior; the lecture used a histogram, ``method="histogram"``)."""
+        log-masses, the lecture's implicit prior; the lecture used a histogram, ``method="histogram"``), fitted
+        once per training set and shared by every posterior of it (:func:`training_prior`)."""
         if self.source_prior is not None:
             return self.source_prior
         if self.training_log_mass is None:
@@ -864,9 +897,7 @@ class MassPosterior:
                 "pass source= to reweight()"
             )
         if "_training_prior" not in self.__dict__:
-            from numpyro_clustermass.priors import TrainingPrior
-
-            self._training_prior = TrainingPrior.from_samples(self.training_log_mass)
+            self._training_prior = training_prior(self.training_log_mass)
         return self._training_prior
 
     def reweight(self, target, source=None, on_empty: str = "raise") -> "MassPosterior":

@@ -320,3 +320,25 @@ def test_select_rejects_out_of_range_indices_and_wrong_length_masks():
         post.select([0.5])
     np.testing.assert_allclose(post.select([-1]).mean(), mu[-1:], atol=1e-4)
     assert len(post.select([])) == 0
+
+
+def test_posteriors_of_one_training_set_share_its_fitted_prior():
+    # the log-spline training prior is fitted once per training set, not once per posterior (or per select)
+    from numpyro_clustermass import posterior as P
+    from numpyro_clustermass.priors import Flat, TrainingPrior
+
+    rng = np.random.default_rng(4)
+    m = rng.normal(14.0, 0.3, 5000)
+    g = np.linspace(12.5, 16.0, 351)
+    mk = lambda n: MassPosterior.from_mixture(g, np.zeros((n, 1)), rng.uniform(13.8, 14.6, (n, 1)),  # noqa: E731
+                                              np.full((n, 1), 0.15), training_log_mass=m)
+    a, b = mk(3), mk(5)
+    assert a.prior is b.prior and a.select([0, 1]).prior is a.prior
+    assert isinstance(a.prior, TrainingPrior)
+    # the same densities as a prior fitted afresh
+    np.testing.assert_allclose(np.asarray(a.reweight(Flat(13.5, 15.3)).log_density),
+                               np.asarray(a.reweight(Flat(13.5, 15.3), source=TrainingPrior.from_samples(m)).log_density),
+                               atol=1e-5)
+    # another training set gets its own; at most eight are kept
+    others = [P.training_prior(m + 0.01 * k) for k in range(1, 10)]
+    assert all(o is not a.prior for o in others) and len(P._TRAINING_PRIORS) <= 8
