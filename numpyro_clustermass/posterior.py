@@ -467,15 +467,47 @@ def _padded(a: jax.Array, start: int, stop: int, size: int, axis: int = 0):
     return _rows(a, np.int32(start), size=size, axis=axis)
 
 
-@partial(jax.jit, static_argnames=("n", "axis"))
-def join_chunks(parts, n: int, axis: int = 0):
-    """Chunks (each of the same number of rows along ``axis``) joined and cut to the first ``n`` rows, in one
-    compiled call (one program per catalogue size, instead of a slice per chunk and a concatenation).
+@partial(jax.jit, donate_argnums=(0,), static_argnames=("rows", "axis"))
+def _put_rows(out, part, start, rows: int, axis: int = 0):
+    """``out`` with the first ``rows`` rows of ``part`` written from row ``start`` along ``axis``; ``out`` is
+    donated, so the write is in place (one program per shape of ``out`` and chunk, whatever the offset)."""
+    part = jax.lax.slice_in_dim(part, 0, rows, axis=axis)
+    return jax.lax.dynamic_update_slice_in_dim(out, part, start, axis=axis)
 
-    >>> join_chunks([jnp.arange(4), jnp.arange(4, 8)], n=6).tolist()
-    [0, 1, 2, 3, 4, 5]
+
+class RowsBuffer:
+    """Chunk outputs joined into one array of ``n`` rows along ``axis`` as they arrive.
+
+    Each chunk is written in place into an array allocated once (then the caller drops the chunk), so joining a
+    catalogue costs the result and one chunk in memory, not the result plus every chunk as a concatenation
+    does. A catalogue of one unpadded chunk is kept as it is.
+
+    >>> buf = RowsBuffer(n=6)
+    >>> buf.put(jnp.arange(4.0), 0, 4); buf.put(jnp.arange(4.0, 8.0), 4, 6)
+    >>> buf.result().tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     """
-    return jax.lax.slice_in_dim(jnp.concatenate(parts, axis=axis), 0, n, axis=axis)
+
+    def __init__(self, n: int, axis: int = 0):
+        self.n, self.axis, self._out = int(n), int(axis), None
+
+    def put(self, part, start: int, stop: int) -> None:
+        """Write rows ``0:stop - start`` of ``part`` (along ``axis``) to rows ``start:stop``."""
+        rows = int(stop) - int(start)
+        if self._out is None and start == 0 and rows == self.n == part.shape[self.axis]:
+            self._out = part
+            return
+        if self._out is None:
+            shape = list(part.shape)
+            shape[self.axis] = self.n
+            self._out = jnp.zeros(tuple(shape), part.dtype)
+        self._out = _put_rows(self._out, part, np.int32(start), rows=rows, axis=self.axis)
+
+    def result(self) -> jax.Array:
+        """The joined array (``n`` rows along ``axis``)."""
+        if self._out is None:
+            raise ValueError("RowsBuffer.result(): no chunk was put")
+        return self._out
 
 
 def join_chunks_on_host(parts, n: int, axis: int = 0) -> np.ndarray:
@@ -666,16 +698,22 @@ class MassPosterior:
         n = arrs[0].shape[1]
         grid32 = jnp.asarray(grid, dtype=jnp.float32)
         size = bucket_size(n, chunk_size)
-        outs = []
+        if n == 0:
+            return cls(grid, jnp.zeros((0, grid.size)), training_log_mass=training_log_mass)
+        ld_buf, draws_buf, ales, epis = RowsBuffer(n), RowsBuffer(n, axis=1), [], []
         for start, stop in _chunks(n, size):
             parts = [_padded(a, start, stop, size, axis=1) for a in arrs]
-            outs.append(_k_mixture(grid32, *parts, keep_draws=keep_draws))
-        if not outs:
-            return cls(grid, jnp.zeros((0, grid.size)), training_log_mass=training_log_mass)
-        ld = join_chunks([o[0] for o in outs], n=n)
-        ale = join_chunks_on_host([o[1] for o in outs], n)
-        epi = join_chunks_on_host([o[2] for o in outs], n)
-        draws = join_chunks([o[3] for o in outs], n=n, axis=1) if keep_draws else None
+            o = _k_mixture(grid32, *parts, keep_draws=keep_draws)
+            ld_buf.put(o[0], start, stop)
+            if keep_draws:
+                draws_buf.put(o[3], start, stop)
+            ales.append(o[1])
+            epis.append(o[2])
+            del o, parts  # the chunk's densities are in the buffers now
+        ld = ld_buf.result()
+        ale = join_chunks_on_host(ales, n)
+        epi = join_chunks_on_host(epis, n)
+        draws = draws_buf.result() if keep_draws else None
         return cls(grid, ld, ale, epi, training_log_mass=training_log_mass, draws_log_density=draws,
                    chunk_size=chunk_size)
 

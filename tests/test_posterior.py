@@ -342,3 +342,26 @@ def test_posteriors_of_one_training_set_share_its_fitted_prior():
     # another training set gets its own; at most eight are kept
     others = [P.training_prior(m + 0.01 * k) for k in range(1, 10)]
     assert all(o is not a.prior for o in others) and len(P._TRAINING_PRIORS) <= 8
+
+
+def test_chunks_are_joined_in_place():
+    # RowsBuffer writes each chunk into one array (donated, so no second copy of the catalogue's densities is
+    # made) and cuts the padded last chunk; the result equals a concatenation
+    import jax.numpy as jnp
+
+    from numpyro_clustermass.posterior import RowsBuffer
+
+    parts = [jnp.arange(12.0).reshape(4, 3) + 100 * k for k in range(3)]
+    buf = RowsBuffer(n=10)
+    buf.put(parts[0], 0, 4)
+    first = buf.result()
+    buf.put(parts[1], 4, 8)
+    assert first.is_deleted()  # the buffer was donated: the write was in place
+    buf.put(parts[2], 8, 10)  # the last chunk is padded to 4 rows; 2 are kept
+    np.testing.assert_array_equal(np.asarray(buf.result()), np.concatenate([np.asarray(p) for p in parts])[:10])
+    # along the draws axis, and one unpadded chunk is kept as it is
+    d = RowsBuffer(n=4, axis=1)
+    d.put(parts[0][None], 0, 4)
+    assert d.result() is not None and d.result().shape == (1, 4, 3)
+    with pytest.raises(ValueError, match="no chunk"):
+        RowsBuffer(n=3).result()

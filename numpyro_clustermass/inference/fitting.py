@@ -61,8 +61,8 @@ from numpyro_clustermass.inference.protocol import (
 )
 from numpyro_clustermass.posterior import (
     MassPosterior,
+    RowsBuffer,
     bucket_size,
-    join_chunks,
     join_chunks_on_host,
     mixture_on_grid,
 )
@@ -495,23 +495,31 @@ class Fit:
         # every chunk has ``size`` rows (the last one padded with its last row): one compiled program per
         # bucket of catalogue sizes, not per size (a dropout mask of a row does not depend on the padding)
         size = bucket_size(max(n, 1), chunk_size)
-        outs = []
+        # each chunk's densities go into one preallocated array as it is computed (RowsBuffer), so the memory
+        # beyond the result is a chunk's, not a second copy of the catalogue's densities
+        ld_buf, draws_buf, ales, epis, peaks = RowsBuffer(n), RowsBuffer(n, axis=1), [], [], []
         for start in range(0, n, size):
             stop = min(start + size, n)
             xc = x[start:stop]
             if stop - start < size:
                 xc = np.concatenate([xc, np.repeat(xc[-1:], size - (stop - start), axis=0)])
-            outs.append(fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale))
-        log_density = join_chunks([o[0] for o in outs], n=n) if outs else jnp.zeros((0, grid.size))
-        peaks = [jnp.argmax(o[0], axis=-1) for o in outs]  # per chunk: compiled per bucket, not per size
-        self._check_grid_use(grid, join_chunks_on_host(peaks, n) if outs else np.zeros(0, np.int64))
+            o = fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale)
+            peaks.append(jnp.argmax(o[0], axis=-1))  # per chunk: compiled per bucket, not per size
+            ales.append(o[1])
+            epis.append(o[2])
+            ld_buf.put(o[0], start, stop)
+            if keep_draws:
+                draws_buf.put(o[3], start, stop)
+            del o
+        log_density = ld_buf.result() if n else jnp.zeros((0, grid.size))
+        self._check_grid_use(grid, join_chunks_on_host(peaks, n) if n else np.zeros(0, np.int64))
         return MassPosterior(
             grid,
             log_density,
-            join_chunks_on_host([o[1] for o in outs], n) if outs else np.zeros(0),
-            join_chunks_on_host([o[2] for o in outs], n) if outs else np.zeros(0),
+            join_chunks_on_host(ales, n) if n else np.zeros(0),
+            join_chunks_on_host(epis, n) if n else np.zeros(0),
             training_log_mass=self.training_log_mass,
-            draws_log_density=join_chunks([o[3] for o in outs], n=n, axis=1) if keep_draws and outs else None,
+            draws_log_density=draws_buf.result() if keep_draws and n else None,
             meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws,
                   "feature_names": None if self.feature_names is None else list(self.feature_names)},
             source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
