@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)\s*$")
-_MARKER = re.compile(r"<!--\s*docs-code:\s*(?P<what>[\w-]+)\s*(?:\((?P<reason>[^)]*)\))?\s*-->")
+# the reason runs to the last ")" before "-->", so it may hold parentheses itself ("1 (Gpc/h)^3")
+_MARKER = re.compile(r"<!--\s*docs-code:\s*(?P<what>[\w-]+)\s*(?:\((?P<reason>.*)\))?\s*-->")
 _SHELL = ("bash", "sh", "console", "shell")
 
 
@@ -84,6 +85,9 @@ def parse_page(path: Path) -> Page:
                 problems.append(f"line {i + 1}: unknown docs-code marker {what!r} (skip, run, slow)")
             i += 1
             continue
+        if "docs-code" in line:  # a marker the pattern does not read would be ignored silently
+            problems.append(f"line {i + 1}: malformed docs-code marker: {line.strip()!r} "
+                            "(write <!-- docs-code: skip (why) -->, run or slow)")
         f = _FENCE.match(line)
         if f and f.group("lang"):
             indent, lang = f.group("indent"), f.group("lang").lower()
@@ -232,11 +236,16 @@ def test_parser_finds_blocks_and_markers(tmp_path):
         "```bash\necho hi\n```\n\n"
         "1. a list item\n\n   ```python\n   y = x + 1\n   ```\n"
         "<!-- docs-code: skip -->\n\ntext\n"
+        "<!-- docs-code: skip (trains on 1 (Gpc/h)^3, slow) -->\n"
+        "```python\nbig()\n```\n"
+        "<!-- docs-code skip (no colon) -->\n"
     )
     parsed = parse_page(page)
     assert parsed.slow == "heavy"
     assert [(b.lang, b.skip, b.run) for b in parsed.blocks] == [
         ("python", None, False), ("python", "needs the real catalogue file", False), ("bash", None, True),
-        ("python", None, False)]
+        ("python", None, False), ("python", "trains on 1 (Gpc/h)^3, slow", False)]
     assert parsed.blocks[3].code == "y = x + 1\n"
-    assert len(parsed.problems) == 2, parsed.problems  # the skip without a reason, and not before a fence
+    # the skip without a reason, and not before a fence; the marker without its colon is malformed
+    assert len(parsed.problems) == 3, parsed.problems
+    assert "malformed" in parsed.problems[2]
