@@ -24,8 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from numpyro_clustermass import metrics as _metrics
-from numpyro_clustermass.catalog import atomic_target
 from numpyro_clustermass import priors as _priors
+from numpyro_clustermass.catalog import atomic_target
 
 __all__ = [
     "binned_predictions",

@@ -248,7 +248,7 @@ def _k_hpdi(log_density, grid, prob):
     g_lo = grid[0] - 0.5 * dx
     take = lambda a, k: jnp.take_along_axis(a, k[:, None], axis=-1)[:, 0]  # noqa: E731
 
-    def body(carry, _):
+    def body(carry):
         i, j, best, lower, upper = carry
         ci, cj = take(cdf, i), take(cdf, j)
         valid = (i < num) & (1.0 - ci >= prob - 1e-6)
@@ -267,7 +267,7 @@ def _k_hpdi(log_density, grid, prob):
         upper = jnp.where(better, up, upper)
         i = jnp.where(record, i + 1, i)
         j = jnp.where(move_j, j + 1, j)
-        return (i, j, best, lower, upper), None
+        return i, j, best, lower, upper
 
     # where the sweep starts (see above) and the last lower edge that can hold prob above it
     levels = jnp.stack([0.5 * (1.0 - prob), 0.5 * (1.0 + prob), prob]).astype(cdf.dtype)
@@ -283,7 +283,7 @@ def _k_hpdi(log_density, grid, prob):
 
     def step_all(loop):
         step, carry = loop
-        return step + 1, body(carry, None)[0]
+        return step + 1, body(carry)
 
     # the upper pointer starts just below the edge where the CDF first holds prob above the start (it only
     # moves up, so starting low is safe; two edges of margin for float32 rounding)
@@ -537,6 +537,22 @@ class RowsBuffer:
         return self._out
 
 
+def join_density_chunks(chunks, n: int, keep_draws: bool):
+    """Join the outputs ``(log_density, aleatoric, epistemic, draws_log_density)`` of chunked density kernels,
+    given as ``(start, stop, outputs)`` for ``n`` clusters in all: the densities in place (:class:`RowsBuffer`),
+    the variances on the host. Returns the four joined (draws None unless ``keep_draws``)."""
+    ld_buf, draws_buf, ales, epis = RowsBuffer(n), RowsBuffer(n, axis=1), [], []
+    for start, stop, out in chunks:
+        ld_buf.put(out[0], start, stop)
+        if keep_draws:
+            draws_buf.put(out[3], start, stop)
+        ales.append(out[1])
+        epis.append(out[2])
+        del out  # the chunk's densities are in the buffers now
+    return (ld_buf.result(), join_chunks_on_host(ales, n), join_chunks_on_host(epis, n),
+            draws_buf.result() if keep_draws else None)
+
+
 def join_chunks_on_host(parts, n: int, axis: int = 0) -> np.ndarray:
     """Chunk outputs copied to the host (after all were dispatched), joined and cut to ``n`` rows there.
 
@@ -727,20 +743,10 @@ class MassPosterior:
         size = bucket_size(n, chunk_size)
         if n == 0:
             return cls(grid, jnp.zeros((0, grid.size)), training_log_mass=training_log_mass)
-        ld_buf, draws_buf, ales, epis = RowsBuffer(n), RowsBuffer(n, axis=1), [], []
-        for start, stop in _chunks(n, size):
-            parts = [_padded(a, start, stop, size, axis=1) for a in arrs]
-            o = _k_mixture(grid32, *parts, keep_draws=keep_draws)
-            ld_buf.put(o[0], start, stop)
-            if keep_draws:
-                draws_buf.put(o[3], start, stop)
-            ales.append(o[1])
-            epis.append(o[2])
-            del o, parts  # the chunk's densities are in the buffers now
-        ld = ld_buf.result()
-        ale = join_chunks_on_host(ales, n)
-        epi = join_chunks_on_host(epis, n)
-        draws = draws_buf.result() if keep_draws else None
+        chunks = ((start, stop, _k_mixture(grid32, *[_padded(a, start, stop, size, axis=1) for a in arrs],
+                                           keep_draws=keep_draws))
+                  for start, stop in _chunks(n, size))
+        ld, ale, epi, draws = join_density_chunks(chunks, n, keep_draws)
         return cls(grid, ld, ale, epi, training_log_mass=training_log_mass, draws_log_density=draws,
                    chunk_size=chunk_size)
 

@@ -61,9 +61,9 @@ from numpyro_clustermass.inference.protocol import (
 )
 from numpyro_clustermass.posterior import (
     MassPosterior,
-    RowsBuffer,
     bucket_size,
     join_chunks_on_host,
+    join_density_chunks,
     mixture_on_grid,
 )
 from numpyro_clustermass.shift import FeatureReference
@@ -497,29 +497,30 @@ class Fit:
         size = bucket_size(max(n, 1), chunk_size)
         # each chunk's densities go into one preallocated array as it is computed (RowsBuffer), so the memory
         # beyond the result is a chunk's, not a second copy of the catalogue's densities
-        ld_buf, draws_buf, ales, epis, peaks = RowsBuffer(n), RowsBuffer(n, axis=1), [], [], []
-        for start in range(0, n, size):
-            stop = min(start + size, n)
-            xc = x[start:stop]
-            if stop - start < size:
-                xc = np.concatenate([xc, np.repeat(xc[-1:], size - (stop - start), axis=0)])
-            o = fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale)
-            peaks.append(jnp.argmax(o[0], axis=-1))  # per chunk: compiled per bucket, not per size
-            ales.append(o[1])
-            epis.append(o[2])
-            ld_buf.put(o[0], start, stop)
-            if keep_draws:
-                draws_buf.put(o[3], start, stop)
-            del o
-        log_density = ld_buf.result() if n else jnp.zeros((0, grid.size))
+        peaks = []
+
+        def chunks():
+            for start in range(0, n, size):
+                stop = min(start + size, n)
+                xc = x[start:stop]
+                if stop - start < size:
+                    xc = np.concatenate([xc, np.repeat(xc[-1:], size - (stop - start), axis=0)])
+                out = fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale)
+                peaks.append(jnp.argmax(out[0], axis=-1))  # per chunk: compiled per bucket, not per size
+                yield start, stop, out
+
+        if n:
+            log_density, ale, epi, draws_ld = join_density_chunks(chunks(), n, keep_draws)
+        else:
+            log_density, ale, epi, draws_ld = jnp.zeros((0, grid.size)), np.zeros(0), np.zeros(0), None
         self._check_grid_use(grid, join_chunks_on_host(peaks, n) if n else np.zeros(0, np.int64))
         return MassPosterior(
             grid,
             log_density,
-            join_chunks_on_host(ales, n) if n else np.zeros(0),
-            join_chunks_on_host(epis, n) if n else np.zeros(0),
+            ale,
+            epi,
             training_log_mass=self.training_log_mass,
-            draws_log_density=draws_buf.result() if keep_draws and n else None,
+            draws_log_density=draws_ld,
             meta={"estimator": self.estimator.name, "method": self.method, "num_draws": num_draws,
                   "feature_names": None if self.feature_names is None else list(self.feature_names)},
             source_prior=getattr(self.estimator, "posterior_prior", lambda g: None)(grid),
