@@ -114,6 +114,62 @@ def test_early_stopping_keeps_the_best_state():
     assert f.info["best_val_loss"] < f.history["val_loss"][-1]
 
 
+def _plateau_fit(method="map", resume=None, **kw):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 3))
+    y = 14.0 + 0.3 * rng.normal(size=1500)  # no signal: the validation loss stops improving within epochs
+    with pytest.warns(FitWarning, match="learned next to nothing"):
+        return fit(MSE(hidden=(64, 64), feature_names=NAMES), (x, y), method=method, num_epochs=200, batch_size=64,
+                   patience=None, learning_rate=3e-3, schedule="plateau", plateau_patience=2, plateau_factor=0.5,
+                   plateau_reductions=2, progress_bar=False, resume=resume, **kw)
+
+
+def test_plateau_schedule_lowers_the_learning_rate_from_the_best_state_then_stops(tmp_path):
+    from numpyro_clustermass.inference import load
+    from numpyro_clustermass.inference.svi import plateau_policy
+
+    f = _plateau_fit()
+    cut = f.info["lr_reduced_after_epochs"]
+    # two reductions, each plateau_patience (2) epochs or more after the last improvement; the third plateau ends it
+    assert len(cut) == 2 and f.info["stopped_early"] and f.info["epochs_run"] < 200
+    assert f.info["epochs_run"] - 1 >= cut[-1] + 2 and cut[1] >= cut[0] + 2
+    # the kept state is the best one, with the multiplier it was trained at: 0.5 per reduction before it
+    before = sum(c < f.info["best_epoch"] for c in cut)
+    policy = plateau_policy(f.state)
+    assert policy["lr_scale"] == pytest.approx(0.5 ** before) and policy["reductions_done"] == before
+    assert (policy["factor"], policy["patience"], policy["reductions"]) == (0.5, 2, 2)
+    assert f.info["traces"]["epoch"] <= 1  # a new multiplier is a new value, not a recompilation
+    # saved and loaded, the state keeps its multiplier; resuming follows the policy the state carries: only the
+    # reductions not yet done are left
+    f.save(tmp_path / "plateau.fit")
+    f = load(tmp_path / "plateau.fit")
+    assert plateau_policy(f.state) == policy
+    g = _plateau_fit(resume=f)
+    assert len(g.info["lr_reduced_after_epochs"]) == 2 - before and g.info["stopped_early"]
+
+
+def test_plateau_multiplier_scales_the_update_and_needs_the_built_optimiser():
+    import optax
+    from numpyro_clustermass.inference.svi import make_optimizer, make_schedule, with_lr_scale
+
+    opt = make_optimizer(make_schedule(1e-2, 100, "plateau", warmup_steps=0), plateau=(3, 0.25, 3))
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+    state = opt.init(params)
+    full, _ = opt.update(grads, state, params)
+    low, _ = opt.update(grads, with_lr_scale(state, 0.25), params)
+    np.testing.assert_allclose(low["w"], 0.25 * full["w"], rtol=1e-6)
+    np.testing.assert_allclose(full["w"], -1e-2 * np.sign(grads["w"]), rtol=1e-4)  # Adam's first step: lr x sign
+    with pytest.raises(ValueError, match="schedule='plateau' lowers the learning rate of the optimiser"):
+        x, y, g = _synthetic(n=600)
+        fit(SMALL_MSE, (x, y, g), num_epochs=1, schedule="plateau", optimizer=optax.adam(1e-3), progress_bar=False)
+
+
+def test_bbb_follows_the_plateau_schedule():
+    f = _plateau_fit(method="bbb")
+    assert len(f.info["lr_reduced_after_epochs"]) == 2 and f.info["stopped_early"]
+
+
 def test_wrong_feature_count_and_nan_inputs_are_clear_errors(small_fit):
     f, (x, y, _) = small_fit
     with pytest.raises(CatalogError, match="expected 3 features per cluster .*got 2"):

@@ -64,7 +64,11 @@ def test_every_registered_method_has_its_options_class():
     (MapOptions, {"learning_rate": 0.0}, r"method 'map': learning_rate must be a finite number > 0 \(default 1e-3\); "
                                          r"got 0\.0"),
     (MapOptions, {"schedule": "linear"}, r"method 'map': unknown schedule 'linear'; use 'cosine', 'exponential', "
-                                         r"'constant' or a callable"),
+                                         r"'constant', 'plateau' or a callable"),
+    (MapOptions, {"plateau_factor": 1.0}, r"method 'map': plateau_factor must be a finite number in \(0, 1\) "
+                                          r"\(default 0\.25\); got 1\.0"),
+    (BBBOptions, {"plateau_patience": 0}, r"method 'bbb': plateau_patience must be an integer >= 1 \(default 3\); "
+                                          r"got 0"),
     (MapOptions, {"b2": 1.0}, r"method 'map': b2 must be a finite number in \[0, 1\) \(default 0\.999\); got 1\.0"),
     (MapOptions, {"optimizer": "adam"}, r"method 'map': optimizer must be an optax\.GradientTransformation"),
     (MCDropoutOptions, {"dropout_rate": 1.0}, r"method 'mc_dropout': dropout_rate must be a finite number in "

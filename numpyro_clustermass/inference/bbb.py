@@ -84,6 +84,7 @@ from numpyro_clustermass.inference.protocol import (
 )
 from numpyro_clustermass.inference.svi import (
     MapStartOptions,
+    check_plateau_options,
     check_schedule_options,
     latent_structure,
     make_optimizer,
@@ -228,6 +229,8 @@ class BBBOptions(MethodOptions):
         Samples of the held-out ELBO used for early stopping, >= 1.
     learning_rate, schedule, warmup_steps, final_lr_fraction, clip_norm :
         Optax Adam with a schedule, as in :class:`~numpyro_clustermass.inference.svi.MapOptions` (same defaults).
+    plateau_patience, plateau_factor, plateau_reductions :
+        The ``"plateau"`` schedule's policy, as in :class:`~numpyro_clustermass.inference.svi.MapOptions`.
     patience : int or None, default 20
         Early stopping of the BBB epochs when ``init="map"`` (which runs its own loop; otherwise the :func:`fit`
         settings apply), >= 0; None: never stop early.
@@ -260,6 +263,9 @@ class BBBOptions(MethodOptions):
     schedule: str | Callable = "cosine"
     warmup_steps: int | None = None
     final_lr_fraction: float = 0.01
+    plateau_patience: int = 3
+    plateau_factor: float = 0.25
+    plateau_reductions: int = 3
     clip_norm: float | None = None
     patience: int | None = 20
     min_delta: float = 1e-4
@@ -278,6 +284,8 @@ class BBBOptions(MethodOptions):
             "num_particles": check_int(m, "num_particles", self.num_particles, 1),
             "eval_particles": check_int(m, "eval_particles", self.eval_particles, 1),
             "learning_rate": lr, "warmup_steps": warmup, "final_lr_fraction": fraction, "clip_norm": clip_norm,
+            **dict(zip(("plateau_patience", "plateau_factor", "plateau_reductions"), check_plateau_options(
+                m, self.plateau_patience, self.plateau_factor, self.plateau_reductions))),
             "patience": None if self.patience is None else check_int(m, "patience", self.patience, 0),
             "min_delta": check_float(m, "min_delta", self.min_delta, 0),
             "map_options": nested_options(m, "map_options", MapStartOptions, self.map_options),
@@ -317,7 +325,9 @@ def bbb_method(model: Callable, plan: TrainingPlan, options: BBBOptions | None =
     twin, is_twin = bayesian_model(model, weight_prior, bayesian_layers, "all", plan.num_features)
     sched = make_schedule(opts.learning_rate, plan.num_steps, opts.schedule, opts.warmup_steps,
                           opts.final_lr_fraction)
-    optim = optax_to_numpyro(make_optimizer(sched, clip_norm=opts.clip_norm))
+    plateau = ((opts.plateau_patience, opts.plateau_factor, opts.plateau_reductions) if opts.schedule == "plateau"
+               else None)
+    optim = optax_to_numpyro(make_optimizer(sched, clip_norm=opts.clip_norm, plateau=plateau))
     num_data = plan.num_data
     init_scale = float(init_scale)
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from numpyro_clustermass.inference import sharding
+from numpyro_clustermass.inference.svi import plateau_policy, with_lr_scale
 from numpyro_clustermass.inference.protocol import (
     FitDivergedError,
     FitInterrupted,
@@ -289,6 +290,8 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
         history = {k: v[:start] for k, v in history.items()}
     best = (math.inf, state, -1)
     wait = 0
+    plateau = plateau_policy(state)  # the "plateau" schedule's policy, or None
+    last_reduction, reductions = start - 1, []
     stopped_early = False
     baseline = gaussian_baseline_loss(y_check)
     initial = float(compiled.initial_loss(state, x_check, y_check)) if compiled.initial_loss else math.nan
@@ -350,6 +353,16 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
                 if has_val and patience is not None and wait >= patience:
                     stopped_early = ep < start + plan.num_epochs - 1  # patience ran out with epochs left
                     break
+            if plateau is not None and ep - max(best[2], last_reduction) >= plateau["patience"]:
+                # the "plateau" schedule: go on from the best state with a lower learning rate, or stop
+                if plateau["reductions_done"] >= plateau["reductions"]:
+                    stopped_early = ep < start + plan.num_epochs - 1
+                    break
+                plateau["reductions_done"] += 1
+                plateau["lr_scale"] *= plateau["factor"]
+                state = with_lr_scale(best[1], plateau["lr_scale"])
+                last_reduction, wait = ep, 0
+                reductions.append(ep)
             if (ep + 1 - start) % checkpoint_every == 0:
                 save_checkpoint({"checkpoint": True})
     except KeyboardInterrupt as exc:
@@ -378,6 +391,7 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
         epochs_run=epochs_run, best_epoch=best[2] if has_val else epochs_run - 1, stopped_early=stopped_early,
         best_val_loss=best[0] if has_val else None, traces=traces(), initial_loss=initial,
         baseline_loss=baseline, best_loss=best[0] if has_val else history["train_loss"][-1],
+        **({} if plateau is None else {"lr_reduced_after_epochs": reductions}),
     ))
     if checkpoint is not None:
         result.save(checkpoint)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, ClassVar
 
 import jax
@@ -43,6 +44,7 @@ from numpyro_clustermass.inference.options import MethodOptions, check_float, ch
 from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, register_method
 
 __all__ = ["map_method", "MapOptions", "MapStartOptions", "make_schedule", "make_optimizer", "check_schedule_options",
+           "check_plateau_options", "plateau_policy", "with_lr_scale",
            "check_optimizer_options", "SCHEDULES", "latent_sites", "latent_structure", "prepare_svi"]
 
 
@@ -61,10 +63,12 @@ def make_schedule(
         Peak learning rate.
     num_steps : int
         Total number of optimisation steps (epochs x steps per epoch).
-    schedule : {"cosine", "exponential", "constant"} or callable
+    schedule : {"cosine", "exponential", "constant", "plateau"} or callable
         ``cosine``: linear warm-up from 10% of the peak, then cosine decay to ``final_lr_fraction`` of it;
-        ``exponential``: warm-up, then exponential decay to that fraction at ``num_steps``; a callable
-        ``step -> lr`` (any Optax schedule) is used as is.
+        ``exponential``: warm-up, then exponential decay to that fraction at ``num_steps``; ``plateau``: warm-up,
+        then the peak, which the epoch loop lowers when the validation loss stops improving (the optimiser
+        :func:`make_optimizer` builds with ``plateau=...`` carries the multiplier); a callable ``step -> lr``
+        (any Optax schedule) is used as is.
     warmup_steps : int, optional
         Default: 1% of the steps, at most 500.
     final_lr_fraction : float
@@ -85,6 +89,11 @@ def make_schedule(
     warmup_steps = int(min(max(warmup_steps, 0), num_steps - 1))
     if schedule == "constant":
         return optax.constant_schedule(lr)
+    if schedule == "plateau":
+        if warmup_steps == 0:
+            return optax.constant_schedule(lr)
+        return optax.join_schedules([optax.linear_schedule(0.1 * lr, lr, warmup_steps), optax.constant_schedule(lr)],
+                                    [warmup_steps])
     if schedule == "cosine":
         if warmup_steps == 0:
             return optax.cosine_decay_schedule(lr, num_steps, alpha=final_lr_fraction)
@@ -103,7 +112,7 @@ def make_schedule(
 
 
 #: The schedules :func:`make_schedule` builds by name.
-SCHEDULES = ("cosine", "exponential", "constant")
+SCHEDULES = ("cosine", "exponential", "constant", "plateau")
 
 
 def check_schedule_options(method: str | None, learning_rate, schedule, warmup_steps, final_lr_fraction) -> tuple:
@@ -124,8 +133,78 @@ def check_schedule_options(method: str | None, learning_rate, schedule, warmup_s
         warmup_steps = check_int(method, "warmup_steps", warmup_steps, 0, hint=" or None")
     if not callable(schedule) and not (isinstance(schedule, str) and schedule in SCHEDULES):
         raise ValueError(f"{'' if method is None else f'method {method!r}: '}unknown schedule {schedule!r}; use "
-                         f"'cosine', 'exponential', 'constant' or a callable")
+                         f"'cosine', 'exponential', 'constant', 'plateau' or a callable")
     return lr, schedule, warmup_steps, fraction
+
+
+def check_plateau_options(method: str | None, patience, factor, reductions) -> tuple:
+    """The ``"plateau"`` schedule's options checked and normalised, as :func:`check_schedule_options`:
+    ``(plateau_patience, plateau_factor, plateau_reductions)``.
+
+    Examples
+    --------
+    >>> check_plateau_options("map", 3, 1.5, 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: method 'map': plateau_factor must be a finite number in (0, 1) (default 0.25); got 1.5
+    """
+    patience = check_int(method, "plateau_patience", patience, 1, hint=" (default 3)")
+    factor = check_float(method, "plateau_factor", factor, 0, 1, low_open=True, high_open=True, hint=" (default 0.25)")
+    reductions = check_int(method, "plateau_reductions", reductions, 0, hint=" (default 3)")
+    return patience, factor, reductions
+
+
+def _plateau_scale(lr_scale, factor, patience, reductions):
+    """The learning-rate multiplier of the ``"plateau"`` schedule, an Optax transformation whose
+    hyperparameters live in the optimiser state (``optax.inject_hyperparams``): the epoch loop lowers
+    ``lr_scale`` by ``factor`` after ``patience`` epochs without a validation improvement, at most ``reductions``
+    times. The policy is kept in the state with the multiplier, so that a saved and resumed fit follows it."""
+    del factor, patience, reductions  # read by the epoch loop (plateau_policy), not by the update
+    return optax.scale(lr_scale)
+
+
+def _plateau_nodes(state):
+    is_node = lambda n: isinstance(n, optax.InjectStatefulHyperparamsState) and "reductions" in n.hyperparams
+    return is_node, [n for n in jax.tree_util.tree_leaves(state, is_leaf=is_node) if is_node(n)]
+
+
+def plateau_policy(state) -> dict | None:
+    """The ``"plateau"`` schedule's policy and current multiplier in a method's state (any pytree holding the
+    optimiser state :func:`make_optimizer` built with ``plateau=...``), or None when the state has none.
+
+    Returns ``{"lr_scale", "factor", "patience", "reductions", "reductions_done"}`` (floats and ints; an
+    ensemble's members share them).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> opt = make_optimizer(make_schedule(1e-3, 100, "plateau"), plateau=(3, 0.25, 2))
+    >>> state = opt.init({"w": jnp.zeros(2)})
+    >>> plateau_policy(state)["patience"], plateau_policy(with_lr_scale(state, 0.25))["reductions_done"]
+    (3, 1)
+    """
+    _, nodes = _plateau_nodes(state)
+    if not nodes:
+        return None
+    h = {k: jnp.ravel(jnp.asarray(v))[0] for k, v in nodes[0].hyperparams.items()}
+    scale, factor = float(h["lr_scale"]), float(h["factor"])
+    done = int(round(math.log(scale) / math.log(factor))) if scale < 1 else 0
+    return {"lr_scale": scale, "factor": factor, "patience": int(h["patience"]), "reductions": int(h["reductions"]),
+            "reductions_done": done}
+
+
+def with_lr_scale(state, lr_scale: float):
+    """``state`` with the ``"plateau"`` schedule's learning-rate multiplier set to ``lr_scale`` (same shapes,
+    dtypes and shardings: the epoch's compiled function takes it without recompiling)."""
+    is_node, _ = _plateau_nodes(state)
+
+    def set_scale(n):
+        if not is_node(n):
+            return n
+        old = n.hyperparams["lr_scale"]
+        return n._replace(hyperparams={**n.hyperparams, "lr_scale": old * 0 + jnp.asarray(lr_scale, old.dtype)})
+
+    return jax.tree_util.tree_map(set_scale, state, is_leaf=is_node)
 
 
 def check_optimizer_options(method: str | None, b1, b2, weight_decay, clip_norm) -> tuple:
@@ -140,8 +219,11 @@ def check_optimizer_options(method: str | None, b1, b2, weight_decay, clip_norm)
 
 
 def make_optimizer(schedule: Callable, b1: float = 0.9, b2: float = 0.999, weight_decay: float = 0.0,
-                   clip_norm: float | None = None) -> optax.GradientTransformation:
+                   clip_norm: float | None = None, plateau: tuple | None = None) -> optax.GradientTransformation:
     """Adam (AdamW if ``weight_decay > 0``), optionally after global-norm clipping.
+
+    ``plateau=(patience, factor, reductions)`` (the ``"plateau"`` schedule, :func:`check_plateau_options`) adds
+    the learning-rate multiplier the epoch loop lowers on a validation plateau (:func:`plateau_policy`).
 
     Examples
     --------
@@ -155,6 +237,10 @@ def make_optimizer(schedule: Callable, b1: float = 0.9, b2: float = 0.999, weigh
         schedule, b1=b1, b2=b2)
     if clip_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(float(clip_norm)), opt)
+    if plateau is not None:
+        patience, factor, reductions = check_plateau_options(None, *plateau)
+        opt = optax.chain(opt, optax.inject_hyperparams(_plateau_scale)(
+            lr_scale=1.0, factor=factor, patience=patience, reductions=reductions))
     return opt
 
 
@@ -263,6 +349,11 @@ class MapOptions(MethodOptions):
         Steps of linear warm-up from 10% of the peak, >= 0; None: 1% of the planned steps, at most 500.
     final_lr_fraction : float, default 0.01
         Learning rate at the last planned step as a fraction of the peak, in [0, 1].
+    plateau_patience, plateau_factor, plateau_reductions : int, float, int, default 3, 0.25 and 3
+        With ``schedule="plateau"``: after ``plateau_patience`` (>= 1) epochs without a validation improvement
+        larger than ``fit``'s ``min_delta``, training goes on from the best state so far with the learning rate
+        times ``plateau_factor`` (in (0, 1)); after ``plateau_reductions`` (>= 0) reductions the next plateau ends
+        training. The kept state is then one of a decayed learning rate, whenever early stopping would stop.
     b1, b2 : float, default 0.9 and 0.999
         Adam's moment decay rates, in [0, 1).
     weight_decay : float, default 0
@@ -291,6 +382,9 @@ class MapOptions(MethodOptions):
     schedule: str | Callable = "cosine"
     warmup_steps: int | None = None
     final_lr_fraction: float = 0.01
+    plateau_patience: int = 3
+    plateau_factor: float = 0.25
+    plateau_reductions: int = 3
     b1: float = 0.9
     b2: float = 0.999
     weight_decay: float = 0.0
@@ -304,14 +398,23 @@ class MapOptions(MethodOptions):
                                                                 self.warmup_steps, self.final_lr_fraction)
         b1, b2, weight_decay, clip_norm = check_optimizer_options(m, self.b1, self.b2, self.weight_decay,
                                                                   self.clip_norm)
+        plateau = check_plateau_options(m, self.plateau_patience, self.plateau_factor, self.plateau_reductions)
         if self.optimizer is not None and not (hasattr(self.optimizer, "init") and hasattr(self.optimizer, "update")):
             raise ValueError(f"method {m!r}: optimizer must be an optax.GradientTransformation or None; got "
                              f"{self.optimizer!r}")
         if self.guide is not None and not callable(self.guide):
             raise ValueError(f"method {m!r}: guide must be a callable (a NumPyro guide) or None; got {self.guide!r}")
         for name, value in (("learning_rate", lr), ("warmup_steps", warmup), ("final_lr_fraction", fraction),
-                            ("b1", b1), ("b2", b2), ("weight_decay", weight_decay), ("clip_norm", clip_norm)):
+                            ("b1", b1), ("b2", b2), ("weight_decay", weight_decay), ("clip_norm", clip_norm),
+                            *zip(("plateau_patience", "plateau_factor", "plateau_reductions"), plateau)):
             object.__setattr__(self, name, value)
+
+    @property
+    def plateau(self) -> tuple | None:
+        """``(plateau_patience, plateau_factor, plateau_reductions)`` with ``schedule="plateau"``, else None."""
+        if self.schedule != "plateau":
+            return None
+        return self.plateau_patience, self.plateau_factor, self.plateau_reductions
 
     def to_map_options(self) -> "MapOptions":
         """The :class:`MapOptions` fields of these options (of a subclass: ``MCDropoutOptions``, ...), as a
@@ -380,7 +483,10 @@ def map_method(model: Callable, plan: TrainingPlan, options: MapOptions | None =
     if optimizer is None:
         sched = make_schedule(opts.learning_rate, plan.num_steps, opts.schedule, opts.warmup_steps,
                               opts.final_lr_fraction)
-        optimizer = make_optimizer(sched, opts.b1, opts.b2, opts.weight_decay, opts.clip_norm)
+        optimizer = make_optimizer(sched, opts.b1, opts.b2, opts.weight_decay, opts.clip_norm, plateau=opts.plateau)
+    elif opts.schedule == "plateau":
+        raise ValueError("method 'map': schedule='plateau' lowers the learning rate of the optimiser the options "
+                         "build; with optimizer=... given, use an Optax schedule of your own")
     num_data = plan.num_data
     optim = optax_to_numpyro(optimizer)
     fresh_guide = None  # makes the guide that init starts from, for an autoguide
