@@ -313,8 +313,16 @@ def test_progress_bar_shows_the_losses_and_no_validation_means_no_early_stop(cap
     f = fit(SMALL_MSE, (x, y), num_epochs=3, batch_size=128, validation_fraction=0.0, patience=1,
             learning_rate=1e-6, progress_bar=True)
     err = capsys.readouterr().err
-    assert "loss=" in err and "val=" in err
+    assert "loss=" in err and "val=" in err and "lr=" not in err
     assert f.info["epochs_run"] == 3 and not f.info["stopped_early"] and f.info["n_val"] == 0
+    # the plateau schedule shows its multiplier; without validation data its plateaus (of the training loss)
+    # lower the rate but never end training: 12 epochs at a rate too small to improve, 1 + 3 plateaus of 2
+    f = fit(SMALL_MSE, (x, y), num_epochs=12, batch_size=128, validation_fraction=0.0, learning_rate=1e-9,
+            schedule="plateau", plateau_patience=2, progress_bar=True)
+    err = capsys.readouterr().err
+    assert "lr=x1" in err and "lr=x0.25" in err
+    assert f.info["epochs_run"] == 12 and not f.info["stopped_early"]
+    assert len(f.info["lr_reduced_after_epochs"]) == 3
 
 
 @pytest.mark.slow

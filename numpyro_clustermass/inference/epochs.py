@@ -291,7 +291,7 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
     best = (math.inf, state, -1)
     wait = 0
     plateau = plateau_policy(state)  # the "plateau" schedule's policy, or None
-    last_reduction, reductions = start - 1, []
+    reductions = []  # epochs after which the plateau schedule lowered the rate
     stopped_early = False
     baseline = gaussian_baseline_loss(y_check)
     initial = float(compiled.initial_loss(state, x_check, y_check)) if compiled.initial_loss else math.nan
@@ -343,7 +343,8 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
             state = new_state
             if not has_val:
                 val_loss = train_loss
-            bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}" if has_val else "-")
+            bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}" if has_val else "-",
+                            **({} if plateau is None else {"lr": f"x{plateau['lr_scale']:g}"}))
             if val_loss < best[0] - min_delta:
                 best, wait = (val_loss, state, ep), 0
             else:
@@ -353,16 +354,18 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
                 if has_val and patience is not None and wait >= patience:
                     stopped_early = ep < start + plan.num_epochs - 1  # patience ran out with epochs left
                     break
-            if plateau is not None and ep - max(best[2], last_reduction) >= plateau["patience"]:
-                # the "plateau" schedule: go on from the best state with a lower learning rate, or stop
-                if plateau["reductions_done"] >= plateau["reductions"]:
+            if plateau is not None and wait >= plateau["patience"]:  # wait: epochs since min_delta was beaten
+                # the "plateau" schedule: go on from the best state with a lower learning rate, or stop; without
+                # validation data the training loss decides and training runs for num_epochs, as without it
+                if plateau["reductions_done"] < plateau["reductions"]:
+                    plateau["reductions_done"] += 1
+                    plateau["lr_scale"] *= plateau["factor"]
+                    state = with_lr_scale(best[1], plateau["lr_scale"])
+                    wait = 0  # the plateau clock (and early stopping's patience) start afresh at the lower rate
+                    reductions.append(ep)
+                elif has_val:
                     stopped_early = ep < start + plan.num_epochs - 1
                     break
-                plateau["reductions_done"] += 1
-                plateau["lr_scale"] *= plateau["factor"]
-                state = with_lr_scale(best[1], plateau["lr_scale"])
-                last_reduction, wait = ep, 0
-                reductions.append(ep)
             if (ep + 1 - start) % checkpoint_every == 0:
                 save_checkpoint({"checkpoint": True})
     except KeyboardInterrupt as exc:
