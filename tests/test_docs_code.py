@@ -23,10 +23,14 @@ Markers, HTML comments that the rendered page does not show:
 
     - ``rtol R, atol A`` (either or both): the default for every number of the block (without it: exact);
     - ``line N: rtol R, atol A``: the numbers on the block's N-th line (1-based, counting non-blank lines);
-    - ``line N number K: ...``: the K-th number (1-based) on line N; ``any`` instead of tolerances: that
-      number is not compared (a figure that is not reproducible, such as an unconverged chain's R-hat), its
-      words are;
-    - ``measured ...``: free text, where the tolerances come from (which runs, which machine).
+    - ``number K: ...``: the K-th number (1-based) on every line (a table's column);
+    - ``line N number K: ...``: the K-th number on line N; ``any`` instead of tolerances (here and for
+      ``number K``): that number is not compared (a figure that is not reproducible, such as an unconverged
+      chain's R-hat), its words are;
+
+    the most specific clause wins (line and number, number, line, default);
+    - ``measured ...``, last: free text to the end of the marker, where the tolerances come from (which
+      runs, which machine).
 
     e.g. ``<!-- docs-code: output (rtol 0.05, atol 0.01; line 1 number 2: any; measured: 3 runs, 2-core CPU) -->``.
     A mismatch fails the page's test, after all its blocks have run, with the page, the text's line, the
@@ -60,7 +64,7 @@ _SHELL = ("bash", "sh", "console", "shell")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _TOKEN = re.compile(rf"(?P<num>{_NUMBER.pattern})|(?P<word>(?:(?!{_NUMBER.pattern})\S)+)")
 _FLOAT = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_TOL_CLAUSE = re.compile(rf"^(?:line\s+(?P<line>\d+)(?:\s+number\s+(?P<number>\d+))?\s*:\s*)?"
+_TOL_CLAUSE = re.compile(rf"^(?:(?:line\s+(?P<line>\d+)\s*)?(?:number\s+(?P<number>\d+))?\s*:\s*)?"
                          rf"(?P<tols>any|(?:(?:rtol|atol)\s+{_FLOAT}\s*,?\s*)+)$")
 
 
@@ -77,41 +81,47 @@ class Tolerance:
 
 @dataclass
 class OutputSpec:
-    """The tolerances of an output marker: a default, per line, per number on a line."""
+    """The tolerances of an output marker: a default, per line, per column (K-th number), per number on a line."""
 
     default: Tolerance = Tolerance()
     lines: dict = field(default_factory=dict)  # {line: Tolerance}
+    columns: dict = field(default_factory=dict)  # {number: Tolerance}, the K-th number of every line
     numbers: dict = field(default_factory=dict)  # {(line, number): Tolerance}
     measured: str = ""
 
     def tolerance(self, line: int, number: int) -> Tolerance:
-        return self.numbers.get((line, number)) or self.lines.get(line) or self.default
+        return (self.numbers.get((line, number)) or self.columns.get(number) or self.lines.get(line)
+                or self.default)
 
 
 def parse_output_spec(text: str) -> OutputSpec:
     """The clauses of ``<!-- docs-code: output (TEXT) -->``; a clause it cannot read raises ValueError."""
     spec = OutputSpec()
     default_set = False
-    for clause in (c.strip() for c in text.split(";")):
+    head, sep, measured = text.partition("measured")  # the note runs to the end and may hold ";" itself
+    if sep:
+        if head.strip() and not head.rstrip().endswith(";"):
+            raise ValueError(f"the 'measured' note comes last, after a ';': {text!r}")
+        spec.measured = (sep + measured).strip()
+    for clause in (c.strip() for c in head.split(";")):
         if not clause:
-            continue
-        if clause.startswith("measured"):
-            spec.measured = clause
             continue
         m = _TOL_CLAUSE.match(clause)
         if not m:
             raise ValueError(f"cannot read the output tolerance clause {clause!r} (write 'rtol R, atol A', "
-                             "'line N: rtol R', 'line N number K: any' or 'measured ...', separated by ';')")
+                             "'line N: rtol R', 'number K: atol A', 'line N number K: any' or 'measured ...', separated by ';')")
         if m.group("tols") == "any":
             if not m.group("number"):
-                raise ValueError(f"'any' is for one number ('line N number K: any'), not {clause!r}")
+                raise ValueError(f"'any' is for numbers ('line N number K: any', 'number K: any'), not {clause!r}")
             tol = Tolerance(any=True)
         else:
             vals = dict(re.findall(rf"(rtol|atol)\s+({_FLOAT})", m.group("tols")))
             tol = Tolerance(rtol=float(vals.get("rtol", 0.0)), atol=float(vals.get("atol", 0.0)))
-        if m.group("number"):
+        if m.group("number") and m.group("line"):
             key = (int(m.group("line")), int(m.group("number")))
             target = spec.numbers
+        elif m.group("number"):
+            key, target = int(m.group("number")), spec.columns
         elif m.group("line"):
             key, target = int(m.group("line")), spec.lines
         else:
@@ -165,6 +175,9 @@ def compare_output(expected: str, got: str, spec: OutputSpec) -> list[str]:
         problems.append(f"{len(exp_lines)} line(s) expected, {len(got_lines)} printed; "
                         f"{'printed' if len(got_lines) > len(exp_lines) else 'missing'} beyond:\n    "
                         + "\n    ".join(x.strip() for x in extra))
+    for number in sorted(spec.columns):
+        if not any(sum(k == "num" for k, _ in _tokens(ln)) >= number for ln in exp_lines):
+            problems.append(f"the marker names number {number} of every line; no line has that many numbers")
     for (line, number) in sorted(spec.numbers):
         if line <= len(exp_lines) and number > sum(k == "num" for k, _ in _tokens(exp_lines[line - 1])):
             problems.append(f"the marker names number {number} of line {line}, which has fewer numbers")
@@ -497,8 +510,10 @@ def test_output_block_that_differs_fails_with_page_line_and_both_texts(tmp_path,
 
 
 def test_output_tolerances_per_line_and_per_number():
-    spec = parse_output_spec("rtol 0.01; line 2: atol 0.5; line 1 number 2: any; measured: three runs, 2-core CPU")
-    assert spec.measured == "measured: three runs, 2-core CPU"
+    spec = parse_output_spec("rtol 0.01; line 2: atol 0.5; line 1 number 2: any; measured: three runs; 2-core CPU")
+    assert spec.measured == "measured: three runs; 2-core CPU"
+    with pytest.raises(ValueError, match="comes last, after a ';'"):
+        parse_output_spec("rtol 0.01 measured in one run")
     expected = "a 1.00 b 5 c 7\n\n13.5-13.8 0.054"
     assert compare_output(expected, "a 1.01 b 99 c 7\n13.5-13.8 0.5", spec) == []
     assert "number 1 1.00 printed as 1.02" in compare_output(expected, "a 1.02 b 5 c 7\n13.5-13.8 0.0", spec)[0]
@@ -508,6 +523,12 @@ def test_output_tolerances_per_line_and_per_number():
     assert compare_output("NaN 0.000", "NaN -0.000", OutputSpec()) == []  # exact without a default clause
     assert "line 3" in compare_output("a 1", "a 1", parse_output_spec("line 3: atol 1"))[0]
     assert "fewer numbers" in compare_output("a 1", "a 1", parse_output_spec("line 1 number 2: any"))[0]
+    # a column: the 2nd number of every line, unless a line-and-number clause says otherwise
+    table = parse_output_spec("number 2: atol 0.1; line 2 number 2: any")
+    assert compare_output("x 1 0.5\ny 2 0.5", "x 1 0.59\ny 2 9", table) == []
+    assert "number 2 0.5 printed as 0.61" in compare_output("x 1 0.5\ny 2 0.5", "x 1 0.61\ny 2 9", table)[0]
+    assert "number 1 1 printed as 1.05" in compare_output("x 1 0.5", "x 1.05 0.5", table)[0]
+    assert "no line has that many" in compare_output("x 1", "x 1", parse_output_spec("number 3: any"))[0]
 
 
 def test_malformed_output_markers_are_reported(tmp_path):
@@ -526,6 +547,6 @@ def test_malformed_output_markers_are_reported(tmp_path):
     problems = parse_page(page).problems
     assert len(problems) == 6, problems
     for p, what in zip(problems, ["no code block before it", "cannot read the output tolerance clause 'rtol five'",
-                                  "'any' is for one number", "output marker before a python block",
+                                  "'any' is for numbers", "output marker before a python block",
                                   "which does not run", "a second output block"]):
         assert what in p, (what, p)
