@@ -27,10 +27,11 @@ Markers, HTML comments that the rendered page does not show:
     - ``line N number K: ...``: the K-th number on line N; ``any`` instead of tolerances (here and for
       ``number K``): that number is not compared (a figure that is not reproducible, such as an unconverged
       chain's R-hat), its words are;
-
-    the most specific clause wins (line and number, number, line, default);
     - ``measured ...``, last: free text to the end of the marker, where the tolerances come from (which
       runs, which machine).
+
+    The most specific clause wins (line and number, then number, then line, then the default). A ``-`` just
+    before a digit is a sign: ``13.5-13.8`` is the numbers 13.5 and -13.8.
 
     e.g. ``<!-- docs-code: output (rtol 0.05, atol 0.01; line 1 number 2: any; measured: 3 runs, 2-core CPU) -->``.
     A mismatch fails the page's test, after all its blocks have run, with the page, the text's line, the
