@@ -141,12 +141,14 @@ def _tokens(line: str) -> list[tuple[str, str]]:
             for m in _TOKEN.finditer(line)]
 
 
-def compare_output(expected: str, got: str, spec: OutputSpec) -> list[str]:
+def compare_output(expected: str, got: str, spec: OutputSpec, first_line: int | None = None) -> list[str]:
     """The mismatches of printed ``got`` against the page's ``expected`` text: [] when they agree.
 
-    Each mismatch names the expected text's line (1-based among its non-blank lines), and shows the expected
-    and the printed line.
+    Each mismatch names the expected text's line (1-based among its non-blank lines; with ``first_line``, the
+    page's line number of the text's first line, also the page's line), and shows the expected and the printed
+    line.
     """
+    page_lines = [k for k, ln in enumerate(expected.splitlines()) if ln.strip()]
     exp_lines = [ln for ln in expected.splitlines() if ln.strip()]
     got_lines = [ln for ln in got.splitlines() if ln.strip()]
     problems = []
@@ -170,7 +172,8 @@ def compare_output(expected: str, got: str, spec: OutputSpec) -> list[str]:
                                f"beyond atol {tol.atol:g} + rtol {tol.rtol:g} * |{ev}|")
                         break
         if why:
-            problems.append(f"line {n}: {why}\n    expected: {e.strip()}\n    printed:  {g.strip()}")
+            at = "" if first_line is None else f" (page line {first_line + page_lines[n - 1]})"
+            problems.append(f"line {n}{at}: {why}\n    expected: {e.strip()}\n    printed:  {g.strip()}")
     if len(exp_lines) != len(got_lines):
         extra = (got_lines[len(exp_lines):] if len(got_lines) > len(exp_lines) else exp_lines[len(got_lines):])
         problems.append(f"{len(exp_lines)} line(s) expected, {len(got_lines)} printed; "
@@ -362,7 +365,7 @@ def output_mismatches(block: Block, printed: str) -> list[str]:
     """Each marked output block of ``block`` compared with what it printed: a message per mismatch."""
     msgs = []
     for out in block.outputs or []:
-        problems = compare_output(out.text, printed, out.spec)
+        problems = compare_output(out.text, printed, out.spec, first_line=out.line + 1)
         if problems:
             msgs.append(f"{_where_name(block.page)}, output of block {block.number} (text at line {out.line}):\n  "
                         + "\n  ".join(problems))
@@ -503,9 +506,11 @@ def test_output_block_that_differs_fails_with_page_line_and_both_texts(tmp_path,
     with pytest.raises(pytest.fail.Exception) as err:
         _run_page(parse_page(page), tmp_path, monkeypatch)
     msg = str(err.value)
+    if why.startswith("line "):  # the text's line and the page's: the text starts on the page's line 11
+        n = int(why.split(":")[0].split()[1])
+        why = why.replace(":", f" (page line {10 + n}):", 1)
     assert f"{page}, output of block 1 (text at line 10)" in msg and why in msg, msg
     if why.startswith("line "):
-        n = int(why.split(":")[0].split()[1])
         printed = ["R-hat 0.667, ESS 200, divergences 0", "done"][n - 1]
         assert f"expected: {shown.splitlines()[n - 1]}\n    printed:  {printed}" in msg, msg
 
