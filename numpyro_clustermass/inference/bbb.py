@@ -83,12 +83,14 @@ from numpyro_clustermass.inference.protocol import (
     register_method,
 )
 from numpyro_clustermass.inference.svi import (
+    PLATEAU_OPTIONS,
     MapStartOptions,
     check_plateau_options,
     check_schedule_options,
     latent_structure,
     make_optimizer,
     make_schedule,
+    plateau_of,
     prepare_svi,
 )
 from numpyro_clustermass.models import OBS_SITE
@@ -284,8 +286,7 @@ class BBBOptions(MethodOptions):
             "num_particles": check_int(m, "num_particles", self.num_particles, 1),
             "eval_particles": check_int(m, "eval_particles", self.eval_particles, 1),
             "learning_rate": lr, "warmup_steps": warmup, "final_lr_fraction": fraction, "clip_norm": clip_norm,
-            **dict(zip(("plateau_patience", "plateau_factor", "plateau_reductions"), check_plateau_options(
-                m, self.plateau_patience, self.plateau_factor, self.plateau_reductions))),
+            **dict(zip(PLATEAU_OPTIONS, check_plateau_options(m, *(getattr(self, k) for k in PLATEAU_OPTIONS)))),
             "patience": None if self.patience is None else check_int(m, "patience", self.patience, 0),
             "min_delta": check_float(m, "min_delta", self.min_delta, 0),
             "map_options": nested_options(m, "map_options", MapStartOptions, self.map_options),
@@ -325,9 +326,7 @@ def bbb_method(model: Callable, plan: TrainingPlan, options: BBBOptions | None =
     twin, is_twin = bayesian_model(model, weight_prior, bayesian_layers, "all", plan.num_features)
     sched = make_schedule(opts.learning_rate, plan.num_steps, opts.schedule, opts.warmup_steps,
                           opts.final_lr_fraction)
-    plateau = ((opts.plateau_patience, opts.plateau_factor, opts.plateau_reductions) if opts.schedule == "plateau"
-               else None)
-    optim = optax_to_numpyro(make_optimizer(sched, clip_norm=opts.clip_norm, plateau=plateau))
+    optim = optax_to_numpyro(make_optimizer(sched, clip_norm=opts.clip_norm, plateau=plateau_of(opts)))
     num_data = plan.num_data
     init_scale = float(init_scale)
 

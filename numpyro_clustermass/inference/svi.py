@@ -44,7 +44,7 @@ from numpyro_clustermass.inference.options import MethodOptions, check_float, ch
 from numpyro_clustermass.inference.protocol import IterativeMethod, TrainingPlan, register_method
 
 __all__ = ["map_method", "MapOptions", "MapStartOptions", "make_schedule", "make_optimizer", "check_schedule_options",
-           "check_plateau_options", "plateau_policy", "with_lr_scale",
+           "check_plateau_options", "plateau_of", "plateau_policy", "with_lr_scale", "PLATEAU_OPTIONS",
            "check_optimizer_options", "SCHEDULES", "latent_sites", "latent_structure", "prepare_svi"]
 
 
@@ -137,6 +137,24 @@ def check_schedule_options(method: str | None, learning_rate, schedule, warmup_s
     return lr, schedule, warmup_steps, fraction
 
 
+#: The ``"plateau"`` schedule's option fields (of :class:`MapOptions` and ``BBBOptions``), in policy order.
+PLATEAU_OPTIONS = ("plateau_patience", "plateau_factor", "plateau_reductions")
+
+
+def plateau_of(options) -> tuple | None:
+    """``(plateau_patience, plateau_factor, plateau_reductions)`` of method options whose ``schedule`` is
+    ``"plateau"`` (the ``plateau=`` of :func:`make_optimizer`), else None.
+
+    Examples
+    --------
+    >>> plateau_of(MapOptions(schedule="plateau", plateau_factor=0.5)), plateau_of(MapOptions())
+    ((3, 0.5, 3), None)
+    """
+    if options.schedule != "plateau":
+        return None
+    return tuple(getattr(options, name) for name in PLATEAU_OPTIONS)
+
+
 def check_plateau_options(method: str | None, patience, factor, reductions) -> tuple:
     """The ``"plateau"`` schedule's options checked and normalised, as :func:`check_schedule_options`:
     ``(plateau_patience, plateau_factor, plateau_reductions)``.
@@ -163,9 +181,9 @@ def _plateau_scale(lr_scale, factor, patience, reductions):
     return optax.scale(lr_scale)
 
 
-def _plateau_nodes(state):
-    is_node = lambda n: isinstance(n, optax.InjectStatefulHyperparamsState) and "reductions" in n.hyperparams
-    return is_node, [n for n in jax.tree_util.tree_leaves(state, is_leaf=is_node) if is_node(n)]
+def _is_plateau_node(n) -> bool:
+    """Whether ``n`` is the optimiser-state node of :func:`_plateau_scale`."""
+    return isinstance(n, optax.InjectStatefulHyperparamsState) and "reductions" in n.hyperparams
 
 
 def plateau_policy(state) -> dict | None:
@@ -183,7 +201,7 @@ def plateau_policy(state) -> dict | None:
     >>> plateau_policy(state)["patience"], plateau_policy(with_lr_scale(state, 0.25))["reductions_done"]
     (3, 1)
     """
-    _, nodes = _plateau_nodes(state)
+    nodes = [n for n in jax.tree_util.tree_leaves(state, is_leaf=_is_plateau_node) if _is_plateau_node(n)]
     if not nodes:
         return None
     h = {k: jnp.ravel(jnp.asarray(v))[0] for k, v in nodes[0].hyperparams.items()}
@@ -196,15 +214,13 @@ def plateau_policy(state) -> dict | None:
 def with_lr_scale(state, lr_scale: float):
     """``state`` with the ``"plateau"`` schedule's learning-rate multiplier set to ``lr_scale`` (same shapes,
     dtypes and shardings: the epoch's compiled function takes it without recompiling)."""
-    is_node, _ = _plateau_nodes(state)
-
     def set_scale(n):
-        if not is_node(n):
+        if not _is_plateau_node(n):
             return n
         old = n.hyperparams["lr_scale"]
         return n._replace(hyperparams={**n.hyperparams, "lr_scale": old * 0 + jnp.asarray(lr_scale, old.dtype)})
 
-    return jax.tree_util.tree_map(set_scale, state, is_leaf=is_node)
+    return jax.tree_util.tree_map(set_scale, state, is_leaf=_is_plateau_node)
 
 
 def check_optimizer_options(method: str | None, b1, b2, weight_decay, clip_norm) -> tuple:
@@ -406,15 +422,8 @@ class MapOptions(MethodOptions):
             raise ValueError(f"method {m!r}: guide must be a callable (a NumPyro guide) or None; got {self.guide!r}")
         for name, value in (("learning_rate", lr), ("warmup_steps", warmup), ("final_lr_fraction", fraction),
                             ("b1", b1), ("b2", b2), ("weight_decay", weight_decay), ("clip_norm", clip_norm),
-                            *zip(("plateau_patience", "plateau_factor", "plateau_reductions"), plateau)):
+                            *zip(PLATEAU_OPTIONS, plateau)):
             object.__setattr__(self, name, value)
-
-    @property
-    def plateau(self) -> tuple | None:
-        """``(plateau_patience, plateau_factor, plateau_reductions)`` with ``schedule="plateau"``, else None."""
-        if self.schedule != "plateau":
-            return None
-        return self.plateau_patience, self.plateau_factor, self.plateau_reductions
 
     def to_map_options(self) -> "MapOptions":
         """The :class:`MapOptions` fields of these options (of a subclass: ``MCDropoutOptions``, ...), as a
@@ -483,7 +492,7 @@ def map_method(model: Callable, plan: TrainingPlan, options: MapOptions | None =
     if optimizer is None:
         sched = make_schedule(opts.learning_rate, plan.num_steps, opts.schedule, opts.warmup_steps,
                               opts.final_lr_fraction)
-        optimizer = make_optimizer(sched, opts.b1, opts.b2, opts.weight_decay, opts.clip_norm, plateau=opts.plateau)
+        optimizer = make_optimizer(sched, opts.b1, opts.b2, opts.weight_decay, opts.clip_norm, plateau=plateau_of(opts))
     elif opts.schedule == "plateau":
         raise ValueError("method 'map': schedule='plateau' lowers the learning rate of the optimiser the options "
                          "build; with optimizer=... given, use an Optax schedule of your own")
