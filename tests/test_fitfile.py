@@ -205,6 +205,30 @@ def test_a_file_saved_before_options_classes_and_fit_info_loads(tmp_path, xy):
     assert g.info.epochs_run == f.info.epochs_run == 3 and g.info.best_val_loss == f.info.best_val_loss
 
 
+def test_a_file_records_every_option_and_a_sparse_one_means_the_schedule_of_its_time(tmp_path, xy):
+    """A file holds every option, defaults included, so a later change of a default does not change what it
+    means. Files saved before held only the options that differed from their defaults: a schedule they lack was
+    "cosine", for "map" as for the MAP start of another method, and loads as "cosine" whatever the default is."""
+    x, y = xy
+    f = fit(MDN(2, (8,), feature_names=NAMES), (x, y), learning_rate=3e-3, schedule="constant", **TINY)
+    path = f.save(tmp_path / "new.ncm")
+    with zipfile.ZipFile(path) as zf:
+        saved = json.loads(zf.read("manifest.json"))["method_options"]
+    assert saved["schedule"] == "constant" and saved["learning_rate"] == 3e-3 and saved["b1"] == 0.9
+    assert saved["plateau_patience"] == 3 and saved["guide"] is None
+    assert load(path).options == f.options and load(path).method_options == f.method_options
+
+    def sparse(manifest):
+        manifest["method_options"] = {"learning_rate": 3e-3, "plateau_patience": 5}
+
+    g = load(_rewrite_manifest(path, tmp_path / "sparse.ncm", sparse))
+    assert g.options.schedule == "cosine" and g.options.plateau_patience == 5
+    assert fitfile.saved_options("laplace", {"map_options": {"num_epochs": 5}})["map_options"] == {
+        "num_epochs": 5, "schedule": "cosine"}
+    assert fitfile.saved_options("bbb", {}) == {"schedule": "cosine", "map_options": {"schedule": "cosine"}}
+    assert fitfile.saved_options("map", {"schedule": "constant"}) == {"schedule": "constant"}
+
+
 def test_saved_options_the_installed_method_lacks_are_named(tmp_path, saved):
     def unknown(manifest):
         manifest["method_options"] = {"learning_rat": 1e-3}

@@ -38,6 +38,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib
@@ -55,10 +56,10 @@ import numpy as np
 
 from numpyro_clustermass.catalog import atomic_target
 from numpyro_clustermass.estimators import MDN, MSE, Flow, ModelEstimator
-from numpyro_clustermass.inference.options import options_dict
+from numpyro_clustermass.inference.options import MethodOptions, options_dict
 from numpyro_clustermass.scaling import MassObservableRelation
 
-__all__ = ["save_fit", "read_fit_file", "jsonable_options", "estimator_from_config", "decode_state", "FitFileError", "FORMAT",
+__all__ = ["save_fit", "read_fit_file", "jsonable_options", "all_options", "saved_options", "estimator_from_config", "decode_state", "FitFileError", "FORMAT",
            "FORMAT_VERSION"]
 
 #: The ``format`` field of every manifest.
@@ -205,6 +206,46 @@ def jsonable_options(options) -> dict:
     return {k: _json_value(v, f"method option {k!r}") for k, v in options_dict(options).items()}
 
 
+def all_options(method: str, values: Mapping | None) -> dict:
+    """Every option of ``method`` (defaults included) for the recorded ``values`` (those that differ from their
+    defaults): what a fit file holds, so that a later change of a default does not change what a file means. A
+    method registered without an options class keeps ``values`` as they are."""
+    from numpyro_clustermass.inference.protocol import make_options
+
+    options = make_options(method, dict(values or {}))
+    return options.to_dict(defaults=True) if isinstance(options, MethodOptions) else dict(options)
+
+
+def saved_options(method: str, values: Mapping) -> dict:
+    """The options of a fit file as they were when it was saved. Files record every option (:func:`all_options`);
+    those saved before held only the options that differed from their defaults, and a ``schedule`` they lack
+    (here or in a nested ``map_options``) was then ``"cosine"``, the default of every method that has one. Stating
+    it keeps such a file's meaning when a default schedule changes.
+
+    Examples
+    --------
+    >>> saved_options("map", {"learning_rate": 3e-3})
+    {'learning_rate': 0.003, 'schedule': 'cosine'}
+    >>> saved_options("nuts", {})["map_options"]
+    {'schedule': 'cosine'}
+    """
+    from numpyro_clustermass.inference.protocol import options_class
+
+    def sparse_file(cls, values):
+        out = dict(values)
+        for f in dataclasses.fields(cls):
+            if f.name == "schedule":
+                out.setdefault("schedule", "cosine")
+            elif isinstance(f.default_factory, type) and issubclass(f.default_factory, MethodOptions):
+                nested = out.get(f.name)  # nested options (map_options): a dict in a file, or absent
+                if nested is None or isinstance(nested, Mapping):
+                    out[f.name] = sparse_file(f.default_factory, nested or {})
+        return out
+
+    cls = options_class(method)
+    return dict(values) if cls is None else sparse_file(cls, values)
+
+
 def _plain(value):
     """JSON-able copy of run facts: NumPy scalars become numbers, tuples lists, other objects their repr."""
     if isinstance(value, Mapping):
@@ -250,7 +291,7 @@ def save_fit(fit, path) -> pathlib.Path:
     if est_config.get("kind") == "ModelEstimator":
         est_config = {**est_config, "model": None}  # a function: the user passes it again to load()
     est_config = _json_value(est_config, "the estimator's config")
-    options = jsonable_options(fit.method_options or {})
+    options = jsonable_options(all_options(fit.method, fit.method_options))
 
     arrays = _Arrays()
     state_tree = _encode(fit.state, arrays, "the method state")
@@ -395,9 +436,12 @@ def feature_reference(manifest: dict, array: Callable[[str], np.ndarray]):
 
 
 def estimator_from_config(cfg: dict, model: Callable | None = None):
-    """Rebuild the estimator from ``Estimator.config()`` (a user model function is passed as ``model``)."""
+    """Rebuild the estimator from ``Estimator.config()`` (a user model function is passed as ``model``). An MDN
+    saved before ``weight_init`` existed was initialised as Flax does (``"flax"``, then the default)."""
     kind = cfg.get("kind")
     kwargs = {k: v for k, v in cfg.items() if k not in ("kind", "name")}
+    if kind == "MDN":
+        kwargs.setdefault("weight_init", "flax")
     if kind in ("MDN", "MSE", "Flow"):
         for k in ("hidden", "activations", "feature_names", "bounds", "z_bounds"):
             if kwargs.get(k) is not None:

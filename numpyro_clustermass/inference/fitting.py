@@ -198,6 +198,8 @@ class FitInfo(Mapping):
         Epoch of the kept state (the best validation loss; the last epoch without validation data).
     stopped_early : bool or None
         True when early stopping ended training with epochs left.
+    lr_reduced_after_epochs : list of int or None
+        The epochs after which the ``"plateau"`` schedule lowered the learning rate (None for another schedule).
     best_loss : float or None
         Best per-datum loss (validation, or training without validation data) at the end of training.
     best_val_loss : float or None
@@ -235,6 +237,7 @@ class FitInfo(Mapping):
     epochs_run: int | None = None
     best_epoch: int | None = None
     stopped_early: bool | None = None
+    lr_reduced_after_epochs: list | None = None
     best_loss: float | None = None
     best_val_loss: float | None = None
     initial_loss: float | None = None
@@ -629,7 +632,7 @@ def load(path, model: Callable | None = None) -> Fit:
     plan = TrainingPlan(**manifest["plan"])
     model_fn = standardize_model(est.model)
     try:
-        options = make_options(method, manifest["method_options"])
+        options = make_options(method, fitfile.saved_options(method, manifest["method_options"]))
     except (TypeError, ValueError) as exc:
         raise FitFileError(f"{str(path)!r}: the saved options of method {method!r} do not fit the method as "
                            f"installed ({exc})") from None
