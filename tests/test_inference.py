@@ -148,9 +148,9 @@ def test_plateau_schedule_lowers_the_learning_rate_from_the_best_state_then_stop
     assert len(g.info["lr_reduced_after_epochs"]) == 2 - before and g.info["stopped_early"]
 
 
-def test_plateau_multiplier_scales_the_update_and_needs_the_built_optimiser():
+def test_plateau_multiplier_scales_the_update_and_an_own_optimizer_replaces_it():
     import optax
-    from numpyro_clustermass.inference.svi import make_optimizer, make_schedule, with_lr_scale
+    from numpyro_clustermass.inference.svi import make_optimizer, make_schedule, plateau_policy, with_lr_scale
 
     opt = make_optimizer(make_schedule(1e-2, 100, "plateau", warmup_steps=0), plateau=(3, 0.25, 3))
     params = {"w": jnp.ones(3)}
@@ -160,9 +160,11 @@ def test_plateau_multiplier_scales_the_update_and_needs_the_built_optimiser():
     low, _ = opt.update(grads, with_lr_scale(state, 0.25), params)
     np.testing.assert_allclose(low["w"], 0.25 * full["w"], rtol=1e-6)
     np.testing.assert_allclose(full["w"], -1e-2 * np.sign(grads["w"]), rtol=1e-4)  # Adam's first step: lr x sign
-    with pytest.raises(ValueError, match="schedule='plateau' lowers the learning rate of the optimiser"):
-        x, y, g = _synthetic(n=600)
-        fit(SMALL_MSE, (x, y, g), num_epochs=1, schedule="plateau", optimizer=optax.adam(1e-3), progress_bar=False)
+    # optimizer=... replaces the optimiser the options build, the default "plateau" schedule's multiplier with it
+    x, y, g = _synthetic(n=600)
+    f = fit(SMALL_MSE, (x, y, g), num_epochs=2, optimizer=optax.adam(1e-3), progress_bar=False)
+    assert f.options.schedule == "plateau" and plateau_policy(f.state) is None
+    assert f.info.lr_reduced_after_epochs is None
 
 
 def test_bbb_follows_the_plateau_schedule():
@@ -311,9 +313,9 @@ def test_validation_split_is_grouped_by_halo():
 def test_progress_bar_shows_the_losses_and_no_validation_means_no_early_stop(capsys):
     x, y, _ = _synthetic(600)
     f = fit(SMALL_MSE, (x, y), num_epochs=3, batch_size=128, validation_fraction=0.0, patience=1,
-            learning_rate=1e-6, progress_bar=True)
+            learning_rate=1e-6, schedule="cosine", progress_bar=True)
     err = capsys.readouterr().err
-    assert "loss=" in err and "val=" in err and "lr=" not in err
+    assert "loss=" in err and "val=" in err and "lr=" not in err  # a schedule without a multiplier shows none
     assert f.info["epochs_run"] == 3 and not f.info["stopped_early"] and f.info["n_val"] == 0
     # the plateau schedule shows its multiplier; without validation data its plateaus (of the training loss)
     # lower the rate but never end training: 12 epochs at a rate too small to improve, 1 + 3 plateaus of 2

@@ -32,13 +32,15 @@ def test_reweighted_mode_removes_the_training_prior_bias():
     flat = post.reweight(priors.Flat(13.5, 15.3))
     mode_bias = metrics.binned(flat, test, estimator="mode", edges=edges)["bias_median"].to_numpy()
     mean_bias = metrics.binned(post, test, estimator="mean", edges=edges)["bias_median"].to_numpy()
-    # Measured with `python3 benchmarks/headline_seeds.py` (training seeds 0-4, this test set): the largest
-    # |mode bias| of any seed and bin is 0.026 dex (seed 0: -0.023 .. +0.011), the median over seeds within
-    # [-0.024, +0.012], the spread over seeds 0.001-0.013 dex per bin. A fresh machine trains another network
-    # from the same seed (XLA's CPU code differs between processors), so the bound is the 5-seed maximum plus
-    # 0.009 (three times the test set's standard error, 0.003). With the lecture's histogram prior the same
-    # networks reached +0.036 at 10^14.7 (`--source histogram`). MDN mean, median over seeds: -0.072 at
-    # 10^14.0, -0.056 at 10^14.9.
+    # Measured with `python3 benchmarks/headline_seeds.py` (training seeds 0-4, this test set, the defaults of
+    # issue 12: plateau schedule, equal-mixture start): the largest |mode bias| of any seed and bin is 0.027 dex
+    # (-0.020 to -0.027 at 10^14.3, where this test set's median sits 0.007 below the pooled two test sets'),
+    # the median over seeds within [-0.022, +0.017], the spread over seeds 0.001-0.003 dex per bin (under the
+    # earlier defaults, Flax start and cosine: 0.001-0.013). A fresh machine trains another network from the same
+    # seed (XLA's CPU code differs between processors), so the bound is the 5-seed maximum plus 0.008 (close to
+    # three times the largest spread over seeds and twice the test set's standard error, 0.004). With the
+    # lecture's histogram prior the same networks reach +0.034 at 10^14.9 (`--source histogram`). MDN
+    # mean, median over seeds: -0.068 at 10^14.0, -0.052 at 10^14.9.
     assert np.all(np.abs(mode_bias) <= 0.035), mode_bias
     assert max(abs(mean_bias[0]), abs(mean_bias[-1])) > 0.05, mean_bias
 
@@ -62,27 +64,30 @@ def test_flat_training_reweighted_to_tinker08_is_calibrated():
     tinker = post.reweight(priors.MassFunction("tinker08", lo=13.5, hi=15.3), source=priors.Flat(13.1, 15.7))
     s_raw = metrics.summary(post, test)
     s = metrics.summary(tinker, test)
-    # Measured with `python3 benchmarks/calibration_seeds.py` (training seeds 0-4, 81.6k mocks): central
-    # 0.673-0.687 / 0.945-0.950, HPD 0.659-0.682 / 0.939-0.948; KS distance 0.009-0.031 against 0.049-0.074
-    # before reweighting (ratio 0.18-0.41). Bounds: the largest deviation (0.021) plus 0.009, the largest
-    # ratio plus 0.19.
+    # Measured with `python3 benchmarks/calibration_seeds.py` (training seeds 0-4, 81.6k mocks, the defaults of
+    # issue 12: plateau schedule, equal-mixture start): central 0.677-0.680 / 0.949-0.951, HPD 0.673-0.679 /
+    # 0.947-0.949; KS distance 0.005-0.007 against 0.040-0.052 before reweighting (ratio 0.106-0.188). Under the
+    # earlier defaults (Flax start, cosine) coverage ranged over 0.659-0.687 and the ratio up to 0.41. Bounds: the
+    # largest coverage deviation (0.007) plus 0.013 (four times the spread over seeds, 0.003, for a fresh
+    # machine's other network), and twice the largest ratio.
     for p in ("68", "95"):
-        assert abs(s[f"coverage_central_{p}"] - int(p) / 100) <= 0.03, s
-        assert abs(s[f"coverage_hpd_{p}"] - int(p) / 100) <= 0.03, s
-    assert s["pit_ks_statistic"] < 0.6 * s_raw["pit_ks_statistic"]
+        assert abs(s[f"coverage_central_{p}"] - int(p) / 100) <= 0.02, s
+        assert abs(s[f"coverage_hpd_{p}"] - int(p) / 100) <= 0.02, s
+    assert s["pit_ks_statistic"] < 0.4 * s_raw["pit_ks_statistic"]
 
     # PIT uniformity on 1000 independent halos (one line of sight each: projections of a halo are
-    # correlated). Measured with benchmarks/calibration_seeds.py, seeds 0-4: KS p = 0.0013-0.053 after
-    # reweighting, 7e-9 to 6e-5 before, at least 250 times higher after than before (an earlier code state:
-    # 0.0023-0.059 and up to 1.2e-4, at least 98 times). Bounds: 13x below the lowest p after, 16x above the
-    # highest p before, and a 10x contrast.
+    # correlated). Measured with benchmarks/calibration_seeds.py, seeds 0-4: KS p = 0.074-0.19 after
+    # reweighting, 1.6e-5 to 7.8e-4 before, at least 245 times higher after than before (earlier defaults:
+    # 0.0013-0.053 after, up to 1.2e-4 before). p varies by a factor 50 between seeds before reweighting, so the
+    # bounds are wide: 15x below the lowest p after, 13x above the highest p before, a 20x contrast (12x below
+    # the lowest measured).
     rng = np.random.default_rng(0)
     one_los = np.flatnonzero(test["los"] == 0)
     rows = rng.choice(one_los, 1000, replace=False)
     u_rw = metrics.pit(tinker.select(rows), test.log_mass[rows])
     u_raw = metrics.pit(post.select(rows), test.log_mass[rows])
     p_rw, p_raw = metrics.pit_uniformity(u_rw).ks_pvalue, metrics.pit_uniformity(u_raw).ks_pvalue
-    assert p_rw > 1e-4 and p_raw < 2e-3 and p_rw > 10 * p_raw, (p_rw, p_raw)
+    assert p_rw > 5e-3 and p_raw < 1e-2 and p_rw > 20 * p_raw, (p_rw, p_raw)
 
 
 def test_mass_sigma_baseline_by_nuts_and_the_mdn_beats_it_twice():

@@ -79,10 +79,11 @@ def test_bad_activation_names_and_counts():
 
 def test_equal_mixture_init_starts_every_input_at_an_equal_mixture_of_unit_widths():
     """weight_init="equal_mixture" (sbi's MDN start): zero-ish logits and unit scales for any input;
-    PyTorch-style U(+-1/sqrt(fan_in)) trunk weights; "flax" (the lecture's, the default) starts elsewhere."""
+    PyTorch-style U(+-1/sqrt(fan_in)) trunk weights; "flax" (the lecture's) starts elsewhere. The estimator's
+    default is "equal_mixture"; the bare network module keeps Flax's."""
     import numpyro_clustermass as ncm
 
-    assert ncm.MDN().weight_init == "flax" and ncm.nets.MDNNet().weight_init == "flax"
+    assert ncm.MDN().weight_init == "equal_mixture" and ncm.nets.MDNNet().weight_init == "flax"
     import jax
     import jax.numpy as jnp
     import numpy as np
