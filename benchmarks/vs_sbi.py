@@ -8,8 +8,9 @@ prior object; a ``BoxUniform`` over the training log-mass range is passed, and i
 ``DirectPosterior`` (truncation to the box and its leakage normalisation), which is not used here.
 
 * **Ours**: the default MDN of the README and the quickstart, ``ncm.fit(ncm.MDN(16, (128, 128, 64)), train,
-  seed=s, learning_rate=3e-4)`` (method "map", fit()'s defaults otherwise: batch 512, at most 150 epochs,
-  early stopping after 20 epochs without improvement on 10% of the halos), posteriors ``fit.posterior(test)``.
+  seed=s, learning_rate=3e-4)`` (method "map", fit()'s defaults otherwise: batch 512, at most 150 epochs, the
+  plateau schedule on a validation split of 10% of the halos, the MDN's equal-mixture start), posteriors
+  ``fit.posterior(test)``.
 * **sbi**: ``NPE(prior, density_estimator="mdn")`` with sbi's defaults (10 components, 50 hidden units,
   z-scored theta and x, batch 200, lr 5e-4, gradient clipping at 5, early stopping after 20 epochs on a
   random 10% of the rows), CPU PyTorch, ``torch.manual_seed(s)``, one torch thread (``--torch-threads``):
@@ -39,11 +40,14 @@ Needs sbi and torch, in a separate environment (they are not dependencies of the
 
 Measured on 2 shared CPU cores: ``--volume 0.25`` (54.5k training, 13.6k test mocks) with 5 seeds took 9 min
 (per seed: ours 7-15 s, sbi 64-126 s); the default volume (218k training, 54k test mocks) took 30 min for 3
-seeds (per seed: ours 33-45 s, sbi 388-647 s), so about 50 min for the default 5 seeds.
+seeds (per seed: ours 33-45 s, sbi 388-647 s), so about 50 min for the default 5 seeds. Those were the MDN's
+earlier defaults (Flax initialisation, cosine schedule); with today's, ``--skip-sbi`` took 150 s for 5 seeds at
+the default volume (ours 22-26 s per seed).
 
 Options for the investigation of issue 12: ``--ours-components/--ours-hidden`` (e.g. 5 and 50 50),
-``--ours-weight-decay``, ``--ours-batch-size``, ``--ours-lr``, ``--ours-init equal_mixture`` (sbi's
-initialisation, ``MDN(weight_init="equal_mixture")``), ``--skip-sbi`` (needs no sbi).
+``--ours-weight-decay``, ``--ours-batch-size``, ``--ours-lr``, ``--ours-init flax`` (the lecture's
+initialisation; the default is the MDN's, sbi's ``"equal_mixture"``), ``--ours-schedule cosine`` (the default
+before the plateau schedule), ``--skip-sbi`` (needs no sbi).
 """
 
 from __future__ import annotations
@@ -72,10 +76,13 @@ def _fit_ours(train, test, seed: int, args):
         opts["batch_size"] = args.ours_batch_size
     if args.ours_weight_decay is not None:
         opts["weight_decay"] = args.ours_weight_decay
+    if args.ours_schedule is not None:
+        opts["schedule"] = args.ours_schedule
+    mdn_kw = {} if args.ours_init is None else {"weight_init": args.ours_init}
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        f = ncm.fit(ncm.MDN(args.ours_components, tuple(args.ours_hidden), weight_init=args.ours_init), train, **opts)
+        f = ncm.fit(ncm.MDN(args.ours_components, tuple(args.ours_hidden), **mdn_kw), train, **opts)
     t_train = time.perf_counter() - t
     t = time.perf_counter()
     post = f.posterior(test)
@@ -180,8 +187,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ours-components", type=int, default=16)
     ap.add_argument("--ours-hidden", type=int, nargs="+", default=[128, 128, 64])
     ap.add_argument("--ours-lr", type=float, default=3e-4)
-    ap.add_argument("--ours-init", choices=["flax", "equal_mixture"], default="flax",
-                    help="MDN weight initialisation (numpyro_clustermass.nets.INITS)")
+    ap.add_argument("--ours-init", choices=["flax", "equal_mixture"], default=None,
+                    help="MDN weight initialisation (numpyro_clustermass.nets.INITS; default: the MDN's)")
+    ap.add_argument("--ours-schedule", choices=["plateau", "cosine", "exponential", "constant"], default=None,
+                    help="learning-rate schedule of the map method (default: fit()'s)")
     ap.add_argument("--ours-batch-size", type=int, default=None, help="default: fit()'s")
     ap.add_argument("--ours-weight-decay", type=float, default=None, help="map method's weight_decay")
     args = ap.parse_args(argv)
@@ -208,8 +217,9 @@ def main(argv=None) -> int:
     y = test.log_mass
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; volume {args.volume} (Gpc/h)^3: "
           f"{len(train)} training, {len(test)} test mocks ({time.perf_counter() - t0:.0f} s to simulate)")
-    ours_label = (f"ours MDN({args.ours_components}, {tuple(args.ours_hidden)}, weight_init={args.ours_init!r}) "
-                  f"lr {args.ours_lr:g}"
+    init = args.ours_init or ncm.MDN().weight_init
+    ours_label = (f"ours MDN({args.ours_components}, {tuple(args.ours_hidden)}, weight_init={init!r}) "
+                  f"lr {args.ours_lr:g}" + (f" schedule {args.ours_schedule}" if args.ours_schedule else "")
                   + (f" batch {args.ours_batch_size}" if args.ours_batch_size else "")
                   + (f" wd {args.ours_weight_decay:g}" if args.ours_weight_decay is not None else ""))
 
