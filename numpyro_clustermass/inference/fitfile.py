@@ -59,8 +59,8 @@ from numpyro_clustermass.estimators import MDN, MSE, Flow, ModelEstimator
 from numpyro_clustermass.inference.options import MethodOptions, options_dict
 from numpyro_clustermass.scaling import MassObservableRelation
 
-__all__ = ["save_fit", "read_fit_file", "jsonable_options", "all_options", "saved_options", "estimator_from_config", "decode_state", "FitFileError", "FORMAT",
-           "FORMAT_VERSION"]
+__all__ = ["save_fit", "read_fit_file", "jsonable_options", "all_options", "saved_options", "estimator_from_config",
+           "decode_state", "FitFileError", "FORMAT", "FORMAT_VERSION"]
 
 #: The ``format`` field of every manifest.
 FORMAT = "numpyro_clustermass.fit"

@@ -362,8 +362,8 @@ class MapOptions(MethodOptions):
         See :func:`make_schedule`. ``"plateau"``: after a linear warm-up the rate stays at its peak until the
         validation loss stops improving, then is lowered (the three ``plateau_*`` options); with it the reweighted
         high-mass headline agrees across training seeds to 0.001-0.003 dex (docs/headline.md). ``"cosine"``
-        (the default of fit files saved before the plateau schedule, and of ``"bbb"``): cosine decay after a linear warm-up; exponential decay;
-        constant; or any Optax schedule ``step -> lr``.
+        (the default of fit files saved before the plateau schedule, and of ``"bbb"``): cosine decay after a
+        linear warm-up; exponential decay; constant; or any Optax schedule ``step -> lr``.
     warmup_steps : int or None, default None
         Steps of linear warm-up from 10% of the peak, >= 0; None: 1% of the planned steps, at most 500.
     final_lr_fraction : float, default 0.01
