@@ -470,27 +470,32 @@ def bench_scaling(quick: bool, verbose: bool) -> list[dict]:
                          {"clusters": n, "batch": 512, "net": "MDN 16 comp., 128-128-64"},
                          "rows resampled from a mock (timing only); the second epoch of a 2-epoch fit"))
 
-    pred, mem = {}, {}
+    pred, mem, result = {}, {}, {}
     grid_n = int(f.grid.size)
     for n in sizes:
         x, _ = _resample(x0, y0, n, seed=1)
 
         def predict():
             post = f.posterior(x)
-            return jax.block_until_ready(post.mode())
+            return post, jax.block_until_ready(post.mode())
 
-        predict()  # compile this size
+        predict()  # compile this size (the result is dropped at once)
         _release_memory()
         with PeakRSS() as m:
             t0 = time.perf_counter()
-            predict()
+            post, mode = predict()
             pred[n] = time.perf_counter() - t0
-        result = n * grid_n * 4  # the (n, grid) float32 log-density the posterior holds
-        mem[n] = None if m.peak is None else (m.peak - result)
+        # the result: the (n, grid) float32 log-density and the per-cluster arrays the posterior holds (variances,
+        # out-of-distribution score) and the modes
+        held = [post.log_density, post.aleatoric_variance, post.epistemic_variance, post.ood_score, mode]
+        result[n] = sum(int(np.asarray(a).nbytes) for a in held if a is not None)
+        mem[n] = None if m.peak is None else (m.peak - result[n])
+        del post, mode, held
     mid, top = sizes[1], sizes[2]
     for n in sizes:
-        note = (f"peak resident memory during the call above the start {(mem[n] + n * grid_n * 4) / 2**20:.0f} MiB, "
-                f"of which the (n, {grid_n}) float32 result {n * grid_n * 4 / 2**20:.0f} MiB"
+        note = (f"peak resident memory during the call above the start {(mem[n] + result[n]) / 2**20:.0f} MiB, "
+                f"of which the result {result[n] / 2**20:.0f} MiB (the (n, {grid_n}) float32 log-density, "
+                f"{n * grid_n * 4 / 2**20:.0f} MiB, and per-cluster variances, shift scores and modes)"
                 if mem[n] is not None else "no /proc/self/statm: memory not measured")
         out.append(entry(f"predict (posterior + mode), {n} clusters", pred[n], "s",
                          f"prediction at {mid} clusters, scaled by size", pred[mid] * n / mid,
@@ -502,7 +507,8 @@ def bench_scaling(quick: bool, verbose: bool) -> list[dict]:
                          f"the same at {mid} clusters", mem[mid] / 2**20,
                          mem[top] / mem[mid] if mem[mid] > 0 else None, "value / reference", ("<=", 1.2),
                          {"clusters": top, "chunk_size": POSTERIOR_CHUNK_SIZE},
-                         "peak RSS during the warm call minus RSS before, minus the result's size; "
+                         "peak RSS during the warm call minus RSS before, minus the result's size (the posterior's "
+                         "arrays and the modes); "
                          "bounded by the chunk size if it does not grow with the catalogue"))
     return out
 

@@ -280,6 +280,10 @@ def validate_features(x: np.ndarray, names: tuple[str, ...] | None = None, expec
             f"expected {expected} features per cluster, got {x.shape[1]} (array of shape {x.shape}); "
             f"pass the same feature columns the model was trained on"
         )
+    # checked in blocks of rows: a boolean copy of a million-row catalogue would outweigh a prediction's chunk
+    block = 1 << 16
+    if all(np.isfinite(x[i:i + block]).all() for i in range(0, x.shape[0], block)):
+        return
     finite = np.isfinite(x)
     if not finite.all():
         bad_cols = np.flatnonzero(~finite.all(axis=0))

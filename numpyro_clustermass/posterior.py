@@ -540,27 +540,65 @@ class RowsBuffer:
 def join_density_chunks(chunks, n: int, keep_draws: bool):
     """Join the outputs ``(log_density, aleatoric, epistemic, draws_log_density)`` of chunked density kernels,
     given as ``(start, stop, outputs)`` for ``n`` clusters in all: the densities in place (:class:`RowsBuffer`),
-    the variances on the host. Returns the four joined (draws None unless ``keep_draws``)."""
-    ld_buf, draws_buf, ales, epis = RowsBuffer(n), RowsBuffer(n, axis=1), [], []
+    the variances on the host. Returns the four joined (draws None unless ``keep_draws``).
+
+    A chunk's variances are copied to the host once the next chunk is dispatched (:class:`HostRows`), which
+    waits for the earlier chunk: at most two chunks are in flight, so the memory beyond the result stays a few
+    chunks' however large the catalogue (JAX's asynchronous dispatch would otherwise queue every chunk).
+    """
+    ld_buf, draws_buf, ales, epis = RowsBuffer(n), RowsBuffer(n, axis=1), HostRows(n), HostRows(n)
     for start, stop, out in chunks:
         ld_buf.put(out[0], start, stop)
         if keep_draws:
             draws_buf.put(out[3], start, stop)
-        ales.append(out[1])
-        epis.append(out[2])
+        ales.put(out[1], start, stop)
+        epis.put(out[2], start, stop)
         del out  # the chunk's densities are in the buffers now
-    return (ld_buf.result(), join_chunks_on_host(ales, n), join_chunks_on_host(epis, n),
-            draws_buf.result() if keep_draws else None)
+    return ld_buf.result(), ales.result(), epis.result(), draws_buf.result() if keep_draws else None
 
 
-def join_chunks_on_host(parts, n: int, axis: int = 0) -> np.ndarray:
-    """Chunk outputs copied to the host (after all were dispatched), joined and cut to ``n`` rows there.
+class HostRows:
+    """Chunk outputs copied into one host array of ``n`` rows along ``axis``, each chunk one chunk late.
 
-    >>> join_chunks_on_host([jnp.ones((2, 4)), jnp.zeros((2, 4))], n=5, axis=1).shape
-    (2, 5)
+    ``put`` copies the *previous* chunk to the host (which waits for it) and keeps the new one pending, so the
+    device works on a chunk while the host copies the one before, and a loop that dispatches chunks never runs
+    more than two ahead of their results: the memory in flight is two chunks', not the catalogue's, and the
+    result is allocated once (no list of chunks and concatenation).
+
+    >>> rows = HostRows(n=5, axis=1)
+    >>> rows.put(jnp.ones((2, 4)), 0, 4); rows.put(jnp.zeros((2, 4)), 4, 5)
+    >>> rows.result().tolist()
+    [[1.0, 1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0, 0.0]]
     """
-    out = np.concatenate([np.asarray(p) for p in parts], axis=axis)
-    return out[(slice(None),) * axis + (slice(0, n),)]
+
+    def __init__(self, n: int, axis: int = 0):
+        self.n, self.axis, self._out, self._pending = int(n), int(axis), None, None
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        part, start, stop = self._pending
+        self._pending = None
+        a = np.asarray(part)  # waits for this chunk
+        if self._out is None:
+            shape = list(a.shape)
+            shape[self.axis] = self.n
+            self._out = np.empty(tuple(shape), a.dtype)
+        lead = (slice(None),) * self.axis
+        self._out[lead + (slice(start, stop),)] = a[lead + (slice(0, stop - start),)]
+
+    def put(self, part, start: int, stop: int) -> None:
+        """Rows ``0:stop - start`` of ``part`` (along ``axis``) go to rows ``start:stop``, once the next chunk is
+        put or :meth:`result` is called."""
+        self._flush()
+        self._pending = (part, int(start), int(stop))
+
+    def result(self) -> np.ndarray:
+        """The joined host array."""
+        self._flush()
+        if self._out is None:
+            raise ValueError("HostRows.result(): no chunk was put")
+        return self._out
 
 
 # ---------------------------------------------------------------------------------------------- the class
@@ -824,12 +862,12 @@ class MassPosterior:
         if n == 0:
             raise ValueError("this posterior holds no clusters")
         size = bucket_size(n, self.chunk_size)
-        outs = []
+        out = HostRows(n, axis=out_axis)
         for start, stop in _chunks(n, size):
             ld = _padded(self.log_density, start, stop, size)
             pcs = [_padded(a, start, stop, size, axis=ax) for a, ax in per_cluster]
-            outs.append(kernel(ld, self._grid32, *extra, *pcs, **static))
-        return join_chunks_on_host(outs, n, axis=out_axis)
+            out.put(kernel(ld, self._grid32, *extra, *pcs, **static), start, stop)
+        return out.result()
 
     def _grid_variance(self) -> np.ndarray:
         if len(self) == 0:

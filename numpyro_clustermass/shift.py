@@ -53,6 +53,28 @@ NUM_QUANTILES = 257
 RESERVOIR_SIZE = 2000
 #: Ridge added to the copula-space covariance before its Cholesky factor (in copula units squared).
 _RIDGE = 1e-6
+#: At most this many training rows give the centre and covariance of the copula scores (the quantile knots use
+#: every row); the Mahalanobis distances' relative error from it is about 1/sqrt(16384), under 1%.
+MAX_COVARIANCE_ROWS = 16384
+
+
+def column_quantiles(x, levels) -> np.ndarray:
+    """Quantiles of each column of ``x`` (n, d) at ``levels`` (Q,), shape (Q, d): the same numbers as
+    ``np.quantile(x, levels, axis=0)`` (linear interpolation), from one sort per column, which is several times
+    faster than ``np.quantile``'s partition at a few hundred levels.
+
+    >>> x = np.random.default_rng(0).normal(size=(1001, 3))
+    >>> lv = np.linspace(0.0, 1.0, 257)
+    >>> bool(np.allclose(column_quantiles(x, lv), np.quantile(x, lv, axis=0), rtol=0, atol=1e-12))
+    True
+    """
+    s = np.sort(np.asarray(x, dtype=np.float64).T, axis=1)  # (d, n), each row sorted
+    n = s.shape[1]
+    h = (n - 1) * np.asarray(levels, dtype=np.float64)
+    lo = np.clip(np.floor(h).astype(np.int64), 0, n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    w = h - lo
+    return (s[:, lo] + w * (s[:, hi] - s[:, lo])).T
 
 
 def _one_per_group(n: int, groups, rng) -> np.ndarray:
@@ -206,11 +228,16 @@ class FeatureReference:
             fit_rows[:] = True
         reservoir, x_fit = x[res_idx], x[fit_rows]
         levels = np.linspace(0.0, 1.0, int(num_quantiles))
-        quantiles = np.quantile(x_fit, levels, axis=0)
+        quantiles = column_quantiles(x_fit, levels)
         d = x.shape[1]
         n_fit = int(x_fit.shape[0])
         proto = cls(quantiles, levels, np.zeros(d), np.eye(d), np.zeros(1), reservoir[:1], alpha=alpha,
                     n_train=n_fit)
+        # the centre and covariance of the copula scores from at most MAX_COVARIANCE_ROWS rows (the transform of
+        # every training row would be the slowest step of fit() outside its epochs): the calibration below uses
+        # the same whitening, so the threshold's false-alarm rate does not depend on it
+        if n_fit > MAX_COVARIANCE_ROWS:
+            x_fit = x_fit[np.sort(rng.choice(n_fit, MAX_COVARIANCE_ROWS, replace=False))]
         z = proto.transform(x_fit)
         center = z.mean(axis=0)
         cov = np.atleast_2d(np.cov(z, rowvar=False)) if n_fit > 1 else np.eye(d)

@@ -111,6 +111,12 @@ def test_features_reject_non_finite_and_wrong_width():
         validate_features(x, FEATURE_NAMES)
     with pytest.raises(CatalogError, match="expected 14 features per cluster, got 13"):
         validate_features(np.zeros((5, 13)), expected=14)
+    # checked in blocks of 65536 rows: a bad value in a later block, or in the last row, is found and counted
+    big = np.zeros((200_001, 14))
+    big[[70_000, 200_000], 0] = [np.inf, np.nan]
+    with pytest.raises(CatalogError, match=r"'LogNgal' \(2 rows\) of 200001 rows"):
+        validate_features(big, FEATURE_NAMES)
+    validate_features(np.zeros((200_001, 14)), FEATURE_NAMES)
 
 
 def test_split_is_grouped_by_halo_and_reproducible(cat):

@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import pathlib
 import time
@@ -60,9 +61,9 @@ from numpyro_clustermass.inference.protocol import (
     standardize_model,
 )
 from numpyro_clustermass.posterior import (
+    HostRows,
     MassPosterior,
     bucket_size,
-    join_chunks_on_host,
     join_density_chunks,
     mixture_on_grid,
 )
@@ -374,12 +375,16 @@ class Fit:
     # ------------------------------------------------------------------ prediction
     def features(self, data) -> np.ndarray:
         """Validated, standardised float32 features of ``data`` (Catalog, array, or (x, y) tuple)."""
+        return np.asarray(self.x_scaler.transform(self._raw_features(data)), dtype=np.float32)
+
+    def _raw_features(self, data) -> np.ndarray:
+        """Validated features of ``data`` as given (float64, not standardised), with the fit's width checked."""
         x, _, _, _ = _as_xy(data, self.feature_names, "posterior")
         if x.shape[1] != self.num_features:
             raise CatalogError(
                 f"posterior: expected {self.num_features} features per cluster (as in training), got {x.shape[1]}"
             )
-        return np.asarray(self.x_scaler.transform(x), dtype=np.float32)
+        return x
 
     def _chunk_fn(self, num_draws: int, keep_draws: bool):
         obs_site = self.estimator.obs_site
@@ -475,10 +480,11 @@ class Fit:
         FitWarning
             The grid cuts off the training masses, or posteriors peak on its edges.
         """
-        x = self.features(data)
-        ood = None if self.feature_reference is None else self.feature_reference.score(x)
-        if ood is not None:
-            self._check_shift(ood)
+        # standardised (and scored for shift) a chunk at a time below: a standardised copy of the whole catalogue
+        # would make the memory beyond the result grow with the catalogue
+        x = self._raw_features(data)
+        ref = self.feature_reference
+        ood = None if ref is None else np.empty(x.shape[0])
         grid = self.grid if grid is None else check_grid(grid, min_points=3)
         if num_draws is None:
             num_draws = self._method.num_draws
@@ -500,23 +506,29 @@ class Fit:
         size = bucket_size(max(n, 1), chunk_size)
         # each chunk's densities go into one preallocated array as it is computed (RowsBuffer), so the memory
         # beyond the result is a chunk's, not a second copy of the catalogue's densities
-        peaks = []
+        edge = max(1, int(round(EDGE_FRACTION * grid.size)))
+        piled = HostRows(n)  # whether each posterior peaks in the grid's outer EDGE_FRACTION (a byte a cluster)
 
         def chunks():
             for start in range(0, n, size):
                 stop = min(start + size, n)
-                xc = x[start:stop]
+                xc = self.x_scaler.transform(x[start:stop])
+                if ood is not None:
+                    ood[start:stop] = ref.score(xc)
                 if stop - start < size:
                     xc = np.concatenate([xc, np.repeat(xc[-1:], size - (stop - start), axis=0)])
-                out = fn(draws, keys, jnp.asarray(xc), grid32, y_mean, y_scale)
-                peaks.append(jnp.argmax(out[0], axis=-1))  # per chunk: compiled per bucket, not per size
+                out = fn(draws, keys, jnp.asarray(xc, jnp.float32), grid32, y_mean, y_scale)
+                peak = jnp.argmax(out[0], axis=-1)  # per chunk: compiled per bucket, not per size
+                piled.put((peak < edge) | (peak >= grid.size - edge), start, stop)
                 yield start, stop, out
 
         if n:
             log_density, ale, epi, draws_ld = join_density_chunks(chunks(), n, keep_draws)
         else:
             log_density, ale, epi, draws_ld = jnp.zeros((0, grid.size)), np.zeros(0), np.zeros(0), None
-        self._check_grid_use(grid, join_chunks_on_host(peaks, n) if n else np.zeros(0, np.int64))
+        if ood is not None:
+            self._check_shift(ood)
+        self._check_grid_use(grid, piled.result() if n else np.zeros(0, bool))
         return MassPosterior(
             grid,
             log_density,
@@ -546,9 +558,9 @@ class Fit:
                 CovariateShiftWarning, stacklevel=3,
             )
 
-    def _check_grid_use(self, grid: np.ndarray, peak: np.ndarray) -> None:
+    def _check_grid_use(self, grid: np.ndarray, piled: np.ndarray) -> None:
         """Warn (:class:`FitWarning`) when the grid cuts off the training masses or posteriors peak on its edges
-        (``peak``: the grid index of each posterior's maximum)."""
+        (``piled``: whether each posterior's maximum lies in the grid's outer :data:`EDGE_FRACTION`)."""
         lo, hi = float(np.min(self.training_log_mass)), float(np.max(self.training_log_mass))
         tol = 0.5 * float(grid[1] - grid[0]) if grid.size > 1 else 0.0
         if grid[0] > lo + tol or grid[-1] < hi - tol:
@@ -558,12 +570,8 @@ class Fit:
                 f"means 'beyond the grid', not a mass. Use the default grid or widen it.",
                 FitWarning, stacklevel=3,
             )
-        n = int(peak.shape[0])
-        if n == 0:
-            return
-        k = max(1, int(round(EDGE_FRACTION * grid.size)))
-        piled = (peak < k) | (peak >= grid.size - k)
-        if piled.any():
+        n = int(piled.shape[0])
+        if n and piled.any():
             warnings.warn(
                 f"{int(piled.sum())} of {n} posteriors peak in the outer {EDGE_FRACTION:.0%} of the grid "
                 f"[{grid[0]:.3f}, {grid[-1]:.3f}] (first rows: {np.flatnonzero(piled)[:5].tolist()}): those "
@@ -829,13 +837,19 @@ def fit(
     if resume is None and hasattr(est, "bind"):
         # an estimator whose model depends on the target's units (Flow: its interval) is bound to the scaler
         est = est.bind(y_scaler, y)
-    x_train = jnp.asarray(x_scaler.transform(x_tr), jnp.float32)
-    y_train = jnp.asarray(y_scaler.transform(y_tr), jnp.float32)
+    xs_train = x_scaler.transform(x_tr)
     has_val = bool(is_val.any())
-    x_val = jnp.asarray(x_scaler.transform(x[is_val]), jnp.float32) if has_val else None
-    reference = FeatureReference.build(
-        np.asarray(x_train, np.float64), None if x_val is None else np.asarray(x_val, np.float64),
-        None if groups is None else groups[~is_val], seed=seed, feature_names=names)
+    xs_val = x_scaler.transform(x[is_val]) if has_val else None
+    # the shift-detection reference is built in a thread beside the training (NumPy's sorts and interpolations
+    # release the GIL), so that it adds next to nothing to fit()'s time outside the epochs; make_fit waits for it
+    # (a pool per call, not one per process: a process forked after an import would inherit a dead worker)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="numpyro_clustermass")
+    reference = pool.submit(FeatureReference.build, xs_train, xs_val, None if groups is None else groups[~is_val],
+                            seed=seed, feature_names=names)
+    pool.shutdown(wait=False)  # the build runs to its end; the thread exits after it
+    x_train = jnp.asarray(xs_train, jnp.float32)
+    y_train = jnp.asarray(y_scaler.transform(y_tr), jnp.float32)
+    x_val = jnp.asarray(xs_val, jnp.float32) if has_val else None
     y_val = jnp.asarray(y_scaler.transform(y[is_val]), jnp.float32) if has_val else None
 
     n_train = int(x_train.shape[0])
@@ -866,7 +880,7 @@ def fit(
             grid=default_grid(y, grid_size) if grid is None else check_grid(grid, min_points=3),
             info=FitInfo.from_dict({**info, **extra, "time_s": time.perf_counter() - t_start}),
             feature_names=names, num_features=int(x.shape[1]), method_options=dict(method_options), plan=plan,
-            feature_reference=reference, _method=impl,
+            feature_reference=reference.result(), _method=impl,
             _model=model if impl.model is None else impl.model,
             _cache=compiled.predict_cache,
         )
