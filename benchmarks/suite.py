@@ -540,6 +540,17 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def _peak_rss_mib() -> dict | None:
+    """Peak resident memory of this process and of its largest finished child process (MiB; Linux reports
+    ``ru_maxrss`` in KiB), or None where ``resource`` is missing."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "largest_child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
 def header(names: list[str], quick: bool) -> dict:
     """Device, versions, CPU count, date, git commit and load of this run."""
     import flax
@@ -599,7 +610,12 @@ def markdown(result: dict) -> str:
              f"{'quick sizes' if h['quick'] else 'default sizes'}; the whole run {h.get('wall_s', float('nan')):.0f} s"
              + (f"; load average {h['load_average_start']:.2f} at the start, {h['load_average_end']:.2f} at the end"
                 if h.get("load_average_start") is not None and h.get("load_average_end") is not None else "")
-             + ". Made by `python -m benchmarks`; each value against its reference in the same process.", "",
+             + ". Made by `python -m benchmarks`; each value against its reference in the same process.", ""]
+    if h.get("seconds"):
+        lines += ["Seconds per benchmark: " + ", ".join(f"{k} {v:.0f}" for k, v in h["seconds"].items())
+                  + (f"; peak resident memory {h['peak_rss_mib']['process']:.0f} MiB (the largest child process "
+                     f"{h['peak_rss_mib']['largest_child']:.0f} MiB)" if h.get("peak_rss_mib") else "") + ".", ""]
+    lines += [
              "| benchmark | value | reference | reference value | ratio | ratio means | target | met |",
              "|---|---|---|---|---|---|---|---|"]
     for e in result["entries"]:
@@ -624,16 +640,18 @@ def run(names: list[str], quick: bool = False, verbose: bool = False, log=print)
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     t_start = time.perf_counter()
     head = header(names, quick)
-    entries, errors = [], {}
+    entries, errors, seconds = [], {}, {}
     for i, name in enumerate(names):
         log(f"[{i + 1}/{len(names)}] {name}: {BENCHMARKS[name].__doc__.splitlines()[0]}", flush=True)
         t0 = time.perf_counter()
         try:
             got = BENCHMARKS[name](quick, verbose)
         except Exception as exc:  # noqa: BLE001 - one failing benchmark must not lose the others
+            seconds[name] = time.perf_counter() - t0
             errors[name] = f"{type(exc).__name__}: {exc}"
             log(f"    FAILED after {time.perf_counter() - t0:.0f} s: {errors[name]}", flush=True)
             continue
+        seconds[name] = time.perf_counter() - t0
         for e in got:
             e["benchmark"] = name
         entries += got
@@ -642,6 +660,8 @@ def run(names: list[str], quick: bool = False, verbose: bool = False, log=print)
                             for e in got if e["ratio"] is not None)
         log(f"    {time.perf_counter() - t0:.0f} s; {summary or 'no ratio'}", flush=True)
     head["wall_s"] = time.perf_counter() - t_start
+    head["seconds"] = seconds
+    head["peak_rss_mib"] = _peak_rss_mib()
     head["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"header": head, "entries": entries, "errors": errors}
 
