@@ -59,6 +59,17 @@ def test_quick_run_writes_json_and_markdown(quick_run):
         assert f"| {e['name']} |" in md
     assert h["device"] in md and "| benchmark | value | reference |" in md
     assert "[1/2] hpdi" in stdout and "[2/2] reweight" in stdout
+    assert set(h["seconds"]) == {"hpdi", "reweight"} and all(v > 0 for v in h["seconds"].values())
+    assert h["peak_rss_mib"]["process"] > 0 and "Seconds per benchmark: hpdi" in md
+
+
+def test_a_benchmark_in_a_child_process_reports_its_entries_and_its_own_peak():
+    """What IN_CHILD runs (nuts, scaling) goes through _run_in_child; reweight at quick sizes stands in for them."""
+    entries, peak = suite._run_in_child("reweight", True, False)
+    assert [e["name"] for e in entries] == [e["name"] for e in suite.bench_reweight(True, False)]
+    assert all(math.isfinite(e["ratio"]) for e in entries)
+    assert peak is not None and peak > 0
+    assert set(suite.IN_CHILD) <= set(suite.BENCHMARKS)
 
 
 def test_unknown_benchmark_is_an_error(tmp_path):
