@@ -449,7 +449,6 @@ def bench_scaling(quick: bool, verbose: bool) -> list[dict]:
     from numpyro_clustermass.estimators import MDN
     from numpyro_clustermass.inference import fit
     from numpyro_clustermass.inference.fitting import POSTERIOR_CHUNK_SIZE
-    from numpyro_clustermass.posterior import bucket_size
     from numpyro_clustermass.simulate import mock_catalog
 
     _quiet_fit_warnings()
@@ -483,12 +482,9 @@ def bench_scaling(quick: bool, verbose: bool) -> list[dict]:
             post = f.posterior(x)
             return post, jax.block_until_ready(post.mode())
 
-        # a warm-up call compiles this size's programs (the result is dropped at once). The largest size runs in
-        # full chunks compiled at the sizes before it: what is new there is the in-place write into its (n, G)
-        # buffer, compiled in about 0.1 s (the first write into a 100k-row buffer took 0.13 s with its allocation),
-        # under 1% of the call, so its warm-up, as long as the measured call, is skipped
-        if n != sizes[-1] or bucket_size(n, POSTERIOR_CHUNK_SIZE) < POSTERIOR_CHUNK_SIZE:
-            predict()
+        # a warm-up call at every size: without it the 1M call ran 1.19x the 100k per-cluster time instead of
+        # 0.97x (runs of 2026-12-02), more than its new programs' compilation explains
+        predict()  # the result is dropped at once
         _release_memory()
         with PeakRSS() as m:
             t0 = time.perf_counter()
