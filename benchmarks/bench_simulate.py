@@ -10,6 +10,7 @@ Run: python benchmarks/bench_simulate.py [--volume 1.0]
 
 import argparse
 import resource
+import sys
 import time
 
 import numpy as np
@@ -35,12 +36,12 @@ def numpy_reference(mock, R, v, m, num_mocks):
     return out
 
 
-def peak_resident_mib() -> float | None:
+def peak_resident_mib() -> float:
     """This process's peak resident memory in MiB: ``VmHWM`` of /proc/self/status (Linux), else ``ru_maxrss``.
 
     ``VmHWM`` belongs to the process's own address space; ``ru_maxrss`` of a child started from a large parent
-    starts at the parent's resident size (Linux carries it over the fork), which once made this script, run as a child of the benchmark suite, read as
-    the suite's 3.4 GB.
+    starts at the parent's resident size (Linux carries it over the fork), which once made this script, run as a
+    child of the benchmark suite, read as the suite's 3.4 GB.
     """
     try:
         with open("/proc/self/status") as fh:
@@ -49,10 +50,6 @@ def peak_resident_mib() -> float | None:
                     return int(line.split()[1]) / 1024  # kB
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        import resource
-    except ImportError:
-        return None
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # macOS reports bytes
 
@@ -67,8 +64,7 @@ def measure(volume: float = 1.0, seed: int = 0, verbose: bool = True) -> dict:
     t0 = time.perf_counter()
     cat = mock_catalog(volume=volume, seed=seed, with_members=True, verbose=verbose)
     total = time.perf_counter() - t0
-    peak = peak_resident_mib()  # VmHWM: ru_maxrss would include a large parent's memory (see there)
-    peak_gb = float("nan") if peak is None else peak * 2**20 / 1e9
+    peak_gb = peak_resident_mib() * 2**20 / 1e9  # VmHWM: ru_maxrss would include a large parent's memory
     m = cat.members
     args_ = (m["mock"], m["R"], m["v"], m["log_mstar"])
     summarize(*args_, num_mocks=len(cat))  # warm

@@ -533,7 +533,7 @@ BENCHMARKS: dict[str, Callable[[bool, bool], list[dict]]] = {
 }
 
 
-def peak_resident_mib() -> float | None:
+def peak_resident_mib() -> float:
     """This process's peak resident memory, MiB (:func:`benchmarks.bench_simulate.peak_resident_mib`)."""
     from benchmarks.bench_simulate import peak_resident_mib as peak
 
@@ -546,7 +546,7 @@ def peak_resident_mib() -> float | None:
 IN_CHILD = ("nuts", "scaling")
 
 
-def _run_in_child(name: str, quick: bool, verbose: bool) -> tuple[list[dict], float | None]:
+def _run_in_child(name: str, quick: bool, verbose: bool) -> tuple[list[dict], float]:
     """Run one benchmark in a fresh Python process; return its entries and the child's peak resident MiB."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "entries.json"
@@ -667,27 +667,28 @@ def run(names: list[str], quick: bool = False, verbose: bool = False, log=print)
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     t_start = time.perf_counter()
     head = header(names, quick)
-    entries, errors, seconds, rss = [], {}, {}, {}
-    child_peak, child_peaks_seen = {}, []
+    entries, errors, seconds, peak_after = [], {}, {}, {}
+    child_peaks = []  # MiB: the IN_CHILD processes' and any a benchmark reports (the simulator's child)
     head["in_child"] = [n for n in names if n in IN_CHILD]
     for i, name in enumerate(names):
         log(f"[{i + 1}/{len(names)}] {name}: {BENCHMARKS[name].__doc__.splitlines()[0]}", flush=True)
         t0 = time.perf_counter()
         try:
             if name in IN_CHILD:
-                got, child_peak[name] = _run_in_child(name, quick, verbose)
-                child_peaks_seen.append(child_peak[name])
+                got, peak = _run_in_child(name, quick, verbose)
+                child_peaks.append(peak)
             else:
                 got = BENCHMARKS[name](quick, verbose)
-                child_peaks_seen += [e["sizes"]["peak_memory_gb"] * 1e9 / 2**20 for e in got
-                                     if "peak_memory_gb" in (e.get("sizes") or {})]
+                peak = peak_resident_mib()
+                child_peaks += [e["sizes"]["peak_memory_gb"] * 1e9 / 2**20 for e in got
+                                if "peak_memory_gb" in (e.get("sizes") or {})]
         except Exception as exc:  # noqa: BLE001 - one failing benchmark must not lose the others
             seconds[name] = time.perf_counter() - t0
             errors[name] = f"{type(exc).__name__}: {exc}"
             log(f"    FAILED after {time.perf_counter() - t0:.0f} s: {errors[name]}", flush=True)
             continue
         seconds[name] = time.perf_counter() - t0
-        rss[name] = child_peak.pop(name, None) or peak_resident_mib()
+        peak_after[name] = peak
         for e in got:
             e["benchmark"] = name
         entries += got
@@ -697,9 +698,9 @@ def run(names: list[str], quick: bool = False, verbose: bool = False, log=print)
         log(f"    {time.perf_counter() - t0:.0f} s; {summary or 'no ratio'}", flush=True)
     head["wall_s"] = time.perf_counter() - t_start
     head["seconds"] = seconds
-    head["peak_rss_after_mib"] = rss  # this process's peak so far, after each benchmark: which one raised it
-    head["peak_rss_mib"] = {"process": peak_resident_mib(),
-                            "largest_child": max(child_peaks_seen, default=None)}
+    # after each benchmark, the suite's peak so far (or the child's peak, for IN_CHILD): which one raised it
+    head["peak_rss_after_mib"] = peak_after
+    head["peak_rss_mib"] = {"process": peak_resident_mib(), "largest_child": max(child_peaks, default=None)}
     head["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"header": head, "entries": entries, "errors": errors}
 

@@ -284,17 +284,16 @@ def validate_features(x: np.ndarray, names: tuple[str, ...] | None = None, expec
     block = 1 << 16
     if all(np.isfinite(x[i:i + block]).all() for i in range(0, x.shape[0], block)):
         return
+    # some value is not finite: the whole mask, once, to name the columns and count their rows
     finite = np.isfinite(x)
-    if not finite.all():
-        bad_cols = np.flatnonzero(~finite.all(axis=0))
-        parts = []
-        for j in bad_cols:
-            label = names[j] if names is not None and j < len(names) else f"feature {j}"
-            parts.append(f"{label!r} ({int((~finite[:, j]).sum())} rows)")
-        raise CatalogError(
-            f"non-finite (NaN or inf) feature values in {', '.join(parts)} of {x.shape[0]} rows; "
-            f"remove or repair those rows"
-        )
+    parts = []
+    for j in np.flatnonzero(~finite.all(axis=0)):
+        label = names[j] if names is not None and j < len(names) else f"feature {j}"
+        parts.append(f"{label!r} ({int((~finite[:, j]).sum())} rows)")
+    raise CatalogError(
+        f"non-finite (NaN or inf) feature values in {', '.join(parts)} of {x.shape[0]} rows; "
+        f"remove or repair those rows"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- scaling

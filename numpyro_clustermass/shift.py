@@ -68,9 +68,15 @@ def column_quantiles(x, levels) -> np.ndarray:
     >>> bool(np.allclose(column_quantiles(x, lv), np.quantile(x, lv, axis=0), rtol=0, atol=1e-12))
     True
     """
-    s = np.sort(np.asarray(x, dtype=np.float64).T, axis=1)  # (d, n), each row sorted
+    x = np.asarray(x, dtype=np.float64)
+    lv = np.asarray(levels, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"column_quantiles: x must be (n >= 1, d); got shape {x.shape}")
+    if lv.ndim != 1 or not np.all((lv >= 0.0) & (lv <= 1.0)):
+        raise ValueError(f"column_quantiles: levels must be a 1-D array in [0, 1]; got {levels!r}")
+    s = np.sort(x.T, axis=1)  # (d, n), each row sorted
     n = s.shape[1]
-    h = (n - 1) * np.asarray(levels, dtype=np.float64)
+    h = (n - 1) * lv
     lo = np.clip(np.floor(h).astype(np.int64), 0, n - 1)
     hi = np.minimum(lo + 1, n - 1)
     w = h - lo

@@ -365,3 +365,23 @@ def test_chunks_are_joined_in_place():
     assert d.result() is not None and d.result().shape == (1, 4, 3)
     with pytest.raises(ValueError, match="no chunk"):
         RowsBuffer(n=3).result()
+
+
+def test_host_rows_join_chunks_one_late_and_cut_the_padding():
+    # HostRows copies a chunk to the host when the next one is put (so a dispatch loop stays at most two chunks
+    # ahead), along any axis, cutting the padded last chunk; with no chunk it says so
+    import jax.numpy as jnp
+
+    from numpyro_clustermass.posterior import HostRows
+
+    parts = [jnp.arange(12.0).reshape(3, 4) + 100 * k for k in range(3)]  # (draws, chunk rows)
+    rows = HostRows(n=10, axis=1)
+    rows.put(parts[0], 0, 4)
+    assert rows._out is None  # nothing copied yet: the first chunk is pending
+    rows.put(parts[1], 4, 8)
+    rows.put(parts[2], 8, 10)
+    out = rows.result()
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.concatenate([np.asarray(p) for p in parts], axis=1)[:, :10])
+    with pytest.raises(ValueError, match="no chunk was put"):
+        HostRows(n=3).result()

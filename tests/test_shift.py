@@ -139,6 +139,12 @@ def test_column_quantiles_match_numpy_on_ties_and_a_single_row():
     lv = np.linspace(0.0, 1.0, 257)
     np.testing.assert_allclose(column_quantiles(x, lv), np.quantile(x, lv, axis=0), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(column_quantiles(x[:1], lv), np.repeat(x[:1], lv.size, axis=0))
+    for bad_x, bad_lv, match in ((x[:0], lv, r"x must be \(n >= 1, d\); got shape \(0, 2\)"),
+                                 (x[:, 0], lv, r"x must be \(n >= 1, d\); got shape \(500,\)"),
+                                 (x, [0.5, 1.5], "levels must be a 1-D array in \\[0, 1\\]"),
+                                 (x, [np.nan], "levels must be a 1-D array in \\[0, 1\\]")):
+        with pytest.raises(ValueError, match=match):
+            column_quantiles(bad_x, bad_lv)
 
 
 def test_shifted_catalogue_warns_and_is_detected(mock_fit):
