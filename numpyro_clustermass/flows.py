@@ -113,7 +113,7 @@ def import_tfp():
 
 
 class TFPDistribution(dist.Distribution):
-    """A TFP (JAX substrate) distribution as a NumPyro distribution: ``log_prob``, ``sample``, ``support``.
+    """A TFP (JAX substrate) distribution as a NumPyro distribution: ``log_prob``, ``cdf``, ``sample``, ``support``.
 
     ``mean`` and ``variance`` are TFP's where TFP has them in closed form, else ``NotImplementedError`` (then
     :meth:`Fit.posterior` computes them on its grid).
@@ -153,6 +153,10 @@ class TFPDistribution(dist.Distribution):
     def log_prob(self, value):
         with _tfp_context():
             return self.tfp_dist.log_prob(value)
+
+    def cdf(self, value):
+        with _tfp_context():
+            return self.tfp_dist.cdf(value)
 
     def _moment(self, name):
         try:

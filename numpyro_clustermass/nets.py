@@ -222,7 +222,8 @@ class MDNNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True):
-        h = MLP(self.hidden, self.activations, self.dropout_rate, self.weight_init, name="trunk")(x, deterministic=deterministic)
+        h = MLP(self.hidden, self.activations, self.dropout_rate, self.weight_init, name="trunk")(
+            x, deterministic=deterministic)
         return MixtureHead(self.num_components, self.min_scale, self.weight_init, name="head")(h)
 
 
@@ -275,8 +276,10 @@ class FlowNet(nn.Module):
     activations: Sequence[str | Callable] | None = None
     dropout_rate: float = 0.0
     min_scale: float = MIN_SCALE
+    weight_init: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True):
-        h = MLP(self.hidden, self.activations, self.dropout_rate, name="trunk")(x, deterministic=deterministic)
+        h = MLP(self.hidden, self.activations, self.dropout_rate, self.weight_init, name="trunk")(
+            x, deterministic=deterministic)
         return FlowHead(self.num_bins, self.num_layers, self.min_scale, name="head")(h)

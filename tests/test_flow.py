@@ -175,3 +175,59 @@ def test_importing_the_package_does_not_import_tfp():
     code = "import sys, numpyro_clustermass; print('tensorflow_probability' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_grid_cells_straddling_the_interval_edges_get_the_flow_mass_in_them():
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    from numpyro_clustermass.inference.fitting import support_edge_cells
+
+    c, dz = 2, 0.1
+    d = flows.spline_flow(jnp.array([-0.8, 0.9]), jnp.array([0.3, 0.2]), jnp.zeros((c, 1, 4)), jnp.zeros((c, 1, 4)),
+                          jnp.zeros((c, 1, 3)), low=-1.0, high=1.05)
+    # centres -1.03 and 1.07 lie outside [-1, 1.05], within half a cell of its edges
+    z = jnp.asarray(-1.03 + dz * np.arange(-5, 27), jnp.float32)
+    ld = jax.vmap(d.log_prob)(jnp.broadcast_to(z[:, None], (z.shape[0], c))).T
+    i_lo, i_hi = 5, 26
+    assert np.isneginf(np.asarray(ld[:, [i_lo, i_hi]])).all()  # the centres' density is zero
+    out = np.asarray(support_edge_cells(d, ld, z, dz))
+    mass_lo = np.asarray(d.cdf(jnp.full(c, -0.98)))
+    mass_hi = 1.0 - np.asarray(d.cdf(jnp.full(c, 1.02)))
+    np.testing.assert_allclose(np.exp(out[:, i_lo]) * dz, mass_lo, rtol=1e-5)
+    np.testing.assert_allclose(np.exp(out[:, i_hi]) * dz, mass_hi, rtol=1e-4)
+    assert mass_lo[0] > 1e-2 and mass_hi[1] > 1e-2  # the first sits near the lower edge, the second near the upper
+    others = np.setdiff1d(np.arange(z.shape[0]), [i_lo, i_hi])
+    assert np.array_equal(out[:, others], np.asarray(ld)[:, others])
+    # a distribution on the real line is returned as it was
+    normal = dist.Normal(jnp.zeros(c), 1.0)
+    ld_n = jax.vmap(normal.log_prob)(jnp.broadcast_to(z[:, None], (z.shape[0], c))).T
+    assert support_edge_cells(normal, ld_n, z, dz) is ld_n
+
+
+def test_the_flow_trunk_starts_as_pytorch_does_and_an_older_file_loads_as_flax():
+    """Flow's default weight_init ("equal_mixture", as MDN's) draws the trunk as PyTorch does; the spline head
+    starts as its base alone either way. A Flow config saved before the option existed loads as "flax"."""
+    import jax
+
+    from numpyro_clustermass.inference.fitfile import estimator_from_config
+    from numpyro_clustermass.nets import FlowNet
+
+    assert ncm.Flow().weight_init == "equal_mixture" and FlowNet().weight_init == "flax"
+    x = jax.random.normal(jax.random.key(1), (64, 14))
+    trunks = {}
+    for init in ("equal_mixture", "flax"):
+        net = FlowNet(num_bins=4, hidden=(32, 16), weight_init=init)
+        v = net.init(jax.random.key(0), x[:1])
+        trunks[init] = v["params"]["trunk"]["Dense_0"]
+        _, scale, widths, heights, _ = net.apply(v, x)
+        assert float(np.abs(np.asarray(widths)).max()) < 1e-2 and float(np.abs(np.asarray(heights)).max()) < 1e-2
+    assert float(np.abs(trunks["equal_mixture"]["kernel"]).max()) <= 1 / np.sqrt(14) + 1e-6
+    assert float(np.abs(trunks["equal_mixture"]["bias"]).max()) > 0  # drawn, as PyTorch's
+    assert float(np.abs(trunks["flax"]["bias"]).max()) == 0.0
+    with pytest.raises(ValueError, match="unknown weight_init 'torch'"):
+        ncm.Flow(weight_init="torch")
+    cfg = _flow().config()
+    del cfg["weight_init"]
+    assert estimator_from_config(cfg).weight_init == "flax"

@@ -437,10 +437,11 @@ def feature_reference(manifest: dict, array: Callable[[str], np.ndarray]):
 
 def estimator_from_config(cfg: dict, model: Callable | None = None):
     """Rebuild the estimator from ``Estimator.config()`` (a user model function is passed as ``model``). An MDN
-    saved before ``weight_init`` existed was initialised as Flax does (``"flax"``, then the default)."""
+    or a Flow saved before its ``weight_init`` existed was initialised as Flax does (``"flax"``, then the default);
+    a Flow's file holds its ``margin`` and ``z_bounds`` (so one saved under the earlier 0.01-dex margin keeps it)."""
     kind = cfg.get("kind")
     kwargs = {k: v for k, v in cfg.items() if k not in ("kind", "name")}
-    if kind == "MDN":
+    if kind in ("MDN", "Flow"):
         kwargs.setdefault("weight_init", "flax")
     if kind in ("MDN", "MSE", "Flow"):
         for k in ("hidden", "activations", "feature_names", "bounds", "z_bounds"):

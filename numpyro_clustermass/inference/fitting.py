@@ -173,6 +173,48 @@ def _validation_split(n: int, fraction: float, groups, seed: int) -> np.ndarray:
     return rng.permutation(n) < round(fraction * n)
 
 
+def _interval_bounds(support):
+    """``(low, high)`` of an interval support given by Python numbers, else None."""
+    lo, hi = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
+    if not all(isinstance(v, (int, float, np.floating)) and math.isfinite(v) for v in (lo, hi)) or hi <= lo:
+        return None
+    return float(lo), float(hi)
+
+
+def support_edge_cells(fn, log_density, z, dz):
+    """Grid log-densities with the cells that straddle the edges of ``fn``'s support given their mean density.
+
+    ``log_density`` (c, G) is ``fn``'s log density at the cell centres ``z`` (G,) (spacing ``dz``, in ``fn``'s
+    units); the posterior treats the density as constant on cells (:mod:`numpyro_clustermass.posterior`). A cell
+    whose centre lies outside ``fn``'s interval support but that overlaps it holds mass, and its centre's
+    density, zero, would give a truth just inside the edge zero density. Such a cell gets the log of its mean
+    density, ``fn``'s mass in it / ``dz`` (from ``fn.cdf``), as :func:`~numpyro_clustermass.priors.evaluate_on_cells`
+    does for priors. A distribution without an interval support given by numbers, or without a ``cdf``, is
+    returned as it was.
+    """
+    bounds = _interval_bounds(getattr(fn, "support", None))
+    if bounds is None or not callable(getattr(fn, "cdf", None)):
+        return log_density
+    lo, hi = bounds
+    c = log_density.shape[0]
+    i_lo = jnp.clip(jnp.searchsorted(z, lo) - 1, 0, z.shape[0] - 1)  # the last centre below lo
+    i_hi = jnp.clip(jnp.searchsorted(z, hi, side="right"), 0, z.shape[0] - 1)  # the first centre above hi
+    try:
+        upper = jnp.minimum(z[i_lo] + dz / 2, hi)
+        mass_lo = fn.cdf(jnp.full((c,), upper, log_density.dtype))
+        lower = jnp.maximum(z[i_hi] - dz / 2, lo)
+        mass_hi = 1.0 - fn.cdf(jnp.full((c,), lower, log_density.dtype))
+    except NotImplementedError:
+        return log_density
+    log_dz = jnp.log(dz)
+    for i, mass, inside in ((i_lo, mass_lo, (z[i_lo] < lo) & (z[i_lo] + dz / 2 > lo)),
+                            (i_hi, mass_hi, (z[i_hi] > hi) & (z[i_hi] - dz / 2 < hi))):
+        cell = log_density[:, i]
+        fixed = jnp.where(mass > 0, jnp.log(jnp.maximum(mass, 1e-38)) - log_dz, -jnp.inf)
+        log_density = log_density.at[:, i].set(jnp.where(inside & ~jnp.isfinite(cell), fixed, cell))
+    return log_density
+
+
 # ---------------------------------------------------------------------------------------------- FitInfo
 @dataclass(frozen=True, eq=False)
 class FitInfo(Mapping):
@@ -407,7 +449,8 @@ class Fit:
                 logits, locs, scales = mix
                 return ("mixture", logits, locs * y_scale + y_mean, scales * y_scale)
             z = (grid - y_mean) / y_scale
-            ld = jax.vmap(fn.log_prob)(jnp.broadcast_to(z[:, None], (grid.shape[0], c))).T - jnp.log(y_scale)
+            ld = jax.vmap(fn.log_prob)(jnp.broadcast_to(z[:, None], (grid.shape[0], c))).T
+            ld = support_edge_cells(fn, ld, z, spacing(grid) / y_scale) - jnp.log(y_scale)
             try:
                 mean, var = fn.mean * y_scale + y_mean, fn.variance * y_scale**2
             except NotImplementedError:
