@@ -9,7 +9,8 @@ warm one of the same configuration) and throughput (training rows per second of 
 includes fit()'s per-call overhead), measured in this process on a shared machine: compare the two columns,
 the absolute numbers are a note.
 
-    python3 benchmarks/flow_vs_mdn.py --volume 0.1 --seeds 0 1 2 --num-epochs 30
+    python3 benchmarks/flow_vs_mdn.py --volume 0.1 --seeds 0 1 2 --num-epochs 30   # about 2 min on 2 CPU cores
+    python3 benchmarks/flow_vs_mdn.py --volume 1.0 --seeds 0 1 2 --num-epochs 30   # the lecture's size, 4 min
 """
 
 from __future__ import annotations

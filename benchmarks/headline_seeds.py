@@ -46,10 +46,13 @@ def main(argv=None) -> int:
     ap.add_argument("--num-epochs", type=int, default=None, help="default: fit()'s")
     ap.add_argument("--validation-fraction", type=float, default=None,
                     help="default: fit()'s; 0 trains on every row for --num-epochs (the schedule then decays fully)")
-    ap.add_argument("--weight-init", choices=["flax", "equal_mixture"], default=None, help="default: MDN's")
+    ap.add_argument("--weight-init", choices=["flax", "equal_mixture"], default=None, help="default: the estimator's")
     ap.add_argument("--schedule", choices=["cosine", "plateau", "constant", "exponential"], default=None,
                     help="the learning-rate schedule (default: fit()'s)")
     ap.add_argument("--plateau-patience", type=int, default=None, help="with --schedule plateau (default: fit()'s)")
+    ap.add_argument("--estimator", choices=["mdn", "flow"], default="mdn",
+                    help="the 16-component MDN (default) or ncm.Flow (bounds: the mock's generating range 13.5-15.3)")
+    ap.add_argument("--num-bins", type=int, default=None, help="with --estimator flow: spline bins (default: Flow's)")
     ap.add_argument("--test-seeds", type=int, nargs="+", default=[99],
                     help="flat test catalogues (pooled per bin); 99 is the slow headline test's")
     args = ap.parse_args(argv)
@@ -77,13 +80,21 @@ def main(argv=None) -> int:
         kw["schedule"] = args.schedule
     if args.plateau_patience is not None:
         kw["plateau_patience"] = args.plateau_patience
-    mdn_kw = {} if args.weight_init is None else {"weight_init": args.weight_init}
+    est_kw = {} if args.weight_init is None else {"weight_init": args.weight_init}
+    if args.estimator == "flow":
+        if args.num_bins is not None:
+            est_kw["num_bins"] = args.num_bins
+        # the generating range: a flat test mass above the heaviest training halo must not get zero density
+        estimator = ncm.Flow(hidden=(128, 128, 64), bounds=(13.5, 15.3), **est_kw)
+    else:
+        estimator = ncm.MDN(16, (128, 128, 64), **est_kw)
+    print(f"estimator: {estimator}")
     modes, means, stops, scores = [], [], [], []
     for seed in args.seeds:
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            f = ncm.fit(ncm.MDN(16, (128, 128, 64), **mdn_kw), train, seed=seed, learning_rate=3e-4, progress_bar=False, **kw)
+            f = ncm.fit(estimator, train, seed=seed, learning_rate=3e-4, progress_bar=False, **kw)
         posts = [f.posterior(t) for t in tests]
         flat_mode = np.concatenate([p.reweight(priors.Flat(13.5, 15.3), source=source).mode() for p in posts])
         modes.append(per_bin(flat_mode))
@@ -115,7 +126,7 @@ def main(argv=None) -> int:
     print(_row("median over seeds", np.median(modes, 0)))
     print("| spread over seeds (std) | " + " | ".join(f"{v:.3f}" for v in modes.std(0)) + " |")
     print("| test-set SE (last seed) | " + " | ".join(f"{v:.3f}" for v in se) + " |")
-    print(_row("MDN mean, median over seeds", np.median(means, 0)))
+    print(_row(f"{args.estimator.upper()} mean, median over seeds", np.median(means, 0)))
     print(f"\nheld-out log score (the natural catalogue's 20%, {len(held)} mocks): median over seeds "
           f"{np.median(scores):.4f}, range {min(scores):.4f}-{max(scores):.4f}")
     worst = np.abs(modes).max()
