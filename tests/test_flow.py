@@ -185,21 +185,24 @@ def test_grid_cells_straddling_the_interval_edges_get_the_flow_mass_in_them():
     from numpyro_clustermass.inference.fitting import support_edge_cells
 
     c, dz = 2, 0.1
-    d = flows.spline_flow(jnp.array([-0.8, 0.9]), jnp.array([0.3, 0.2]), jnp.zeros((c, 1, 4)), jnp.zeros((c, 1, 4)),
-                          jnp.zeros((c, 1, 3)), low=-1.0, high=1.05)
     # centres -1.03 and 1.07 lie outside [-1, 1.05], within half a cell of its edges
     z = jnp.asarray(-1.03 + dz * np.arange(-5, 27), jnp.float32)
-    ld = jax.vmap(d.log_prob)(jnp.broadcast_to(z[:, None], (z.shape[0], c))).T
+
+    @jax.jit  # one compiled program: TFP's ops run eagerly one small program each otherwise
+    def cells(z):
+        d = flows.spline_flow(jnp.array([-0.8, 0.9]), jnp.array([0.3, 0.2]), jnp.zeros((c, 1, 4)),
+                              jnp.zeros((c, 1, 4)), jnp.zeros((c, 1, 3)), low=-1.0, high=1.05)
+        ld = jax.vmap(d.log_prob)(jnp.broadcast_to(z[:, None], (z.shape[0], c))).T
+        return ld, support_edge_cells(d, ld, z, dz), d.cdf(jnp.full(c, -0.98)), 1.0 - d.cdf(jnp.full(c, 1.02))
+
+    ld, out, mass_lo, mass_hi = (np.asarray(a) for a in cells(z))
     i_lo, i_hi = 5, 26
-    assert np.isneginf(np.asarray(ld[:, [i_lo, i_hi]])).all()  # the centres' density is zero
-    out = np.asarray(support_edge_cells(d, ld, z, dz))
-    mass_lo = np.asarray(d.cdf(jnp.full(c, -0.98)))
-    mass_hi = 1.0 - np.asarray(d.cdf(jnp.full(c, 1.02)))
+    assert np.isneginf(ld[:, [i_lo, i_hi]]).all()  # the centres' density is zero
     np.testing.assert_allclose(np.exp(out[:, i_lo]) * dz, mass_lo, rtol=1e-5)
     np.testing.assert_allclose(np.exp(out[:, i_hi]) * dz, mass_hi, rtol=1e-4)
     assert mass_lo[0] > 1e-2 and mass_hi[1] > 1e-2  # the first sits near the lower edge, the second near the upper
     others = np.setdiff1d(np.arange(z.shape[0]), [i_lo, i_hi])
-    assert np.array_equal(out[:, others], np.asarray(ld)[:, others])
+    assert np.array_equal(out[:, others], ld[:, others])
     # a distribution on the real line is returned as it was
     normal = dist.Normal(jnp.zeros(c), 1.0)
     ld_n = jax.vmap(normal.log_prob)(jnp.broadcast_to(z[:, None], (z.shape[0], c))).T
