@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-seeds", type=int, nargs="+", default=[99],
                     help="flat test catalogues (pooled per bin); 99 is the slow headline test's")
     args = ap.parse_args(argv)
+    if args.num_bins is not None and args.estimator != "flow":
+        ap.error("--num-bins applies to --estimator flow only (the MDN has 16 components)")
 
     t0 = time.perf_counter()
     cat = ncm.simulate.mock_catalog(volume=args.volume, seed=0)

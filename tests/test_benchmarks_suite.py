@@ -91,3 +91,12 @@ def test_entry_target_and_markdown():
                          "entries": [e], "errors": {"x": "RuntimeError: boom"}})
     assert "| a | 1 s | b | 2 s | 0.5 | value / reference | >= 0.95 | **no** |" in md
     assert "Failed: x: RuntimeError: boom" in md
+
+
+def test_headline_seeds_refuses_flow_options_for_the_mdn(capsys):
+    from benchmarks import headline_seeds
+
+    with pytest.raises(SystemExit) as exc:
+        headline_seeds.main(["--num-bins", "8"])
+    assert exc.value.code == 2
+    assert "--num-bins applies to --estimator flow only" in capsys.readouterr().err
