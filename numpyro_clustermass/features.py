@@ -38,7 +38,8 @@ import numpy as np
 
 from numpyro_clustermass.catalog import FEATURE_NAMES, MOMENT_COLUMNS, CatalogError
 
-__all__ = ["summarize", "features_from_members", "FEATURE_NAMES", "MOMENT_COLUMNS"]
+__all__ = ["summarize", "features_from_members", "survey_context", "FEATURE_NAMES", "MOMENT_COLUMNS",
+           "SURVEY_CONTEXT_NAMES"]
 
 _QUANTITIES = ("R", "m", "v")
 
@@ -169,3 +170,111 @@ def features_from_members(members: dict[str, np.ndarray], num_mocks: int | None 
     for j, name in enumerate(MOMENT_COLUMNS):
         x[:, 2 + j] = cols[name]
     return x
+
+
+# ---------------------------------------------------------------------------------------------- survey context
+#: The catalogue-level summaries :func:`survey_context` appends to every row, in this order.
+SURVEY_CONTEXT_NAMES = (
+    "ctx_Ngal_at_sigv",    # intercept of LogNgal on (Logsigv - 2.7): richness at sigma_v = 500 km/s
+    "ctx_Ngal_sigv_slope",  # its slope
+    "ctx_sigv_at_R",       # intercept of Logsigv on (log10 R_mean + 0.15): sigma_v at R_mean = 0.71 Mpc/h
+    "ctx_Ngal_at_R",       # intercept of LogNgal on (log10 R_mean + 0.15)
+    "ctx_v_kurt",          # median excess kurtosis of the velocities (interlopers widen the wings)
+    "ctx_R_mean",          # median mean projected radius of the members
+)
+#: Fewest rows a survey needs for its summaries (each is a fit or a median over its rows).
+MIN_SURVEY_ROWS = 50
+
+
+def _survey_summaries(catalog, rows: np.ndarray) -> np.ndarray:
+    n = np.asarray(catalog["LogNgal"], dtype=np.float64)[rows]
+    s = np.asarray(catalog["Logsigv"], dtype=np.float64)[rows]
+    r_mean = np.asarray(catalog["R_mean"], dtype=np.float64)[rows]
+    lr = np.log10(r_mean) + 0.15
+    slope, at_sigv = np.polyfit(s - 2.7, n, 1)
+    sigv_at_r = np.polyfit(lr, s, 1)[1]
+    ngal_at_r = np.polyfit(lr, n, 1)[1]
+    kurt = np.median(np.asarray(catalog["v_kurt"], dtype=np.float64)[rows])
+    return np.array([at_sigv, slope, sigv_at_r, ngal_at_r, kurt, np.median(r_mean)])
+
+
+def survey_context(catalog, by: str | None = "sub_volume", survey=None):
+    """The catalogue with :data:`SURVEY_CONTEXT_NAMES` columns: summaries of the survey each row belongs to.
+
+    One cluster's features cannot tell a universe whose galaxies are more numerous per halo (or whose
+    velocities are biased, or whose background is denser) from one with heavier halos. A whole survey can:
+    its richness-dispersion relation, its dispersion-radius relation (galaxy positions scale with R200c,
+    velocities with the velocity bias too) and its interloper wings are the same for every cluster of one
+    universe. Appending them to every row and training across the simulator's family
+    (``mock_catalog(..., nuisance="prior", sub_volume=0.01)``, one universe per sub-volume) lets a network
+    learn the mass likelihood *given the survey*, i.e. calibrate the occupation and interloper model on the
+    catalogue it is applied to (docs/nuisance.md measures what this buys, and what it does not).
+
+    Each summary is a least-squares line or a median over the survey's rows: the intercepts of LogNgal on
+    ``Logsigv - 2.7`` (and its slope), of Logsigv and of LogNgal on ``log10(R_mean) + 0.15``, and the
+    medians of ``v_kurt`` and ``R_mean``. They depend on the survey's mass distribution, so compute them
+    from a catalogue selected the way the training surveys were (the natural-mass, Ngal-cut catalogue), and
+    pass it as ``survey`` when the rows to be scored are sampled otherwise (a flat-mass test set).
+
+    Parameters
+    ----------
+    catalog : Catalog
+        Rows to annotate (the lecture's columns).
+    by : str or None
+        Column naming each row's survey (default ``"sub_volume"``, the simulator's universe index, which is
+        not a feature itself); None, or a catalogue without that column: the whole catalogue is one survey.
+        Ignored when ``survey`` is given.
+    survey : Catalog, optional
+        The catalogue whose summaries every row of ``catalog`` gets.
+
+    Returns
+    -------
+    Catalog
+        A new catalogue (members and metadata carried along) with the six float64 context columns;
+        ``meta["survey_context"]`` records how they were computed. Train with
+        ``MDN(..., feature_names=FEATURE_NAMES + SURVEY_CONTEXT_NAMES)``.
+
+    Raises
+    ------
+    CatalogError
+        A survey with fewer than :data:`MIN_SURVEY_ROWS` rows, or a non-positive ``R_mean``.
+
+    Examples
+    --------
+    >>> from numpyro_clustermass.simulate import mock_catalog
+    >>> fam = mock_catalog(volume=0.02, seed=0, nuisance="prior", sub_volume=0.01)
+    >>> ctx = survey_context(fam)
+    >>> [len(set(ctx[c].tolist())) for c in SURVEY_CONTEXT_NAMES]  # two universes, two values each
+    [2, 2, 2, 2, 2, 2]
+    """
+    from numpyro_clustermass.catalog import Catalog
+
+    if not isinstance(catalog, Catalog) or (survey is not None and not isinstance(survey, Catalog)):
+        raise TypeError("survey_context takes Catalog objects (catalog, and survey when given)")
+    source = catalog if survey is None else survey
+    for c in ("Ngal", "sigv", "R_mean", "v_kurt"):
+        if c not in source:
+            raise CatalogError(f"survey_context: the survey catalogue lacks the column {c!r}")
+    if np.any(np.asarray(source["R_mean"]) <= 0):
+        raise CatalogError("survey_context: R_mean must be positive (it is a mean projected radius in Mpc/h)")
+    if survey is None and by is not None and by in catalog:
+        labels = np.asarray(catalog[by])
+    else:
+        labels = np.zeros(len(source), dtype=np.int64)
+    keys, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if counts.min() < MIN_SURVEY_ROWS:
+        small = keys[counts < MIN_SURVEY_ROWS][:5].tolist()
+        raise CatalogError(
+            f"survey_context: {int((counts < MIN_SURVEY_ROWS).sum())} survey(s) have fewer than "
+            f"{MIN_SURVEY_ROWS} rows (first: {small} with {counts.min()} rows); their summaries would be noise"
+        )
+    table = np.stack([_survey_summaries(source, inverse == k) for k in range(len(keys))])
+    values = table[inverse] if survey is None else np.broadcast_to(table[0], (len(catalog), table.shape[1]))
+    columns = dict(catalog.columns)
+    for j, name in enumerate(SURVEY_CONTEXT_NAMES):
+        columns[name] = np.array(values[:, j], dtype=np.float64)
+    meta = dict(catalog.meta)
+    meta["survey_context"] = {"names": list(SURVEY_CONTEXT_NAMES), "num_surveys": len(keys),
+                              "by": None if survey is not None else (by if by is not None and by in catalog else None),
+                              "from_other_catalog": survey is not None, "survey_rows": int(len(source))}
+    return Catalog(columns, members=catalog.members, meta=meta, validate=False)

@@ -123,8 +123,11 @@ def _as_xy(data, feature_names, where: str):
         names = tuple(feature_names) if feature_names is not None else FEATURE_NAMES
         missing = [n for n in names if n not in ("LogNgal", "Logsigv") and n not in data]
         if missing:
+            hint = ("; add the survey-context columns with numpyro_clustermass.features.survey_context(catalog, "
+                    "survey=...)" if any(str(n).startswith("ctx_") for n in missing) else "")
             raise CatalogError(
-                f"{where}: catalogue of {len(data)} rows lacks feature columns {missing}; the model uses {list(names)}"
+                f"{where}: catalogue of {len(data)} rows lacks feature columns {missing}; the model uses "
+                f"{list(names)}{hint}"
             )
         x = data.features(names)
         y = data.log_mass if ("M200c" in data or "log_mass" in data) else None

@@ -1,0 +1,91 @@
+"""Survey context (issue 10): catalogue-level summaries as features, per universe of the simulator's family."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import numpyro_clustermass as ncm
+from numpyro_clustermass.catalog import FEATURE_NAMES, CatalogError
+from numpyro_clustermass.features import MIN_SURVEY_ROWS, SURVEY_CONTEXT_NAMES, survey_context
+from numpyro_clustermass.simulate import mock_catalog
+
+
+@pytest.fixture(scope="module")
+def family():
+    # four universes of 0.005 (Gpc/h)^3, about 300 mocks each
+    return mock_catalog(volume=0.02, seed=1, nuisance="prior", sub_volume=0.005, n_los=1)
+
+
+def test_each_universe_gets_its_own_summaries_computed_independently(family):
+    ctx = survey_context(family)
+    assert len(ctx) == len(family) and ctx.meta["survey_context"]["num_surveys"] == 4
+    sub = np.asarray(family["sub_volume"])
+    for k in np.unique(sub):
+        rows = sub == k
+        for name in SURVEY_CONTEXT_NAMES:  # one value per universe
+            assert np.unique(ctx[name][rows]).size == 1
+        col = {c: np.asarray(family[c][rows], dtype=np.float64) for c in ("Ngal", "sigv", "R_mean", "v_kurt")}
+        n, s = np.log10(col["Ngal"]), np.log10(col["sigv"])
+        lr = np.log10(col["R_mean"]) + 0.15
+        fit_ns = stats.linregress(s - 2.7, n)
+        expect = [fit_ns.intercept, fit_ns.slope, stats.linregress(lr, s).intercept,
+                  stats.linregress(lr, n).intercept, np.median(col["v_kurt"]), np.median(col["R_mean"])]
+        got = [ctx[name][rows][0] for name in SURVEY_CONTEXT_NAMES]
+        np.testing.assert_allclose(got, expect, rtol=1e-9, atol=1e-12)
+    # the universes differ (their occupations and interlopers were drawn)
+    assert np.unique(ctx["ctx_Ngal_at_sigv"]).size == 4
+    # the original columns, members and metadata are carried along; the input is not modified
+    for c in family.colnames:
+        np.testing.assert_array_equal(ctx[c], family[c])
+    assert ctx.meta["nuisance"] == family.meta["nuisance"] and "ctx_R_mean" not in family
+
+
+def test_survey_argument_gives_every_row_the_other_catalogues_summaries(family):
+    flat = mock_catalog(mass_sampling="flat", n_halos=60, seed=3, n_los=1)
+    ctx = survey_context(flat, survey=family)
+    whole = survey_context(family, by=None)  # the family as one survey
+    for name in SURVEY_CONTEXT_NAMES:
+        assert np.all(ctx[name] == whole[name][0])
+    assert ctx.meta["survey_context"]["from_other_catalog"] and ctx.meta["survey_context"]["num_surveys"] == 1
+    # a catalogue without the grouping column is one survey
+    assert survey_context(flat.select(np.arange(len(flat))))["ctx_R_mean"].std() == 0
+
+
+@pytest.mark.parametrize(
+    "name, lo, hi, column, low, high",
+    [
+        # richness at fixed dispersion and at fixed radius rises with the occupation normalisation
+        # (measured, 4 seeds at 0.02 (Gpc/h)^3: +0.127..+0.165 and +0.175..+0.184)
+        ("lambda0", 4.875, 10.12, "ctx_Ngal_at_R", 0.12, 0.25),
+        ("lambda0", 4.875, 10.12, "ctx_Ngal_at_sigv", 0.08, 0.25),
+        # faster members: higher dispersion at fixed radius, lighter velocity wings
+        # (measured: +0.020..+0.021 dex and -0.338..-0.370)
+        ("velocity_bias_mean", 0.9, 1.1, "ctx_sigv_at_R", 0.012, 0.04),
+        ("velocity_bias_mean", 0.9, 1.1, "ctx_v_kurt", -0.6, -0.2),
+    ],
+)
+def test_summaries_respond_to_the_occupation_and_the_velocity_bias(name, lo, hi, column, low, high):
+    a = survey_context(mock_catalog(volume=0.02, seed=0, n_los=1, nuisance={name: lo}))
+    b = survey_context(mock_catalog(volume=0.02, seed=0, n_los=1, nuisance={name: hi}))
+    assert low < b[column][0] - a[column][0] < high
+
+
+def test_bad_input_raises(family):
+    with pytest.raises(CatalogError, match=f"fewer than {MIN_SURVEY_ROWS} rows"):
+        survey_context(family.select(np.arange(MIN_SURVEY_ROWS - 1)))
+    cols = dict(family.columns)
+    cols["R_mean"] = np.where(np.arange(len(family)) == 3, 0.0, cols["R_mean"])
+    with pytest.raises(CatalogError, match="R_mean must be positive"):
+        survey_context(ncm.Catalog(cols, validate=False))
+    with pytest.raises(TypeError, match="Catalog"):
+        survey_context(np.zeros((100, 14)))
+
+
+@pytest.mark.filterwarnings("ignore::numpyro_clustermass.FitWarning")  # two epochs learn little; not the point
+def test_a_context_model_names_the_missing_columns_and_the_helper(family):
+    train = survey_context(family)
+    est = ncm.MDN(2, (8,), feature_names=FEATURE_NAMES + SURVEY_CONTEXT_NAMES)
+    f = ncm.fit(est, train, num_epochs=2, batch_size=256, progress_bar=False)
+    assert f.posterior(train).mode().shape == (len(train),)
+    with pytest.raises(CatalogError, match="survey_context"):
+        f.posterior(family)
