@@ -1,20 +1,23 @@
-"""Robustness to the simulator: the fiducial-trained and the family-trained MDN on variants of the universe.
+"""Robustness to the simulator: fiducial-, family- and survey-context-trained MDNs on variants of the universe.
 
-Two networks (the default MDN, ``MDN(16, (128, 128, 64))``, lr 3e-4) are trained per seed: one on the
-fiducial universe (``mock_catalog(volume=V, seed=0)``) and one across the nuisance family
+Three networks (the default MDN, ``MDN(16, (128, 128, 64))``, lr 3e-4) are trained per seed: one on the
+fiducial universe (``mock_catalog(volume=V, seed=0)``), one across the nuisance family
 (``mock_catalog(volume=V, seed=0, nuisance="prior")``: each 0.1 (Gpc/h)^3 sub-volume its own universe, same
-cost), each on 80% of its halos. They are tested on flat-mass catalogues (``--test-halos`` halos x 3 lines of
-sight each, independent seeds) of held-out variants: every nuisance parameter of the family pushed in turn
-to each edge of its range (the others fiducial), and a variant with clustered interlopers
-(``clustered_excess``), which neither training set contains. Per variant and network it prints, over the
-0.1-dex bins from 10^14.0 to 10^14.8, the reweighted-mode bias (median of mode - true per bin, the
+cost), and one across the family with the survey's summaries as extra features
+(:func:`~numpyro_clustermass.features.survey_context` of ``nuisance="prior", sub_volume=0.01``: 100
+universes at V = 1, so that the network sees enough surveys to learn from their summaries; its test rows
+get the summaries of the variant's natural-mass catalogue), each on 80% of its halos. They are tested on
+flat-mass catalogues (``--test-halos`` halos x 3 lines of sight each, independent seeds) of held-out
+variants: every nuisance parameter of the family pushed in turn to each edge of its range (the others
+fiducial), and a variant with clustered interlopers (``clustered_excess``), which no training set contains.
+Per variant and network it prints, over the 0.1-dex bins from 10^14.0 to 10^14.8, the reweighted-mode bias (median of mode - true per bin, the
 posteriors reweighted to ``Flat(13.5, 15.3)``, the flat test set's own distribution, from each fit's
 training prior), the scatter (half the 16-84 range), the 68% and 95% central coverage per bin, and the PIT
 Kolmogorov-Smirnov statistic of the whole variant; and the p-value of
 :func:`~numpyro_clustermass.diagnostics.covariate_shift` of the fiducial fit against a natural-mass catalogue
 of the variant (``--shift-volume``; a flat-mass catalogue would be a shift by itself).
 
-    python3 benchmarks/robustness_matrix.py --seeds 0 1 2      # 16 min on the shared 2-core machine
+    python3 benchmarks/robustness_matrix.py --seeds 0 1 2      # about 25 min on the shared 2-core machine
     python3 benchmarks/robustness_matrix.py --seeds 0 1 --params sigma8 n_background --test-halos 4000
 
 "Leave-one-variant-out" here means that each test variant is a fresh catalogue at one edge of one range: the
@@ -32,6 +35,8 @@ import numpy as np
 
 import numpyro_clustermass as ncm
 from numpyro_clustermass import diagnostics, metrics, priors
+from numpyro_clustermass.catalog import FEATURE_NAMES
+from numpyro_clustermass.features import SURVEY_CONTEXT_NAMES, survey_context
 from numpyro_clustermass.simulate.nuisance import NUISANCE_PARAMETERS
 
 EDGES = np.round(np.arange(14.0, 14.81, 0.1), 2)
@@ -72,21 +77,33 @@ def main(argv=None) -> int:
     ap.add_argument("--shift-volume", type=float, default=0.1,
                     help="volume of the natural-mass catalogue per variant that covariate_shift tests")
     ap.add_argument("--clustered", type=float, default=3.0, help="clustered_excess of the unseen variant (0: none)")
+    ap.add_argument("--networks", nargs="+", default=["fiducial", "family", "context"],
+                    choices=["fiducial", "family", "context"],
+                    help="context: trained across the family with survey_context columns, one universe per "
+                         "--context-sub-volume; its test rows get the summaries of the variant's natural catalogue")
+    ap.add_argument("--context-sub-volume", type=float, default=0.01,
+                    help="sub-volume (universe) size of the context network's training family, (Gpc/h)^3")
+    ap.add_argument("--context-volume", type=float, default=None,
+                    help="training volume of the context network, (Gpc/h)^3 (default: --volume)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    trains = {"fiducial": ncm.simulate.mock_catalog(volume=args.volume, seed=0),
-              "family": ncm.simulate.mock_catalog(volume=args.volume, seed=0, nuisance="prior")}
-    trains = {k: c.split(test_fraction=0.2, seed=1)[0] for k, c in trains.items()}
+    make = {"fiducial": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=0),
+            "family": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=0, nuisance="prior"),
+            "context": lambda: survey_context(ncm.simulate.mock_catalog(
+                volume=args.context_volume or args.volume, seed=0, nuisance="prior", sub_volume=args.context_sub_volume))}
+    trains = {k: make[k]().split(test_fraction=0.2, seed=1)[0] for k in args.networks}
     cases = variants(args.params, args.clustered)
     tests = [(label, ncm.simulate.mock_catalog(mass_sampling="flat", n_halos=args.test_halos, seed=1000 + i,
                                                nuisance=nu))
              for i, (label, nu) in enumerate(cases)]
-    # the shift test needs the training set's mass distribution (a flat-mass catalogue is itself a shift)
+    # the shift test needs the training set's mass distribution (a flat-mass catalogue is itself a shift);
+    # the same natural-mass catalogue is the survey whose summaries the context network's test rows get
     natural = {label: ncm.simulate.mock_catalog(volume=args.shift_volume, seed=2000 + i, nuisance=nu)
                for i, (label, nu) in enumerate(cases)}
-    print(f"training mocks: fiducial {len(trains['fiducial'])}, family {len(trains['family'])}; "
-          f"{len(tests)} test variants of {len(tests[0][1])} mocks ({time.perf_counter() - t0:.0f} s)", flush=True)
+    context_tests = {label: survey_context(test, survey=natural[label]) for label, test in tests}
+    print("training mocks: " + ", ".join(f"{k} {len(c)}" for k, c in trains.items())
+          + f"; {len(tests)} test variants of {len(tests[0][1])} mocks ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     rows = {}  # (variant, network) -> list over seeds of score dicts
     shift_p = {}
@@ -95,9 +112,12 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the shift warnings are the point of the variants
-                f = ncm.fit(ncm.MDN(16, (128, 128, 64)), train, seed=seed, learning_rate=3e-4, progress_bar=False)
+                names = FEATURE_NAMES + SURVEY_CONTEXT_NAMES if kind == "context" else FEATURE_NAMES
+                f = ncm.fit(ncm.MDN(16, (128, 128, 64), feature_names=names), train, seed=seed, learning_rate=3e-4,
+                            progress_bar=False)
                 for label, test in tests:
-                    rows.setdefault((label, kind), []).append(score(f, test))
+                    rows.setdefault((label, kind), []).append(
+                        score(f, context_tests[label] if kind == "context" else test))
                     if kind == "fiducial" and seed == args.seeds[0]:
                         shift_p[label] = diagnostics.covariate_shift(f, natural[label], num_permutations=200).pvalue
             print(f"seed {seed}, {kind}: {f.info['epochs_run']} epochs, {time.perf_counter() - t:.0f} s "
@@ -114,17 +134,19 @@ def main(argv=None) -> int:
             worst = max(r, key=lambda d: abs(d["max_bias"]))
             c68 = (min(d["cov68"][0] for d in r), max(d["cov68"][1] for d in r))
             c95 = (min(d["cov95"][0] for d in r), max(d["cov95"][1] for d in r))
-            p = f"{shift_p[label]:.3f}" if kind == "fiducial" else ""
+            p = f"{shift_p[label]:.3f}" if kind == "fiducial" and label in shift_p else ""
             print(f"| {label} | {kind} | {worst['max_bias']:+.3f} ({worst['worst_bin']:.1f}) | "
                   f"{np.median([d['scatter'] for d in r]):.3f} | {c68[0]:.2f}-{c68[1]:.2f} | "
                   f"{c95[0]:.2f}-{c95[1]:.2f} | {max(d['ks'] for d in r):.3f} | {p} |")
     n_bad = sum(d["n_bad"] for r in rows.values() for d in r)
     if n_bad:
         print(f"\n{n_bad} test posteriors had no finite PIT (left out of the KS statistic)")
-    ok = [all(abs(d["max_bias"]) <= 0.03 and 0.60 <= d["cov68"][0] and d["cov68"][1] <= 0.76
-              for d in rows[(label, "family")]) for label, _ in tests]
-    print(f"\nfamily-trained MDN within +-0.03 dex and 68% coverage 0.60-0.76 in every bin: {sum(ok)} of "
-          f"{len(ok)} variants; total {time.perf_counter() - t0:.0f} s")
+    for kind in (k for k in ("family", "context") if k in trains):
+        ok = [all(abs(d["max_bias"]) <= 0.03 and 0.60 <= d["cov68"][0] and d["cov68"][1] <= 0.76
+                  for d in rows[(label, kind)]) for label, _ in tests]
+        print(f"\n{kind}-trained MDN within +-0.03 dex and 68% coverage 0.60-0.76 in every bin: {sum(ok)} of "
+              f"{len(ok)} variants")
+    print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numpyro_clustermass.catalog import FEATURE_NAMES, MOMENT_COLUMNS, CatalogError
+from numpyro_clustermass.catalog import FEATURE_NAMES, MOMENT_COLUMNS, Catalog, CatalogError
 
 __all__ = ["summarize", "features_from_members", "survey_context", "FEATURE_NAMES", "MOMENT_COLUMNS",
            "SURVEY_CONTEXT_NAMES"]
@@ -247,8 +247,6 @@ def survey_context(catalog, by: str | None = "sub_volume", survey=None):
     >>> [len(set(ctx[c].tolist())) for c in SURVEY_CONTEXT_NAMES]  # two universes, two values each
     [2, 2, 2, 2, 2, 2]
     """
-    from numpyro_clustermass.catalog import Catalog
-
     if not isinstance(catalog, Catalog) or (survey is not None and not isinstance(survey, Catalog)):
         raise TypeError("survey_context takes Catalog objects (catalog, and survey when given)")
     source = catalog if survey is None else survey
