@@ -2,22 +2,23 @@
 
 Three networks (the default MDN, ``MDN(16, (128, 128, 64))``, lr 3e-4) are trained per seed: one on the
 fiducial universe (``mock_catalog(volume=V, seed=0)``), one across the nuisance family
-(``mock_catalog(volume=V, seed=0, nuisance="prior")``: each 0.1 (Gpc/h)^3 sub-volume its own universe, same
-cost), and one across the family with the survey's summaries as extra features
-(:func:`~numpyro_clustermass.features.survey_context` of ``nuisance="prior", sub_volume=0.01``: 100
+(``mock_catalog(volume=V, seed=F, nuisance="prior")``, F = ``--family-seed``, 0 by default: each 0.1
+(Gpc/h)^3 sub-volume its own universe, same cost), and one across the family with the survey's summaries as
+extra features (:func:`~numpyro_clustermass.features.survey_context` of ``nuisance="prior", sub_volume=0.01``: 100
 universes at V = 1, so that the network sees enough surveys to learn from their summaries; its test rows
 get the summaries of the variant's natural-mass catalogue), each on 80% of its halos. They are tested on
 flat-mass catalogues (``--test-halos`` halos x 3 lines of sight each, independent seeds) of held-out
 variants: every nuisance parameter of the family pushed in turn to each edge of its range (the others
 fiducial), and a variant with clustered interlopers (``clustered_excess``), which no training set contains.
-Per variant and network it prints, over the 0.1-dex bins from 10^14.0 to 10^14.8, the reweighted-mode bias (median of mode - true per bin, the
-posteriors reweighted to ``Flat(13.5, 15.3)``, the flat test set's own distribution, from each fit's
-training prior), the scatter (half the 16-84 range), the 68% and 95% central coverage per bin, and the PIT
-Kolmogorov-Smirnov statistic of the whole variant; and the p-value of
+Per variant and network it prints, over the 0.1-dex bins from 10^14.0 to 10^14.8, the reweighted-mode bias
+(median of mode - true per bin, the posteriors reweighted to ``Flat(13.5, 15.3)``, the flat test set's own
+distribution, from each fit's training prior), the scatter (half the 16-84 range), the 68% and 95% central
+coverage per bin, and the PIT Kolmogorov-Smirnov statistic of the whole variant; and the p-value of
 :func:`~numpyro_clustermass.diagnostics.covariate_shift` of the fiducial fit against a natural-mass catalogue
 of the variant (``--shift-volume``; a flat-mass catalogue would be a shift by itself).
 
-    python3 benchmarks/robustness_matrix.py --seeds 0 1 2      # about 25 min on the shared 2-core machine
+    python3 benchmarks/robustness_matrix.py --seeds 0 1 2      # 12 min on the shared 2-core machine
+    python3 benchmarks/robustness_matrix.py --seeds 0 1 2 --networks context --context-volume 2  # 6 min
     python3 benchmarks/robustness_matrix.py --seeds 0 1 --params sigma8 n_background --test-halos 4000
 
 "Leave-one-variant-out" here means that each test variant is a fresh catalogue at one edge of one range: the
@@ -83,15 +84,18 @@ def main(argv=None) -> int:
                          "--context-sub-volume; its test rows get the summaries of the variant's natural catalogue")
     ap.add_argument("--context-sub-volume", type=float, default=0.01,
                     help="sub-volume (universe) size of the context network's training family, (Gpc/h)^3")
+    ap.add_argument("--family-seed", type=int, default=0,
+                    help="seed of the family catalogues the family and context networks train on (its realisation)")
     ap.add_argument("--context-volume", type=float, default=None,
                     help="training volume of the context network, (Gpc/h)^3 (default: --volume)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
     make = {"fiducial": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=0),
-            "family": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=0, nuisance="prior"),
+            "family": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=args.family_seed, nuisance="prior"),
             "context": lambda: survey_context(ncm.simulate.mock_catalog(
-                volume=args.context_volume or args.volume, seed=0, nuisance="prior", sub_volume=args.context_sub_volume))}
+                volume=args.context_volume or args.volume, seed=args.family_seed, nuisance="prior",
+                sub_volume=args.context_sub_volume))}
     trains = {k: make[k]().split(test_fraction=0.2, seed=1)[0] for k in args.networks}
     cases = variants(args.params, args.clustered)
     tests = [(label, ncm.simulate.mock_catalog(mass_sampling="flat", n_halos=args.test_halos, seed=1000 + i,
