@@ -105,7 +105,8 @@ def main(argv=None) -> int:
     # the same natural-mass catalogue is the survey whose summaries the context network's test rows get
     natural = {label: ncm.simulate.mock_catalog(volume=args.shift_volume, seed=2000 + i, nuisance=nu)
                for i, (label, nu) in enumerate(cases)}
-    context_tests = {label: survey_context(test, survey=natural[label]) for label, test in tests}
+    context_tests = ({label: survey_context(test, survey=natural[label]) for label, test in tests}
+                     if "context" in trains else {})
     print("training mocks: " + ", ".join(f"{k} {len(c)}" for k, c in trains.items())
           + f"; {len(tests)} test variants of {len(tests[0][1])} mocks ({time.perf_counter() - t0:.0f} s)", flush=True)
 

@@ -186,16 +186,13 @@ SURVEY_CONTEXT_NAMES = (
 MIN_SURVEY_ROWS = 50
 
 
-def _survey_summaries(catalog, rows: np.ndarray) -> np.ndarray:
-    n = np.asarray(catalog["LogNgal"], dtype=np.float64)[rows]
-    s = np.asarray(catalog["Logsigv"], dtype=np.float64)[rows]
-    r_mean = np.asarray(catalog["R_mean"], dtype=np.float64)[rows]
+def _survey_summaries(n: np.ndarray, s: np.ndarray, r_mean: np.ndarray, v_kurt: np.ndarray) -> np.ndarray:
+    """The :data:`SURVEY_CONTEXT_NAMES` values of one survey from its LogNgal, Logsigv, R_mean, v_kurt rows."""
     lr = np.log10(r_mean) + 0.15
     slope, at_sigv = np.polyfit(s - 2.7, n, 1)
     sigv_at_r = np.polyfit(lr, s, 1)[1]
     ngal_at_r = np.polyfit(lr, n, 1)[1]
-    kurt = np.median(np.asarray(catalog["v_kurt"], dtype=np.float64)[rows])
-    return np.array([at_sigv, slope, sigv_at_r, ngal_at_r, kurt, np.median(r_mean)])
+    return np.array([at_sigv, slope, sigv_at_r, ngal_at_r, np.median(v_kurt), np.median(r_mean)])
 
 
 def survey_context(catalog, by: str | None = "sub_volume", survey=None):
@@ -253,12 +250,14 @@ def survey_context(catalog, by: str | None = "sub_volume", survey=None):
     for c in ("Ngal", "sigv", "R_mean", "v_kurt"):
         if c not in source:
             raise CatalogError(f"survey_context: the survey catalogue lacks the column {c!r}")
-    if np.any(np.asarray(source["R_mean"]) <= 0):
+    if len(source) < MIN_SURVEY_ROWS:
+        raise CatalogError(f"survey_context: the survey catalogue has {len(source)} rows, fewer than "
+                           f"{MIN_SURVEY_ROWS}; its summaries would be noise")
+    cols = [np.asarray(source[c], dtype=np.float64) for c in ("LogNgal", "Logsigv", "R_mean", "v_kurt")]
+    if np.any(cols[2] <= 0):
         raise CatalogError("survey_context: R_mean must be positive (it is a mean projected radius in Mpc/h)")
-    if survey is None and by is not None and by in catalog:
-        labels = np.asarray(catalog[by])
-    else:
-        labels = np.zeros(len(source), dtype=np.int64)
+    group = by if survey is None and by is not None and by in catalog else None
+    labels = np.zeros(len(source), dtype=np.int64) if group is None else np.asarray(catalog[group])
     keys, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     if counts.min() < MIN_SURVEY_ROWS:
         small = keys[counts < MIN_SURVEY_ROWS][:5].tolist()
@@ -266,13 +265,12 @@ def survey_context(catalog, by: str | None = "sub_volume", survey=None):
             f"survey_context: {int((counts < MIN_SURVEY_ROWS).sum())} survey(s) have fewer than "
             f"{MIN_SURVEY_ROWS} rows (first: {small} with {counts.min()} rows); their summaries would be noise"
         )
-    table = np.stack([_survey_summaries(source, inverse == k) for k in range(len(keys))])
+    table = np.stack([_survey_summaries(*(c[inverse == k] for c in cols)) for k in range(len(keys))])
     values = table[inverse] if survey is None else np.broadcast_to(table[0], (len(catalog), table.shape[1]))
     columns = dict(catalog.columns)
     for j, name in enumerate(SURVEY_CONTEXT_NAMES):
         columns[name] = np.array(values[:, j], dtype=np.float64)
     meta = dict(catalog.meta)
-    meta["survey_context"] = {"names": list(SURVEY_CONTEXT_NAMES), "num_surveys": len(keys),
-                              "by": None if survey is not None else (by if by is not None and by in catalog else None),
+    meta["survey_context"] = {"names": list(SURVEY_CONTEXT_NAMES), "num_surveys": len(keys), "by": group,
                               "from_other_catalog": survey is not None, "survey_rows": int(len(source))}
     return Catalog(columns, members=catalog.members, meta=meta, validate=False)

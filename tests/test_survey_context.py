@@ -71,11 +71,21 @@ def test_summaries_respond_to_the_occupation_and_the_velocity_bias(name, lo, hi,
 
 
 def test_bad_input_raises(family):
-    with pytest.raises(CatalogError, match=f"fewer than {MIN_SURVEY_ROWS} rows"):
+    with pytest.raises(CatalogError, match=f"{MIN_SURVEY_ROWS - 1} rows, fewer than {MIN_SURVEY_ROWS}"):
         survey_context(family.select(np.arange(MIN_SURVEY_ROWS - 1)))
+    with pytest.raises(CatalogError, match="0 rows"):
+        survey_context(mock_catalog(mass_sampling="flat", n_halos=60, seed=3, n_los=1),
+                       survey=family.select(np.zeros(len(family), dtype=bool)))
+    sub = np.asarray(family["sub_volume"])  # one universe cut below the minimum, the others whole
+    keep = (sub != sub[0]) | (np.cumsum(sub == sub[0]) <= MIN_SURVEY_ROWS - 1)
+    with pytest.raises(CatalogError, match=f"1 survey\\(s\\) have fewer than {MIN_SURVEY_ROWS} rows"):
+        survey_context(family.select(keep))
     cols = dict(family.columns)
     cols["R_mean"] = np.where(np.arange(len(family)) == 3, 0.0, cols["R_mean"])
     with pytest.raises(CatalogError, match="R_mean must be positive"):
+        survey_context(ncm.Catalog(cols, validate=False))
+    cols.pop("v_kurt")
+    with pytest.raises(CatalogError, match="lacks the column 'v_kurt'"):
         survey_context(ncm.Catalog(cols, validate=False))
     with pytest.raises(TypeError, match="Catalog"):
         survey_context(np.zeros((100, 14)))
