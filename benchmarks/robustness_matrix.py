@@ -20,6 +20,9 @@ of the variant (``--shift-volume``; a flat-mass catalogue would be a shift by it
     python3 benchmarks/robustness_matrix.py --seeds 0 1 2      # 12 min on the shared 2-core machine
     python3 benchmarks/robustness_matrix.py --seeds 0 1 2 --networks context --context-volume 2  # 6 min
     python3 benchmarks/robustness_matrix.py --seeds 0 1 --params sigma8 n_background --test-halos 4000
+    # the family network on 100 universes, with three off-centre parameters held at their fiducial values
+    python3 benchmarks/robustness_matrix.py --networks family context --seeds 0 1 --family-sub-volume 0.01 \
+        --params alpha_sat sigma_ln_scatter --clustered 0 --family-fixed alpha_sat c_gal sigma_ln_scatter
 
 "Leave-one-variant-out" here means that each test variant is a fresh catalogue at one edge of one range: the
 family-trained network has seen universes near that edge in some sub-volumes but never that combination,
@@ -43,6 +46,7 @@ from numpyro_clustermass.simulate.nuisance import NUISANCE_PARAMETERS
 EDGES = np.round(np.arange(14.0, 14.81, 0.1), 2)
 DEFAULT_PARAMS = ("omega_m", "sigma8", "z", "lambda0", "alpha_sat", "richness_scatter_dex", "c_gal",
                   "velocity_bias_mean", "sigma_ln_scatter", "n_background", "infall_fraction")
+FAMILY_PARAMETERS = tuple(name for name, p in NUISANCE_PARAMETERS.items() if p.in_family)
 
 
 def variants(params, clustered: float) -> list[tuple[str, dict | None]]:
@@ -88,13 +92,20 @@ def main(argv=None) -> int:
                     help="seed of the family catalogues the family and context networks train on (its realisation)")
     ap.add_argument("--context-volume", type=float, default=None,
                     help="training volume of the context network, (Gpc/h)^3 (default: --volume)")
+    ap.add_argument("--family-sub-volume", type=float, default=0.1,
+                    help="sub-volume (universe) size of the family network's training family, (Gpc/h)^3")
+    ap.add_argument("--family-fixed", nargs="+", default=[], choices=sorted(FAMILY_PARAMETERS), metavar="NAME",
+                    help="family parameters held at their fiducial values in the family and context networks' "
+                         "training catalogues (the others drawn)")
     args = ap.parse_args(argv)
+    family = {"prior": True, **{name: NUISANCE_PARAMETERS[name].fiducial for name in args.family_fixed}}
 
     t0 = time.perf_counter()
     make = {"fiducial": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=0),
-            "family": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=args.family_seed, nuisance="prior"),
+            "family": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=args.family_seed, nuisance=family,
+                                                        sub_volume=args.family_sub_volume),
             "context": lambda: survey_context(ncm.simulate.mock_catalog(
-                volume=args.context_volume or args.volume, seed=args.family_seed, nuisance="prior",
+                volume=args.context_volume or args.volume, seed=args.family_seed, nuisance=family,
                 sub_volume=args.context_sub_volume))}
     trains = {k: make[k]().split(test_fraction=0.2, seed=1)[0] for k in args.networks}
     cases = variants(args.params, args.clustered)
@@ -107,6 +118,9 @@ def main(argv=None) -> int:
                for i, (label, nu) in enumerate(cases)}
     context_tests = ({label: survey_context(test, survey=natural[label]) for label, test in tests}
                      if "context" in trains else {})
+    if args.family_fixed:
+        print("family and context training catalogues with " + ", ".join(
+            f"{name} = {NUISANCE_PARAMETERS[name].fiducial:g}" for name in args.family_fixed) + " (fiducial)")
     print("training mocks: " + ", ".join(f"{k} {len(c)}" for k, c in trains.items())
           + f"; {len(tests)} test variants of {len(tests[0][1])} mocks ({time.perf_counter() - t0:.0f} s)", flush=True)
 
