@@ -4,7 +4,7 @@ A survey-context network (:func:`~numpyro_clustermass.features.survey_context`) 
 parameter's shift of the mass only as far as the survey's summaries pin that parameter down; what they
 leave open it marginalises over the family, and on a universe away from the family's centre its mode then
 leans toward the centre. This script measures, without training a network, how much of each family
-parameter the six summaries hold: it simulates the family (``mock_catalog(volume=V, seed=S,
+parameter the survey summaries hold: it simulates the family (``mock_catalog(volume=V, seed=S,
 nuisance="prior", sub_volume=v)`` for ``--family-seeds`` S, one universe per sub-volume), takes each
 universe's summaries and drawn values, and regresses every drawn parameter on the summaries (least squares
 with an intercept: linear, and quadratic with all pairwise products), scored by ``--folds``-fold
@@ -13,7 +13,7 @@ universes, the cross-validated residual standard deviation of each regression an
 variance it explains (R^2, 1 - residual variance / prior variance; negative when the regression predicts
 worse than the mean).
 
-    python3 benchmarks/context_identification.py                       # 200 universes of 0.01, 1 min
+    python3 benchmarks/context_identification.py                       # 200 universes of 0.01, 40 s
     python3 benchmarks/context_identification.py --sub-volume 0.1 --family-seeds 100 101 102 103 104
 
 A linear or quadratic regression is a lower bound on what a network could extract from the same summaries,
@@ -71,7 +71,7 @@ def measure(volume: float = 1.0, sub_volume: float = 0.01, seeds=(0, 1), folds: 
 
     Returns ``{"n_universes": U, "rows": {name: {"prior_std", "linear_std", "quadratic_std", "linear_r2",
     "quadratic_r2"}}}``; a regression is NaN when its training folds hold fewer than three universes per
-    coefficient (the quadratic's 28 need about 94 universes at 10 folds).
+    coefficient (the quadratic's 55 for nine summaries need about 184 universes at 10 folds).
     """
     x, values = universe_table(volume, sub_volume, seeds)
     if len(x) < 3 * folds:

@@ -181,6 +181,9 @@ SURVEY_CONTEXT_NAMES = (
     "ctx_Ngal_at_R",       # intercept of LogNgal on (log10 R_mean + 0.15)
     "ctx_v_kurt",          # median excess kurtosis of the velocities (interlopers widen the wings)
     "ctx_R_mean",          # median mean projected radius of the members
+    "ctx_Ngal_p90",        # 90th percentile of LogNgal: the richness function's tail
+    "ctx_Ngal_p99",        # its 99th percentile
+    "ctx_sigv_Ngal_slope",  # slope of Logsigv on (LogNgal - 1.3), the inverse regression of the first
 )
 #: Fewest rows a survey needs for its summaries (each is a fit or a median over its rows).
 MIN_SURVEY_ROWS = 50
@@ -192,7 +195,10 @@ def _survey_summaries(n: np.ndarray, s: np.ndarray, r_mean: np.ndarray, v_kurt: 
     slope, at_sigv = np.polyfit(s - 2.7, n, 1)
     sigv_at_r = np.polyfit(lr, s, 1)[1]
     ngal_at_r = np.polyfit(lr, n, 1)[1]
-    return np.array([at_sigv, slope, sigv_at_r, ngal_at_r, np.median(v_kurt), np.median(r_mean)])
+    p90, p99 = np.percentile(n, [90.0, 99.0])
+    sigv_slope = np.polyfit(n - 1.3, s, 1)[0]
+    return np.array([at_sigv, slope, sigv_at_r, ngal_at_r, np.median(v_kurt), np.median(r_mean), p90, p99,
+                     sigv_slope])
 
 
 def survey_context(catalog, by: str | None = "sub_volume", survey=None):
@@ -207,9 +213,11 @@ def survey_context(catalog, by: str | None = "sub_volume", survey=None):
     learn the mass likelihood *given the survey*, i.e. calibrate the occupation and interloper model on the
     catalogue it is applied to (docs/nuisance.md measures what this buys, and what it does not).
 
-    Each summary is a least-squares line or a median over the survey's rows: the intercepts of LogNgal on
-    ``Logsigv - 2.7`` (and its slope), of Logsigv and of LogNgal on ``log10(R_mean) + 0.15``, and the
-    medians of ``v_kurt`` and ``R_mean``. They depend on the survey's mass distribution, so compute them
+    Each summary is a least-squares line, a median or a percentile over the survey's rows: the intercepts of
+    LogNgal on ``Logsigv - 2.7`` (and its slope), of Logsigv and of LogNgal on ``log10(R_mean) + 0.15``, the
+    medians of ``v_kurt`` and ``R_mean``, the 90th and 99th percentiles of LogNgal, and the slope of Logsigv
+    on ``LogNgal - 1.3``. The last three carry the occupation's slope, which the first six leave open
+    (``benchmarks/context_identification.py``). They depend on the survey's mass distribution, so compute them
     from a catalogue selected the way the training surveys were (the natural-mass, Ngal-cut catalogue), and
     pass it as ``survey`` when the rows to be scored are sampled otherwise (a flat-mass test set).
 
@@ -227,7 +235,7 @@ def survey_context(catalog, by: str | None = "sub_volume", survey=None):
     Returns
     -------
     Catalog
-        A new catalogue (members and metadata carried along) with the six float64 context columns;
+        A new catalogue (members and metadata carried along) with the nine float64 context columns;
         ``meta["survey_context"]`` records how they were computed. Train with
         ``MDN(..., feature_names=FEATURE_NAMES + SURVEY_CONTEXT_NAMES)``.
 
@@ -242,7 +250,7 @@ def survey_context(catalog, by: str | None = "sub_volume", survey=None):
     >>> fam = mock_catalog(volume=0.02, seed=0, nuisance="prior", sub_volume=0.01)
     >>> ctx = survey_context(fam)
     >>> [len(set(ctx[c].tolist())) for c in SURVEY_CONTEXT_NAMES]  # two universes, two values each
-    [2, 2, 2, 2, 2, 2]
+    [2, 2, 2, 2, 2, 2, 2, 2, 2]
     """
     if not isinstance(catalog, Catalog) or (survey is not None and not isinstance(survey, Catalog)):
         raise TypeError("survey_context takes Catalog objects (catalog, and survey when given)")

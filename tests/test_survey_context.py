@@ -29,7 +29,8 @@ def test_each_universe_gets_its_own_summaries_computed_independently(family):
         lr = np.log10(col["R_mean"]) + 0.15
         fit_ns = stats.linregress(s - 2.7, n)
         expect = [fit_ns.intercept, fit_ns.slope, stats.linregress(lr, s).intercept,
-                  stats.linregress(lr, n).intercept, np.median(col["v_kurt"]), np.median(col["R_mean"])]
+                  stats.linregress(lr, n).intercept, np.median(col["v_kurt"]), np.median(col["R_mean"]),
+                  *np.percentile(n, [90, 99]), stats.linregress(n - 1.3, s).slope]
         got = [ctx[name][rows][0] for name in SURVEY_CONTEXT_NAMES]
         np.testing.assert_allclose(got, expect, rtol=1e-9, atol=1e-12)
     # the universes differ (their occupations and interlopers were drawn)
@@ -62,6 +63,10 @@ def test_survey_argument_gives_every_row_the_other_catalogues_summaries(family):
         # (measured: +0.020..+0.021 dex and -0.338..-0.370)
         ("velocity_bias_mean", 0.9, 1.1, "ctx_sigv_at_R", 0.012, 0.04),
         ("velocity_bias_mean", 0.9, 1.1, "ctx_v_kurt", -0.6, -0.2),
+        # a steeper occupation puts more galaxies in the massive halos: the richness tail moves out
+        # (measured, 4 seeds: 90th percentile +0.086..+0.099, 99th +0.186..+0.221)
+        ("alpha_sat", 0.85, 1.05, "ctx_Ngal_p90", 0.05, 0.15),
+        ("alpha_sat", 0.85, 1.05, "ctx_Ngal_p99", 0.12, 0.30),
     ],
 )
 def test_summaries_respond_to_the_occupation_and_the_velocity_bias(name, lo, hi, column, low, high):
@@ -119,9 +124,10 @@ def test_the_network_reads_the_occupation_off_the_survey():
                          ("fiducial", mock_catalog(volume=0.1, seed=2000))):
         post = f.posterior(survey_context(test, survey=survey)).reweight(priors.Flat(13.5, 15.3))
         bias[name] = metrics.binned(post, test, estimator="mode", edges=edges)["bias_median"].to_numpy()
-    # robustness_matrix (3 seeds, 8000 halos): the context network within +0.033 of the truth on this variant,
-    # the fiducial-trained one at -0.19; here 10^14.0-14.5 only, where the context network has no high-mass offset.
-    # Measured once (training seed 0, deterministic): own survey -0.014..+0.015, fiducial survey -0.172..-0.117
+    # robustness_matrix (3 seeds, 8000 halos, nine summaries): the context network within 0.024 dex of the truth on
+    # this variant, the fiducial-trained one at -0.19; here 10^14.0-14.5 only, where the context network has no high-mass offset.
+    # Measured once (training seed 0, deterministic, nine summaries): own survey -0.012..+0.012, fiducial survey
+    # -0.175..-0.127 (six summaries: -0.014..+0.015 and -0.172..-0.117)
     print("reweighted-mode bias 10^14.0-14.5, own survey:", np.round(bias["own"], 3), "fiducial survey:",
           np.round(bias["fiducial"], 3))
     assert np.all(np.abs(bias["own"]) < 0.05), bias
@@ -156,16 +162,15 @@ def identification():
     return _context_identification().measure(volume=0.4, sub_volume=0.01, seeds=(0,), folds=5)
 
 
-def test_the_summaries_identify_the_occupation_normalisation_and_background_not_the_slope_or_cosmology(
-        identification):
-    """40 universes of 0.01 (Gpc/h)^3. Linear cross-validated R^2 measured over family seeds 0, 1, 2: lambda0
-    0.86-0.93, n_background 0.97-0.98, alpha_sat -0.30..+0.12, omega_m -0.46..-0.17, sigma8 -0.46..-0.16
-    (the benchmark's 200 universes: docs/nuisance.md)."""
+def test_the_summaries_identify_the_occupation_normalisation_and_background_not_the_cosmology(identification):
+    """40 universes of 0.01 (Gpc/h)^3. Linear cross-validated R^2 measured over family seeds 0, 1, 2 (nine
+    summaries): lambda0 0.80-0.93, n_background 0.98-0.99, omega_m -0.78..-0.14, sigma8 -0.62..-0.15; alpha_sat
+    -0.25..+0.55 is too noisy at this size to assert (the benchmark's 200 universes: docs/nuisance.md)."""
     m = identification
     r = {k: v["linear_r2"] for k, v in m["rows"].items()}
     assert m["n_universes"] == 40
-    assert r["lambda0"] > 0.75 and r["n_background"] > 0.9
-    assert r["alpha_sat"] < 0.4 and r["omega_m"] < 0.2 and r["sigma8"] < 0.2
+    assert r["lambda0"] > 0.7 and r["n_background"] > 0.9
+    assert r["omega_m"] < 0.2 and r["sigma8"] < 0.2
     assert all(v["prior_std"] > 0 for v in m["rows"].values())
 
 
@@ -175,5 +180,5 @@ def test_context_identification_refuses_too_few_universes():
 
 
 def test_context_identification_skips_a_regression_with_too_few_universes_per_coefficient(identification):
-    m = identification  # 32 universes per training fold, 28 quadratic coefficients
+    m = identification  # 32 universes per training fold, 55 quadratic coefficients
     assert all(np.isnan(v["quadratic_r2"]) and np.isfinite(v["linear_r2"]) for v in m["rows"].values())
