@@ -29,12 +29,13 @@ import numpy as np
 
 import numpyro_clustermass as ncm
 from numpyro_clustermass.features import SURVEY_CONTEXT_NAMES, survey_context
-from numpyro_clustermass.simulate.nuisance import NUISANCE_COLUMN_PREFIX, NUISANCE_PARAMETERS
+from numpyro_clustermass.simulate.nuisance import FAMILY_PARAMETERS, NUISANCE_COLUMN_PREFIX
 
 
 def universe_table(volume: float, sub_volume: float, seeds) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Per universe: its summaries, (U, 6), and its drawn value of every family parameter, {name: (U,)}."""
-    summaries, values = [], {name: [] for name, p in NUISANCE_PARAMETERS.items() if p.in_family}
+    """Per universe: its summaries, (U, len(SURVEY_CONTEXT_NAMES)), and its drawn value of every family
+    parameter, {name: (U,)}."""
+    summaries, values = [], {name: [] for name in FAMILY_PARAMETERS}
     for seed in seeds:
         cat = survey_context(ncm.simulate.mock_catalog(volume=volume, seed=seed, nuisance="prior",
                                                        sub_volume=sub_volume))
@@ -73,20 +74,24 @@ def measure(volume: float = 1.0, sub_volume: float = 0.01, seeds=(0, 1), folds: 
     "quadratic_r2"}}}``; a regression is NaN when its training folds hold fewer than three universes per
     coefficient (the quadratic's 55 for nine summaries need about 184 universes at 10 folds).
     """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2 (cross-validation needs a held-out fold); got {folds!r}")
     x, values = universe_table(volume, sub_volume, seeds)
     if len(x) < 3 * folds:
         raise ValueError(f"{len(x)} universes are too few for {folds}-fold cross-validation; "
                          f"use more volume, more seeds or a smaller sub_volume")
+    # the same design matrices for every parameter; None where the training folds hold fewer than three
+    # universes per coefficient (the regression would fit noise)
+    designs = {}
+    for label, degree in (("linear", 1), ("quadratic", 2)):
+        features = design(x, degree)
+        designs[label] = None if len(x) * (folds - 1) / folds < 3 * features.shape[1] else features
     rows = {}
     for name, y in values.items():
         prior = float(np.std(y))
         row = {"prior_std": prior}
-        for label, degree in (("linear", 1), ("quadratic", 2)):
-            features = design(x, degree)
-            if len(x) * (folds - 1) / folds < 3 * features.shape[1]:  # too few universes: it would fit noise
-                row[f"{label}_std"] = row[f"{label}_r2"] = float("nan")
-                continue
-            r = cv_residual_std(features, y, folds)
+        for label, features in designs.items():
+            r = float("nan") if features is None else cv_residual_std(features, y, folds)
             row[f"{label}_std"] = r
             row[f"{label}_r2"] = 1.0 - r ** 2 / prior ** 2
         rows[name] = row

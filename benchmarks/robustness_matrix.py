@@ -41,12 +41,11 @@ import numpyro_clustermass as ncm
 from numpyro_clustermass import diagnostics, metrics, priors
 from numpyro_clustermass.catalog import FEATURE_NAMES
 from numpyro_clustermass.features import SURVEY_CONTEXT_NAMES, survey_context
-from numpyro_clustermass.simulate.nuisance import NUISANCE_PARAMETERS
+from numpyro_clustermass.simulate.nuisance import FAMILY_PARAMETERS, NUISANCE_PARAMETERS
 
 EDGES = np.round(np.arange(14.0, 14.81, 0.1), 2)
 DEFAULT_PARAMS = ("omega_m", "sigma8", "z", "lambda0", "alpha_sat", "richness_scatter_dex", "c_gal",
                   "velocity_bias_mean", "sigma_ln_scatter", "n_background", "infall_fraction")
-FAMILY_PARAMETERS = tuple(name for name, p in NUISANCE_PARAMETERS.items() if p.in_family)
 
 
 def variants(params, clustered: float) -> list[tuple[str, dict | None]]:

@@ -125,7 +125,8 @@ def test_the_network_reads_the_occupation_off_the_survey():
         post = f.posterior(survey_context(test, survey=survey)).reweight(priors.Flat(13.5, 15.3))
         bias[name] = metrics.binned(post, test, estimator="mode", edges=edges)["bias_median"].to_numpy()
     # robustness_matrix (3 seeds, 8000 halos, nine summaries): the context network within 0.024 dex of the truth on
-    # this variant, the fiducial-trained one at -0.19; here 10^14.0-14.5 only, where the context network has no high-mass offset.
+    # this variant, the fiducial-trained one at -0.19; here 10^14.0-14.5 only, where the context network has no
+    # high-mass offset.
     # Measured once (training seed 0, deterministic, nine summaries): own survey -0.012..+0.012, fiducial survey
     # -0.175..-0.127 (six summaries: -0.014..+0.015 and -0.172..-0.117)
     print("reweighted-mode bias 10^14.0-14.5, own survey:", np.round(bias["own"], 3), "fiducial survey:",
@@ -177,6 +178,9 @@ def test_the_summaries_identify_the_occupation_normalisation_and_background_not_
 def test_context_identification_refuses_too_few_universes():
     with pytest.raises(ValueError, match="too few for 10-fold"):
         _context_identification().measure(volume=0.05, sub_volume=0.01, seeds=(0,), folds=10)
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="folds must be an int >= 2"):
+            _context_identification().measure(volume=0.05, sub_volume=0.01, seeds=(0,), folds=bad)
 
 
 def test_context_identification_skips_a_regression_with_too_few_universes_per_coefficient(identification):

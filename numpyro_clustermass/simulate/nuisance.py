@@ -43,6 +43,7 @@ from numpyro_clustermass.catalog import NUISANCE_PREFIX
 from numpyro_clustermass.simulate.physics import MockPhysics
 
 __all__ = [
+    "FAMILY_PARAMETERS",
     "NUISANCE_PARAMETERS",
     "NUISANCE_COLUMN_PREFIX",
     "SUB_VOLUME",
@@ -157,6 +158,8 @@ def _table() -> dict[str, NuisanceParameter]:
 
 #: The nuisance parameters by name (each a :class:`MockPhysics` field), in column order.
 NUISANCE_PARAMETERS: dict[str, NuisanceParameter] = _table()
+#: The parameters ``nuisance="prior"`` draws (``in_family=True``), in the table's order.
+FAMILY_PARAMETERS: tuple[str, ...] = tuple(n for n, p in NUISANCE_PARAMETERS.items() if p.in_family)
 
 
 @dataclass(frozen=True)
@@ -218,11 +221,10 @@ def resolve_nuisance(nuisance) -> NuisancePlan | None:
     """
     if nuisance is None:
         return None
-    family = tuple(n for n, p in NUISANCE_PARAMETERS.items() if p.in_family)
     if isinstance(nuisance, str):
         if nuisance != "prior":
             raise ValueError(f"nuisance must be None, 'prior' or a dict of parameter values; got {nuisance!r}")
-        return NuisancePlan("prior", {}, family)
+        return NuisancePlan("prior", {}, FAMILY_PARAMETERS)
     if not isinstance(nuisance, dict):
         raise TypeError(f"nuisance must be None, 'prior' or a dict; got {type(nuisance).__name__}")
     spec = dict(nuisance)
@@ -245,7 +247,7 @@ def resolve_nuisance(nuisance) -> NuisancePlan | None:
                 drawn.append(name)
             else:
                 fixed[name] = NUISANCE_PARAMETERS[name].check(value)
-        elif rest and name in family:
+        elif rest and name in FAMILY_PARAMETERS:
             drawn.append(name)
     return NuisancePlan("dict", fixed, tuple(drawn))
 
