@@ -369,6 +369,25 @@ def test_nuts_bad_prior_and_no_latents_are_errors(xy):
             **SMALL)
 
 
+def test_gaussian_at_mode_never_moves_uphill_after_a_failed_bfgs():
+    """jax's BFGS can stop after a failed line search with an x far from the start and an opt.fun that is not
+    the potential there (here: fun 3.9, potential 280 at x, 20.1 at the start); the mode is judged by the potential
+    at x. Without Newton steps the start is kept; with them the true mode (0, 0) is reached."""
+    from numpyro_clustermass.inference.laplace import gaussian_at_mode
+
+    def potential(z):
+        return jnp.sum(jnp.exp(3.0 * z["z"]) - 3.0 * z["z"])
+
+    z0 = {"z": jnp.array([1.0, -1.0])}
+    g = gaussian_at_mode(potential, z0, max_newton=0)
+    assert g["info"]["potential_at_mode"] <= g["info"]["potential_at_map"] + 1e-4, g["info"]
+    np.testing.assert_allclose(g["mode"], [1.0, -1.0])
+    g = gaussian_at_mode(potential, z0)
+    np.testing.assert_allclose(g["mode"], [0.0, 0.0], atol=1e-3)
+    # the Hessian at the mode is diag(9, 9): covariance 1/9
+    np.testing.assert_allclose(np.diag(g["scale"] @ g["scale"].T), [1 / 9, 1 / 9], rtol=1e-3)
+
+
 def test_laplace_refuses_a_huge_dense_hessian(xy):
     with pytest.raises(ValueError, match="max_params"):
         fit(_est(), xy, method="laplace", bayesian_layers="all", max_params=20, map_options={"num_epochs": 1},

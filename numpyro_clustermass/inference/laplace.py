@@ -187,7 +187,10 @@ def gaussian_at_mode(potential_fn: Callable, z0: dict, refine_mode: bool = True,
     mode, opt, newton_steps = flat0, None, 0
     if refine_mode:
         opt = jax.jit(lambda f: minimize(potential, f, method="BFGS", options={"maxiter": int(max_iter)}))(flat0)
-        if bool(jnp.isfinite(opt.fun)) and float(opt.fun) <= float(potential(flat0)):
+        # judged by the potential at opt.x itself: after a failed first line search jax's BFGS can return an x
+        # far from the start together with the start's value in opt.fun
+        f_opt = float(potential(opt.x))
+        if np.isfinite(f_opt) and f_opt <= float(potential(flat0)):
             mode = opt.x
         # BFGS in float32 often stops early (line-search failure); finish with damped saddle-free Newton steps
         mode, newton_steps = _newton(potential, grad, hessian, mode, max_newton)
