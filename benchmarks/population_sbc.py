@@ -112,7 +112,7 @@ def main():
     ap.add_argument("--survey-volume", type=float, default=0.1)
     ap.add_argument("--train-volume", type=float, default=0.3)
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--selection-halos", type=int, default=20000)
     ap.add_argument("--out", default="population_sbc_output")

@@ -493,12 +493,33 @@ def _scaling_model(pivot, amplitude_scale, tilt_scale, uncertain, y_cut, **d):
 
 
 def _run_nuts(model, data, init, num_warmup, num_samples, num_chains, seed, progress_bar):
-    from numpyro.infer import MCMC, NUTS, init_to_value
+    """NUTS preconditioned by the Laplace approximation at the posterior mode (as ``fit(method="nuts")``'s default).
 
-    kernel = NUTS(model, init_strategy=init_to_value(values=init), dense_mass=True, target_accept_prob=0.85)
+    The population posteriors are close to Gaussian in NumPyro's unconstrained space but badly scaled (a
+    mass-function amplitude known to 3% beside selection fractions known to a logit unit), so NUTS's own warm-up,
+    starting from the identity metric, spends most of its time in trees of hundreds of leapfrog steps. The
+    covariance of the Laplace approximation (:func:`~numpyro_clustermass.inference.laplace.gaussian_at_mode`) is
+    the fixed dense inverse mass matrix; warm-up adapts the step size only, and each chain starts at its own draw
+    from the approximation so that R-hat compares chains started apart.
+    """
+    from numpyro.infer import MCMC, NUTS, init_to_value
+    from numpyro.infer.util import initialize_model
+
+    from numpyro_clustermass.inference.laplace import gaussian_at_mode
+
+    k_init, k_start, k_run = jax.random.split(jax.random.key(int(seed)), 3)
+    mi = initialize_model(k_init, model, model_kwargs=data, init_strategy=init_to_value(values=init),
+                          dynamic_args=False)
+    lap = gaussian_at_mode(mi.potential_fn, mi.param_info.z, refine_mode=True, absolute=True)
+    eps = jax.random.normal(k_start, (int(num_chains), lap["mode"].size), lap["mode"].dtype)
+    init_params = jax.vmap(lap["unravel"])(lap["mode"][None, :] + eps @ lap["scale"].T)
+    if int(num_chains) == 1:
+        init_params = jax.tree.map(lambda a: a[0], init_params)
+    kernel = NUTS(model, init_strategy=init_to_value(values=init), dense_mass=True, target_accept_prob=0.85,
+                  inverse_mass_matrix=lap["scale"] @ lap["scale"].T, adapt_mass_matrix=False)
     mcmc = MCMC(kernel, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
                 chain_method="vectorized", progress_bar=progress_bar)
-    mcmc.run(jax.random.key(int(seed)), extra_fields=("diverging",), **data)
+    mcmc.run(k_run, init_params=init_params, extra_fields=("diverging",), **data)
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     diverging = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])
     return samples, diverging
@@ -784,7 +805,8 @@ def mass_function(
     selection_uncertainty : bool
         For a :class:`Selection`, marginalise over each bin's fraction (Beta(k + 1, n − k + 1)); else use k / n.
     num_warmup, num_samples, num_chains, seed, progress_bar
-        NUTS settings (chains are vectorised; dense mass matrix).
+        NUTS settings (chains are vectorised; the fixed dense metric is the Laplace approximation's covariance at
+        the posterior mode, each chain starts at its own draw from it; warm-up adapts the step size).
 
     Returns
     -------

@@ -41,13 +41,15 @@ def _posterior(obs, prior=None):
 def constant_fit():
     _, obs = _survey(1)
     post = _posterior(obs)
+    # 300 draws per chain: the split R-hat asserted below (< 1.05) scatters by about 0.02 at 100 draws per chain
+    # (1.005-1.057 over seeds 0-5 with the Laplace metric, 0.995-1.033 with the adapted one)
     return pop.mass_function(post, volume=VOLUME, edges=np.linspace(14.0, 15.0, 3), selection=None, seed=0,
-                             **NUTS)
+                             **{**NUTS, "num_samples": 300})
 
 
 def test_constant_mass_function_recovered(constant_fit):
     res = constant_fit
-    assert res.density.shape == (200, 2)
+    assert res.density.shape == (600, 2)
     lo, hi = res.interval(0.95)
     assert np.all((lo < N_TRUE) & (N_TRUE < hi)), (lo, hi)
     # Poisson precision of 750 halos per bin: 1/sqrt(750) = 3.7%; the 95% interval must be of that size
