@@ -199,12 +199,13 @@ def main():
         print(f"survey {s:2d}: {len(cat)} clusters, max R-hat {max(rh.values()):.3f}, {ndiv} divergences, "
               f"{time.perf_counter() - ts:.0f} s", flush=True)
 
-        if s >= 1:
+        if s >= 1:  # the table and its JSON after every survey, so that a stopped run keeps what it measured
             rows, max_rhat = report(rec, pooled_m, pooled_y, args, t0)
-    with open(os.path.join(args.out, "population_sbc.json"), "w") as fh:
-        json.dump({"args": vars(args), "table": [dict(zip(("quantity", "method", "cases", "cov68", "cov95",
-                                                            "median_bias"), map(_py, r))) for r in rows],
-                   "max_rhat": max_rhat}, fh, indent=1)
+            with open(os.path.join(args.out, "population_sbc.json"), "w") as fh:
+                json.dump({"args": vars(args), "surveys": s + 1,
+                           "table": [dict(zip(("quantity", "method", "cases", "cov68", "cov95", "median_bias"),
+                                              map(_py, r))) for r in rows],
+                           "max_rhat": max_rhat}, fh, indent=1)
 
 
 def report(rec, pooled_m, pooled_y, args, t0):
@@ -223,12 +224,12 @@ def report(rec, pooled_m, pooled_y, args, t0):
             t = param_truth[k]
             for method in ("pop", "point", "mode", "ideal"):
                 if method == "pop":
-                    c68 = [iv[0][0] <= t <= iv[0][1] for iv in (r[group]["pop"][k][1] for r in rec[group])]
-                    c95 = [iv[1][0] <= t <= iv[1][1] for iv in (r[group]["pop"][k][1] for r in rec[group])]
-                    bias = np.median([r[group]["pop"][k][0] - t for r in rec[group]])
+                    c68 = [iv[0][0] <= t <= iv[0][1] for iv in (r["pop"][k][1] for r in rec[group])]
+                    c95 = [iv[1][0] <= t <= iv[1][1] for iv in (r["pop"][k][1] for r in rec[group])]
+                    bias = np.median([r["pop"][k][0] - t for r in rec[group]])
                 else:
-                    est = np.array([r[group][method][0][i] for r in rec[group]])
-                    se = np.array([r[group][method][1][i] for r in rec[group]])
+                    est = np.array([r[method][0][i] for r in rec[group]])
+                    se = np.array([r[method][1][i] for r in rec[group]])
                     c68, c95 = gauss_cover(est, se, t, 0.68), gauss_cover(est, se, t, 0.95)
                     bias = np.median(est - t)
                 rows.append((f"{group} {k}", method, len(rec[group]), np.mean(c68), np.mean(c95), bias))
