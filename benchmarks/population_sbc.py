@@ -241,6 +241,16 @@ def report(rec, pooled_m, pooled_y, args, t0):
     for q, m, n, c68, c95, bias in rows:
         unit = " dex" if q.startswith("dn") else ""
         print(f"{q:26s} {labels[m]:40s} {n:5d} {100 * c68:5.1f}% {100 * c95:5.1f}% {bias:+11.4f}{unit}")
+    # per bin: where a bias sits (a mass-posterior bias of b dex moves log n by about -slope * b, so the steep
+    # end shows it first) and how often each bin's intervals hold the truth
+    lo = 14.0 + 0.1 * np.arange(bins[0]["pop_bias"].size)
+    print("per bin (log10 M from):      " + " ".join(f"{x:6.1f}" for x in lo))
+    for method in ("pop", "point", "mode", "ideal"):
+        med = np.median(np.stack([r[f"{method}_bias"] for r in bins]), 0)
+        print(f"  median bias, {method:6s} (dex) " + " ".join(f"{x:+6.3f}" for x in med))
+    for p in ("0.68", "0.95"):
+        cov = np.mean(np.stack([r[f"pop_{p}"] for r in bins]), 0)
+        print(f"  coverage {p}, pop        " + " ".join(f"{100 * x:5.0f}%" for x in cov))
     max_rhat = max(max(r.values()) for r in rec["rhat"])
     print(f"largest split R-hat over all fits and parameters: {max_rhat:.3f}; "
           f"time so far {time.perf_counter() - t0:.0f} s", flush=True)
