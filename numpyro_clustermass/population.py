@@ -505,18 +505,14 @@ def _run_nuts(model, data, init, num_warmup, num_samples, num_chains, seed, prog
     from numpyro.infer import MCMC, NUTS, init_to_value
     from numpyro.infer.util import initialize_model
 
-    from numpyro_clustermass.inference.laplace import gaussian_at_mode
+    from numpyro_clustermass.inference.laplace import gaussian_at_mode, nuts_start
 
     k_init, k_start, k_run = jax.random.split(jax.random.key(int(seed)), 3)
     mi = initialize_model(k_init, model, model_kwargs=data, init_strategy=init_to_value(values=init),
                           dynamic_args=False)
     lap = gaussian_at_mode(mi.potential_fn, mi.param_info.z, refine_mode=True, absolute=True)
-    eps = jax.random.normal(k_start, (int(num_chains), lap["mode"].size), lap["mode"].dtype)
-    init_params = jax.vmap(lap["unravel"])(lap["mode"][None, :] + eps @ lap["scale"].T)
-    if int(num_chains) == 1:
-        init_params = jax.tree.map(lambda a: a[0], init_params)
-    kernel = NUTS(model, init_strategy=init_to_value(values=init), dense_mass=True, target_accept_prob=0.85,
-                  inverse_mass_matrix=lap["scale"] @ lap["scale"].T, adapt_mass_matrix=False)
+    init_params, nuts_kw = nuts_start(lap, k_start, num_chains)
+    kernel = NUTS(model, init_strategy=init_to_value(values=init), target_accept_prob=0.85, **nuts_kw)
     mcmc = MCMC(kernel, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
                 chain_method="vectorized", progress_bar=progress_bar)
     mcmc.run(k_run, init_params=init_params, extra_fields=("diverging",), **data)

@@ -71,7 +71,8 @@ from numpyro_clustermass.inference.protocol import (
 )
 from numpyro_clustermass.inference.svi import MapStartOptions, latent_structure
 
-__all__ = ["laplace_method", "LaplaceOptions", "gaussian_at_mode", "LaplaceState", "DEFAULT_NUM_DRAWS", "MAX_PARAMS"]
+__all__ = ["laplace_method", "LaplaceOptions", "gaussian_at_mode", "nuts_start", "LaplaceState", "DEFAULT_NUM_DRAWS",
+           "MAX_PARAMS"]
 
 #: Default number of weight draws per posterior.
 DEFAULT_NUM_DRAWS = 100
@@ -218,6 +219,27 @@ def gaussian_at_mode(potential_fn: Callable, z0: dict, refine_mode: bool = True,
         "clipped_eigenvalues": clipped,
     }
     return {"mode": mode, "scale": scale, "unravel": unravel, "info": info}
+
+
+def nuts_start(lap: dict, rng_key, num_chains: int) -> tuple[dict, dict]:
+    """NUTS preconditioned by a :func:`gaussian_at_mode` result: chain starts and the kernel's metric keywords.
+
+    Each chain starts at its own draw from ``N(mode, scale scale^T)`` (so that R-hat compares chains started
+    apart; no leading chain axis when ``num_chains == 1``), and the covariance is the fixed dense inverse mass
+    matrix, warm-up adapting the step size only.
+
+    Returns
+    -------
+    (init_params, nuts_kwargs)
+        ``init_params`` for ``MCMC.run`` (unconstrained values) and keywords for ``NUTS``.
+    """
+    eps = jax.random.normal(rng_key, (int(num_chains), lap["mode"].size), lap["mode"].dtype)
+    init_params = jax.vmap(lap["unravel"])(lap["mode"][None, :] + eps @ lap["scale"].T)
+    if int(num_chains) == 1:
+        init_params = jax.tree.map(lambda a: a[0], init_params)
+    nuts_kwargs = {"dense_mass": True, "inverse_mass_matrix": lap["scale"] @ lap["scale"].T,
+                   "adapt_mass_matrix": False}
+    return init_params, nuts_kwargs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -94,7 +94,7 @@ from numpyro_clustermass.inference._bayes import (
     tile,
 )
 from numpyro_clustermass.inference import sharding
-from numpyro_clustermass.inference.laplace import gaussian_at_mode
+from numpyro_clustermass.inference.laplace import gaussian_at_mode, nuts_start
 from numpyro_clustermass.inference.options import (
     MethodOptions,
     check_bool,
@@ -388,13 +388,7 @@ def nuts_method(model: Callable, plan: TrainingPlan, options: NUTSOptions | None
                                   model_args=(x_s, data.y_train), model_kwargs={"deterministic": True},
                                   dynamic_args=False)
             lap = gaussian_at_mode(mi.potential_fn, mi.param_info.z, refine_mode=False, absolute=True)
-            eps = jax.random.normal(k_start, (int(num_chains), lap["mode"].size), lap["mode"].dtype)
-            flat = lap["mode"][None, :] + eps @ lap["scale"].T
-            init_params = jax.vmap(lap["unravel"])(flat)
-            if int(num_chains) == 1:
-                init_params = jax.tree.map(lambda a: a[0], init_params)
-            nuts_kw = {"dense_mass": True, "inverse_mass_matrix": lap["scale"] @ lap["scale"].T,
-                       "adapt_mass_matrix": False}
+            init_params, nuts_kw = nuts_start(lap, k_start, num_chains)
             lap_info = {"laplace_" + k: v for k, v in lap["info"].items()}
         kernel = NUTS(target, init_strategy=init_to_value(values=start), target_accept_prob=target_accept_prob,
                       max_tree_depth=max_tree_depth, **nuts_kw)
