@@ -79,6 +79,7 @@ __all__ = [
     "estimate_selection",
     "from_true_masses",
     "mass_function",
+    "pool",
     "scaling_relation",
     "tinker08_density",
 ]
@@ -559,6 +560,9 @@ class PopulationFit:
     selection_bins : array (B,)
         Mean selection per bin used for the naive estimates.
     diverging : array (chains, draws)
+    members : tuple of PopulationFit
+        For a pooled fit (:func:`pool`, or a sequence of posteriors passed to :func:`mass_function` or
+        :func:`scaling_relation`), the fits of the members whose chains are concatenated here; else empty.
     """
 
     model: str
@@ -573,6 +577,7 @@ class PopulationFit:
     pivot: float = PIVOT_LOG_MASS
     observable: str | None = None
     data: dict | None = None
+    members: tuple = ()
 
     @property
     def density(self) -> np.ndarray:
@@ -606,7 +611,10 @@ class PopulationFit:
 
     def to_arviz(self):
         """The draws as an ArviZ object (``InferenceData`` or ``DataTree``), with ``density`` per mass bin and the
-        divergences in ``sample_stats``: ``az.summary(fit.to_arviz())`` gives R-hat and ESS."""
+        divergences in ``sample_stats``: ``az.summary(fit.to_arviz())`` gives R-hat and ESS.
+
+        For a pooled fit the chains of all members are concatenated (attribute ``n_members``): their R-hat then
+        measures how much the members disagree, not convergence; :meth:`rhat` reports the members' own."""
         from numpyro_clustermass.diagnostics import to_arviz
 
         post = {**self.samples, "density": self.density_chains}
@@ -615,10 +623,15 @@ class PopulationFit:
         if "log_n" in self.samples:
             dims["log_n"] = ["mass_bin"]
         return to_arviz(post, sample_stats={"diverging": self.diverging}, coords=coords, dims=dims,
-                        attrs={"model": self.model, "volume_gpc3_h3": self.volume, "n_clusters": self.n_clusters})
+                        attrs={"model": self.model, "volume_gpc3_h3": self.volume, "n_clusters": self.n_clusters,
+               "n_members": max(len(self.members), 1)})
 
     def rhat(self) -> dict:
-        """Largest split R-hat per parameter (and of the density over bins), from ArviZ."""
+        """Largest split R-hat per parameter (and of the density over bins), from ArviZ; for a pooled fit the
+        largest over its members (each member's chains target that member's posterior)."""
+        if self.members:
+            per = [m.rhat() for m in self.members]
+            return {k: max(r[k] for r in per) for k in per[0]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             import arviz as az
@@ -699,6 +712,80 @@ class PopulationFit:
         return fig
 
 
+def pool(fits) -> PopulationFit:
+    """Pool population fits of one survey made with different networks: the population posterior marginalised
+    over the network, with equal weights.
+
+    One trained network is one draw of its training run (mock, initialisation, batches); its likelihoods carry
+    errors of 0.01–0.1 dex that repeat in every cluster, which a fit with that network alone treats as known and
+    which the binned mass function amplifies (docs/population.md, Training seeds). Fitting the same survey with the
+    posteriors of several independently trained networks and concatenating the draws carries that spread into the
+    intervals. Each member's own convergence is kept: :meth:`PopulationFit.rhat` reports the largest over members.
+
+    Parameters
+    ----------
+    fits : sequence of PopulationFit
+        Fits of the same model, bins, volume and parameters, with the same number of draws per chain (as
+        :func:`mass_function` and :func:`scaling_relation` give for one set of NUTS settings). A fit that is itself
+        pooled contributes its members.
+
+    Returns
+    -------
+    PopulationFit
+        Chains of all members concatenated (``samples``, ``density_chains``, ``diverging``); ``naive`` and
+        ``selection_bins`` the members' averages; ``members`` the member fits.
+
+    Examples
+    --------
+    ``mass_function([fit_a.posterior(survey), fit_b.posterior(survey)], volume=0.1)`` fits with each and calls
+    this; by hand::
+
+        res = pool([mass_function(f.posterior(survey), volume=0.1, seed=k) for k, f in enumerate(fits)])
+        res.interval(0.68)
+    """
+    fits = list(fits)
+    if not fits or not all(isinstance(f, PopulationFit) for f in fits):
+        raise TypeError("pool takes a non-empty sequence of PopulationFit")
+    members = tuple(m for f in fits for m in (f.members or (f,)))
+    first = members[0]
+    for f in members[1:]:
+        same = (f.model == first.model and f.observable == first.observable and np.array_equal(f.edges, first.edges)
+                and f.volume == first.volume and f.pivot == first.pivot and set(f.samples) == set(first.samples))
+        if not same:
+            raise ValueError("pool: the fits must share the model, observable, edges, volume, pivot and parameters")
+        if f.density_chains.shape[1] != first.density_chains.shape[1]:
+            raise ValueError(f"pool: the fits must have the same number of draws per chain (equal weights); got "
+                             f"{[m.density_chains.shape[1] for m in members]}")
+    if len(members) == 1:
+        return first
+    return dataclasses.replace(
+        first,
+        samples={k: np.concatenate([np.asarray(m.samples[k]) for m in members]) for k in first.samples},
+        density_chains=np.concatenate([m.density_chains for m in members]),
+        diverging=np.concatenate([np.asarray(m.diverging) for m in members]),
+        naive={k: np.mean([m.naive[k] for m in members], axis=0) for k in first.naive},
+        selection_bins=np.mean([m.selection_bins for m in members], axis=0),
+        n_clusters=int(round(np.mean([m.n_clusters for m in members]))),
+        members=members,
+    )
+
+
+def _posterior_members(posterior):
+    """The posteriors of a list or tuple of MassPosterior (one per network), else None."""
+    if isinstance(posterior, (list, tuple)):
+        if not posterior or not all(isinstance(p, MassPosterior) for p in posterior):
+            raise TypeError("posterior must be a MassPosterior or a non-empty list of MassPosterior (one per network)")
+        return list(posterior)
+    return None
+
+
+def _fit_members(fn, posteriors, args):
+    """``pool`` of ``fn`` on each posterior (seeds ``seed + k``), the simulated selection estimated once."""
+    if isinstance(args.get("selection"), str) and args["selection"] == "simulate":
+        args = {**args, "selection": estimate_selection()}
+    return pool([fn(p, **{**args, "seed": args["seed"] + k}) for k, p in enumerate(posteriors)])
+
+
 # ------------------------------------------------------------------------------------------------ public calls
 def _check_common(posterior, volume, num_warmup, num_samples, num_chains):
     if not isinstance(posterior, MassPosterior):
@@ -757,7 +844,7 @@ def _log_a_start(prep: _Prepared, log_v: float, n: int) -> float:
 
 
 def mass_function(
-    posterior: MassPosterior,
+    posterior: MassPosterior | list,
     volume: float,
     edges=None,
     selection="simulate",
@@ -782,9 +869,10 @@ def mass_function(
 
     Parameters
     ----------
-    posterior : MassPosterior
+    posterior : MassPosterior or list of MassPosterior
         One density per selected cluster of the survey; its :attr:`~MassPosterior.prior` (the training prior, or
-        the prior it was reweighted to) is divided out.
+        the prior it was reweighted to) is divided out. A list (the same survey's posteriors from independently
+        trained networks) is fitted member by member (seeds ``seed + k``) and the draws pooled (:func:`pool`).
     volume : float
         Survey volume in (Gpc/h)^3, as :func:`~numpyro_clustermass.simulate.mock_catalog` takes it.
     edges : array, optional
@@ -833,7 +921,13 @@ def mass_function(
         cat = mock_catalog(volume=0.1, seed=1, n_los=1)
         res = mass_function(fit_.posterior(cat), volume=0.1, catalog=cat)
         res.plot(path="mass_function.png")
+        # marginalised over the training run: networks trained with other seeds, draws pooled (see pool)
+        res = mass_function([f.posterior(cat) for f in fits], volume=0.1, catalog=cat)
     """
+    members = _posterior_members(posterior)
+    if members is not None:
+        return _fit_members(mass_function, members, {k: v for k, v in locals().items()
+                                                     if k not in ("posterior", "members")})
     _check_common(posterior, volume, num_warmup, num_samples, num_chains)
     if model not in ("binned", "tinker08"):
         raise ValueError(f"model must be 'binned' or 'tinker08'; got {model!r}")
@@ -882,7 +976,7 @@ def _tinker_bins(samples, prep, centres, cell_bin, edges, pivot):
 
 
 def scaling_relation(
-    posterior: MassPosterior,
+    posterior: MassPosterior | list,
     catalog,
     observable: str = "sigma_v",
     *,
@@ -930,7 +1024,8 @@ def scaling_relation(
 
     Parameters
     ----------
-    posterior : MassPosterior
+    posterior : MassPosterior or list of MassPosterior
+        A list is fitted member by member and pooled, as in :func:`mass_function`.
     catalog : Catalog
         The catalogue the posterior was computed on (row for row); holds the observable's column.
     observable : {"sigma_v", "richness", "sigv_members"} (or the column names "sigv", "Ngal")
@@ -964,6 +1059,10 @@ def scaling_relation(
         res = scaling_relation(f.posterior(survey), survey, "sigma_v", volume=0.1)
         res.interval(0.68, "b")
     """
+    members = _posterior_members(posterior)
+    if members is not None:
+        return _fit_members(scaling_relation, members, {k: v for k, v in locals().items()
+                                                        if k not in ("posterior", "members")})
     _check_common(posterior, volume, num_warmup, num_samples, num_chains)
     if observable not in OBSERVABLES:
         raise ValueError(f"observable must be one of {sorted(OBSERVABLES)}; got {observable!r}")
