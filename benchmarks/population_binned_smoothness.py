@@ -10,7 +10,11 @@ deconvolution amplifying a systematic error of the likelihoods; the smoothness p
 
 Run: ``python benchmarks/population_binned_smoothness.py --train-volumes 0.3 1.0 --surveys 6 --smoothness 0.2``
 (about 8 min here); ``--train-seeds 0 1 2`` repeats each training volume with other training seeds (the mock
-and the network's initialisation and batches).
+and the network's initialisation and batches). With several training seeds the script also prints the pooled fit:
+per survey, the population draws of every seed's network put together, i.e. the population posterior
+marginalised over the training run (equal weights), which carries the network's own error (the spread between
+training runs) into the intervals that one network's fit leaves out (``population.pool``, which
+``population.mass_function`` applies to a list of posteriors).
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ from numpyro_clustermass.simulate import mock_catalog
 from population_sbc import bin_covered, binned_truth  # the sibling script (run this one as a script)
 
 
+def summarise(label, bias, cov68, cov95, extra=""):
+    print(f"  {label} per-bin median bias (dex)", " ".join(f"{x:+.3f}" for x in np.median(bias, 0)))
+    print(f"  {label} overall median bias {np.median(bias):+.4f}, cov68 {np.mean(cov68):.3f}, "
+          f"cov95 {np.mean(cov95):.3f} ({np.size(cov68)} cases){extra}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train-volumes", type=float, nargs="+", default=[0.3, 1.0])
@@ -39,6 +49,8 @@ def main(argv=None):
     edges = pop.DEFAULT_EDGES
     inner, truth = binned_truth(edges)
     surveys = [mock_catalog(volume=0.1, seed=1000 + s, n_los=1) for s in range(args.surveys)]
+    pooled = {}  # (volume, survey index) -> the population fits of every training seed
+    ideal = {}  # survey index -> per-bin bias of the histogram of true masses, counts / (V Δ S), against the truth
     for v, seed in [(v, seed) for v in args.train_volumes for seed in args.train_seeds]:
         t = time.perf_counter()
         train = mock_catalog(volume=v, seed=seed)
@@ -47,20 +59,34 @@ def main(argv=None):
         print(f"train volume {v}, seed {seed}: {len(train)} mocks, epochs {f.info.epochs_run}, "
               f"{time.perf_counter() - t:.0f} s; smoothness {args.smoothness}", flush=True)
         bias, cov68, cov95, mbias = [], [], [], []
-        for cat in surveys:
+        for k, cat in enumerate(surveys):
             post = f.posterior(cat)
             r = pop.mass_function(post, volume=0.1, edges=edges, selection=sel, seed=10, num_warmup=200,
                                   num_samples=300, smoothness=args.smoothness)
+            pooled.setdefault((v, k), []).append(r)
+            if k not in ideal:  # the surveys' own Poisson fluctuations, common to every network fitted to them
+                n_true = np.histogram(cat.log_mass, bins=edges)[0]
+                ideal[k] = np.log10(np.maximum(n_true / (0.1e9 * np.diff(edges) * r.selection_bins), 1e-30)
+                                    / truth)[inner]
             bias.append(np.log10(np.median(r.density, 0) / truth)[inner])
             for p, out in ((0.68, cov68), (0.95, cov95)):
                 out.append(bin_covered(r, truth, inner, p))
             m = cat.log_mass
             in_range = (m >= 14.0) & (m < 15.0)
             mbias.append(np.median(post.mean()[in_range] - m[in_range]))
-        print("  per-bin median bias (dex)", " ".join(f"{x:+.3f}" for x in np.median(bias, 0)))
-        print(f"  overall median bias {np.median(bias):+.4f}, cov68 {np.mean(cov68):.3f}, cov95 {np.mean(cov95):.3f} "
-              f"({np.size(cov68)} cases); median (posterior mean - true) 10^14-10^15: {np.median(mbias):+.4f}",
-              flush=True)
+        summarise("", bias, cov68, cov95, f"; median (posterior mean - true) 10^14-10^15: {np.median(mbias):+.4f}")
+    print("ideal (histogram of the true masses) per-bin median bias (dex)",
+          " ".join(f"{x:+.3f}" for x in np.median(list(ideal.values()), 0)))
+    if len(args.train_seeds) > 1:
+        for v in args.train_volumes:
+            print(f"train volume {v}, pooled over training seeds {args.train_seeds} (equal weights):")
+            bias, cov68, cov95 = [], [], []
+            for k in range(args.surveys):
+                r = pop.pool(pooled[(v, k)])  # what pop.mass_function([post_seed0, post_seed1, ...]) returns
+                bias.append(np.log10(np.median(r.density, 0) / truth)[inner])
+                for p, out in ((0.68, cov68), (0.95, cov95)):
+                    out.append(bin_covered(r, truth, inner, p))
+            summarise("pooled", bias, cov68, cov95)
 
 
 if __name__ == "__main__":
