@@ -15,6 +15,10 @@ per survey, the population draws of every seed's network put together, i.e. the 
 marginalised over the training run (equal weights), which carries the network's own error (the spread between
 training runs) into the intervals that one network's fit leaves out (``population.pool``, which
 ``population.mass_function`` applies to a list of posteriors).
+
+``--exact-likelihood SIGMA`` (diagnostic) replaces the MDN's posteriors by exact Gaussian likelihoods of SIGMA dex
+about noisy true masses (flat carried prior; one noise draw per training seed, no training): what is left is the
+deconvolution's own error on these surveys.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import numpy as np
 
 from numpyro_clustermass import population as pop
 from numpyro_clustermass.estimators import MDN
+from numpyro_clustermass.grid import LOG_MASS_RANGE, default_grid
 from numpyro_clustermass.inference import fit
 from numpyro_clustermass.simulate import mock_catalog
-from population_sbc import bin_covered, binned_truth  # the sibling script (run this one as a script)
+from population_sbc import bin_covered, binned_truth, gaussian_likelihoods  # the sibling script (run as a script)
 
 
 def summarise(label, bias, cov68, cov95, extra=""):
@@ -44,7 +49,12 @@ def main(argv=None):
     ap.add_argument("--surveys", type=int, default=6)
     ap.add_argument("--smoothness", type=float, default=0.2)
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--exact-likelihood", type=float, default=None, metavar="SIGMA",
+                    help="diagnostic: exact Gaussian likelihoods of SIGMA dex about the true masses, no MDN")
     args = ap.parse_args(argv)
+    if args.exact_likelihood is not None:
+        args.train_volumes = [0.0]  # no training: one configuration per seed (the noise draw)
+    grid = default_grid(np.asarray(LOG_MASS_RANGE))
     sel = pop.estimate_selection(n_halos=20000, seed=1)
     edges = pop.DEFAULT_EDGES
     inner, truth = binned_truth(edges)
@@ -53,14 +63,21 @@ def main(argv=None):
     ideal = {}  # survey index -> per-bin bias of the histogram of true masses, counts / (V Δ S), against the truth
     for v, seed in [(v, seed) for v in args.train_volumes for seed in args.train_seeds]:
         t = time.perf_counter()
-        train = mock_catalog(volume=v, seed=seed)
-        f = fit(MDN(num_components=8, hidden=(64, 64)), train, method="map", seed=seed, num_epochs=args.epochs,
-                learning_rate=1e-3, progress_bar=False)
-        print(f"train volume {v}, seed {seed}: {len(train)} mocks, epochs {f.info.epochs_run}, "
-              f"{time.perf_counter() - t:.0f} s; smoothness {args.smoothness}", flush=True)
+        if args.exact_likelihood is None:
+            train = mock_catalog(volume=v, seed=seed)
+            f = fit(MDN(num_components=8, hidden=(64, 64)), train, method="map", seed=seed, num_epochs=args.epochs,
+                    learning_rate=1e-3, progress_bar=False)
+            print(f"train volume {v}, seed {seed}: {len(train)} mocks, epochs {f.info.epochs_run}, "
+                  f"{time.perf_counter() - t:.0f} s; smoothness {args.smoothness}", flush=True)
+        else:
+            print(f"exact Gaussian likelihoods of {args.exact_likelihood} dex, noise seed {seed}; smoothness "
+                  f"{args.smoothness}", flush=True)
         bias, cov68, cov95, mbias = [], [], [], []
         for k, cat in enumerate(surveys):
-            post = f.posterior(cat)
+            if args.exact_likelihood is None:
+                post = f.posterior(cat)
+            else:
+                post = gaussian_likelihoods(cat.log_mass, args.exact_likelihood, grid, seed=3000 + 100 * seed + k)
             r = pop.mass_function(post, volume=0.1, edges=edges, selection=sel, seed=10, num_warmup=200,
                                   num_samples=300, smoothness=args.smoothness)
             pooled.setdefault((v, k), []).append(r)
