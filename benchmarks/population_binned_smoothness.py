@@ -36,6 +36,13 @@ from numpyro_clustermass.simulate import mock_catalog
 from population_sbc import bin_covered, binned_truth, gaussian_likelihoods  # the sibling script (run as a script)
 
 
+def score(r, truth, inner, bias, cov68, cov95):
+    """Append one fit's per-bin log10(fit / truth) and its 68/95% coverage of the counted bins."""
+    bias.append(np.log10(np.median(r.density, 0) / truth)[inner])
+    for p, out in ((0.68, cov68), (0.95, cov95)):
+        out.append(bin_covered(r, truth, inner, p))
+
+
 def summarise(label, bias, cov68, cov95, extra=""):
     print(f"  {label} per-bin median bias (dex)", " ".join(f"{x:+.3f}" for x in np.median(bias, 0)))
     print(f"  {label} overall median bias {np.median(bias):+.4f}, cov68 {np.mean(cov68):.3f}, "
@@ -85,9 +92,7 @@ def main(argv=None):
                 n_true = np.histogram(cat.log_mass, bins=edges)[0]
                 ideal[k] = np.log10(np.maximum(n_true / (0.1e9 * np.diff(edges) * r.selection_bins), 1e-30)
                                     / truth)[inner]
-            bias.append(np.log10(np.median(r.density, 0) / truth)[inner])
-            for p, out in ((0.68, cov68), (0.95, cov95)):
-                out.append(bin_covered(r, truth, inner, p))
+            score(r, truth, inner, bias, cov68, cov95)
             m = cat.log_mass
             in_range = (m >= 14.0) & (m < 15.0)
             mbias.append(np.median(post.mean()[in_range] - m[in_range]))
@@ -99,10 +104,8 @@ def main(argv=None):
             print(f"train volume {v}, pooled over training seeds {args.train_seeds} (equal weights):")
             bias, cov68, cov95 = [], [], []
             for k in range(args.surveys):
-                r = pop.pool(pooled[(v, k)])  # what pop.mass_function([post_seed0, post_seed1, ...]) returns
-                bias.append(np.log10(np.median(r.density, 0) / truth)[inner])
-                for p, out in ((0.68, cov68), (0.95, cov95)):
-                    out.append(bin_covered(r, truth, inner, p))
+                # what pop.mass_function([post_seed0, post_seed1, ...]) returns
+                score(pop.pool(pooled[(v, k)]), truth, inner, bias, cov68, cov95)
             summarise("pooled", bias, cov68, cov95)
 
 

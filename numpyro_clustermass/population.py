@@ -624,7 +624,7 @@ class PopulationFit:
             dims["log_n"] = ["mass_bin"]
         return to_arviz(post, sample_stats={"diverging": self.diverging}, coords=coords, dims=dims,
                         attrs={"model": self.model, "volume_gpc3_h3": self.volume, "n_clusters": self.n_clusters,
-               "n_members": max(len(self.members), 1)})
+                               "n_members": max(len(self.members), 1)})
 
     def rhat(self) -> dict:
         """Largest split R-hat per parameter (and of the density over bins), from ArviZ; for a pooled fit the
