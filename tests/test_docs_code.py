@@ -27,6 +27,10 @@ Markers, HTML comments that the rendered page does not show:
     - ``line N number K: ...``: the K-th number on line N; ``any`` instead of tolerances (here and for
       ``number K``): that number is not compared (a figure that is not reproducible, such as an unconverged
       chain's R-hat), its words are;
+    - ``line N: optional``: the N-th line may be missing from what the code prints (a warning or a note
+      that appears in some runs and not in others, such as ``compare``'s note on an unconverged chain). When
+      the printed line at its place has its words, it is that line and its numbers are compared; otherwise
+      it is taken as absent and the next expected line is compared with that printed line;
     - ``measured ...``, last: free text to the end of the marker, where the tolerances come from (which
       runs, which machine).
 
@@ -66,7 +70,7 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _TOKEN = re.compile(rf"(?P<num>{_NUMBER.pattern})|(?P<word>(?:(?!{_NUMBER.pattern})\S)+)")
 _FLOAT = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TOL_CLAUSE = re.compile(rf"^(?:(?:line\s+(?P<line>\d+)\s*)?(?:number\s+(?P<number>\d+))?\s*:\s*)?"
-                         rf"(?P<tols>any|(?:(?:rtol|atol)\s+{_FLOAT}\s*,?\s*)+)$")
+                         rf"(?P<tols>any|optional|(?:(?:rtol|atol)\s+{_FLOAT}\s*,?\s*)+)$")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class OutputSpec:
     lines: dict = field(default_factory=dict)  # {line: Tolerance}
     columns: dict = field(default_factory=dict)  # {number: Tolerance}, the K-th number of every line
     numbers: dict = field(default_factory=dict)  # {(line, number): Tolerance}
+    optional: set = field(default_factory=set)  # lines that may be missing from the printed output
     measured: str = ""
 
     def tolerance(self, line: int, number: int) -> Tolerance:
@@ -110,7 +115,15 @@ def parse_output_spec(text: str) -> OutputSpec:
         m = _TOL_CLAUSE.match(clause)
         if not m:
             raise ValueError(f"cannot read the output tolerance clause {clause!r} (write 'rtol R, atol A', "
-                             "'line N: rtol R', 'number K: atol A', 'line N number K: any' or 'measured ...', separated by ';')")
+                             "'line N: rtol R', 'number K: atol A', 'line N number K: any', 'line N: optional' or 'measured ...', "
+                             "separated by ';')")
+        if m.group("tols") == "optional":
+            if m.group("number") or not m.group("line"):
+                raise ValueError(f"'optional' is for a whole line ('line N: optional'), not {clause!r}")
+            if int(m.group("line")) == 0 or int(m.group("line")) in spec.optional:
+                raise ValueError(f"line {m.group('line')} made optional twice or zero in {text!r} (1-based)")
+            spec.optional.add(int(m.group("line")))
+            continue
         if m.group("tols") == "any":
             if not m.group("number"):
                 raise ValueError(f"'any' is for numbers ('line N number K: any', 'number K: any'), not {clause!r}")
@@ -141,6 +154,31 @@ def _tokens(line: str) -> list[tuple[str, str]]:
             for m in _TOKEN.finditer(line)]
 
 
+def _same_words(expected: str, got: str) -> bool:
+    """Whether two lines have the same words and the same places for numbers (the numbers may differ)."""
+    et, gt = _tokens(expected), _tokens(got)
+    return len(et) == len(gt) and all(k1 == k2 and (k1 == "num" or v1 == v2) for (k1, v1), (k2, v2) in zip(et, gt))
+
+
+def _line_mismatch(e: str, g: str, spec: OutputSpec, n: int) -> str | None:
+    """Why printed line ``g`` differs from the page's ``e`` (the text's line ``n``), or None when it agrees."""
+    et, gt = _tokens(e), _tokens(g)
+    if [k for k, _ in et] != [k for k, _ in gt]:
+        return "different words or numbers"
+    k = 0
+    for (kind, ev), (_, gv) in zip(et, gt):
+        if kind == "word":
+            if ev != gv:
+                return f"word {ev!r} printed as {gv!r}"
+            continue
+        k += 1
+        tol = spec.tolerance(n, k)
+        if not tol.accepts(float(ev), float(gv)):
+            return (f"number {k} {ev} printed as {gv}: off by {abs(float(gv) - float(ev)):.3g}, "
+                    f"beyond atol {tol.atol:g} + rtol {tol.rtol:g} * |{ev}|")
+    return None
+
+
 def compare_output(expected: str, got: str, spec: OutputSpec, first_line: int | None = None) -> list[str]:
     """The mismatches of printed ``got`` against the page's ``expected`` text: [] when they agree.
 
@@ -151,41 +189,32 @@ def compare_output(expected: str, got: str, spec: OutputSpec, first_line: int | 
     page_lines = [k for k, ln in enumerate(expected.splitlines()) if ln.strip()]
     exp_lines = [ln for ln in expected.splitlines() if ln.strip()]
     got_lines = [ln for ln in got.splitlines() if ln.strip()]
-    problems = []
-    for n, (e, g) in enumerate(zip(exp_lines, got_lines), start=1):
-        et, gt = _tokens(e), _tokens(g)
-        why = None
-        if [k for k, _ in et] != [k for k, _ in gt]:
-            why = "different words or numbers"
-        else:
-            k = 0
-            for (kind, ev), (_, gv) in zip(et, gt):
-                if kind == "word":
-                    if ev != gv:
-                        why = f"word {ev!r} printed as {gv!r}"
-                        break
-                else:
-                    k += 1
-                    tol = spec.tolerance(n, k)
-                    if not tol.accepts(float(ev), float(gv)):
-                        why = (f"number {k} {ev} printed as {gv}: off by {abs(float(gv) - float(ev)):.3g}, "
-                               f"beyond atol {tol.atol:g} + rtol {tol.rtol:g} * |{ev}|")
-                        break
+    problems, j, missing = [], 0, []
+    for n, e in enumerate(exp_lines, start=1):
+        if n in spec.optional and (j >= len(got_lines) or not _same_words(e, got_lines[j])):
+            continue  # an optional line that was not printed this time
+        if j >= len(got_lines):
+            missing.append(e)
+            continue
+        g = got_lines[j]
+        j += 1
+        why = _line_mismatch(e, g, spec, n)
         if why:
             at = "" if first_line is None else f" (page line {first_line + page_lines[n - 1]})"
             problems.append(f"line {n}{at}: {why}\n    expected: {e.strip()}\n    printed:  {g.strip()}")
-    if len(exp_lines) != len(got_lines):
-        extra = (got_lines[len(exp_lines):] if len(got_lines) > len(exp_lines) else exp_lines[len(got_lines):])
-        problems.append(f"{len(exp_lines)} line(s) expected, {len(got_lines)} printed; "
-                        f"{'printed' if len(got_lines) > len(exp_lines) else 'missing'} beyond:\n    "
-                        + "\n    ".join(x.strip() for x in extra))
+    extra = got_lines[j:]
+    if missing or extra:
+        optional = f" ({len(spec.optional)} of them optional)" if spec.optional else ""
+        problems.append(f"{len(exp_lines)} line(s) expected{optional}, {len(got_lines)} printed; "
+                        f"{'printed' if extra else 'missing'} beyond:\n    "
+                        + "\n    ".join(x.strip() for x in (extra or missing)))
     for number in sorted(spec.columns):
         if not any(sum(k == "num" for k, _ in _tokens(ln)) >= number for ln in exp_lines):
             problems.append(f"the marker names number {number} of every line; no line has that many numbers")
     for (line, number) in sorted(spec.numbers):
         if line <= len(exp_lines) and number > sum(k == "num" for k, _ in _tokens(exp_lines[line - 1])):
             problems.append(f"the marker names number {number} of line {line}, which has fewer numbers")
-    for line in sorted(set(spec.lines) | {ln for ln, _ in spec.numbers}):
+    for line in sorted(set(spec.lines) | {ln for ln, _ in spec.numbers} | spec.optional):
         if line > len(exp_lines):
             problems.append(f"the marker names line {line}; the text has {len(exp_lines)} line(s)")
     return problems
@@ -535,6 +564,26 @@ def test_output_tolerances_per_line_and_per_number():
     assert "number 2 0.5 printed as 0.61" in compare_output("x 1 0.5\ny 2 0.5", "x 1 0.61\ny 2 9", table)[0]
     assert "number 1 1 printed as 1.05" in compare_output("x 1 0.5", "x 1.05 0.5", table)[0]
     assert "no line has that many" in compare_output("x 1", "x 1", parse_output_spec("number 3: any"))[0]
+
+
+def test_optional_output_line_may_be_missing_but_is_compared_when_printed():
+    spec = parse_output_spec("atol 0.01; line 2: optional; measured: a note printed in some runs only")
+    expected = "table 1.00\n- nuts: R-hat 1.104 is above 1.05\n- bbb: ratio 0.055"
+    # absent: the next printed line is compared with the line after it
+    assert compare_output(expected, "table 1.00\n- bbb: ratio 0.055", spec) == []
+    # present: compared as usual, its numbers too
+    assert compare_output(expected, "table 1.00\n- nuts: R-hat 1.104 is above 1.05\n- bbb: ratio 0.06", spec) == []
+    bad = compare_output(expected, "table 1.00\n- nuts: R-hat 1.2 is above 1.05\n- bbb: ratio 0.055", spec)
+    assert len(bad) == 1 and "line 2: number 1 1.104 printed as 1.2" in bad[0], bad
+    # a required line is still required, and a line printed in another place is still a mismatch
+    missing = compare_output(expected, "table 1.00\n- nuts: R-hat 1.104 is above 1.05", spec)
+    assert "3 line(s) expected (1 of them optional), 2 printed; missing beyond:\n    - bbb: ratio 0.055" in missing[-1]
+    assert "line 1: different words or numbers" in compare_output(expected, "- bbb: ratio 0.055\ntable 1.00", spec)[0]
+    with pytest.raises(ValueError, match="'optional' is for a whole line"):
+        parse_output_spec("line 2 number 1: optional")
+    with pytest.raises(ValueError, match="'optional' is for a whole line"):
+        parse_output_spec("optional")
+    assert "the text has 3 line(s)" in compare_output(expected, expected, parse_output_spec("line 4: optional"))[0]
 
 
 def test_malformed_output_markers_are_reported(tmp_path):
