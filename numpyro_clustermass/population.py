@@ -652,31 +652,29 @@ class PopulationFit:
             "q97.5": q[4],
         })
 
-    def plot(self, truth="tinker08", ax=None, path=None, mass_range=None):
+    def plot(self, truth="tinker08", ax=None, path=None, mass_range=None, residuals=True):
         """The inferred dn/dlog10M (median, 68% and 95% bands) against the truth and the naive histograms.
 
         ``truth`` is ``"tinker08"`` (the colossus function the mocks are drawn from, averaged per bin), an array
-        per bin, a callable of log10 M, or None. For a scaling fit the figure has a second panel with the
-        relation. Returns the figure; saved to ``path`` when given.
+        per bin, a callable of log10 M, or None. With a truth and ``residuals=True`` (and no ``ax``), a panel
+        below shows log10(estimate / truth) for the fit's median and bands and for both histograms, where a
+        bias of a few hundredths of a dex shows (on the mass function's own axis, four decades tall, it does
+        not). For a scaling fit the figure has a panel on the right with the relation. Returns the figure;
+        saved to ``path`` when given.
+
+        >>> import numpy as np
+        >>> from numpyro_clustermass import population as pop
+        >>> fit = pop.PopulationFit("binned", np.array([14.0, 14.5, 15.0]), {},
+        ...                         np.full((1, 4, 2), 1e-5), 0.1, 100, {"point": np.array([500.0, 480.0]),
+        ...                         "mode": np.array([520.0, 500.0])}, np.ones(2), np.zeros((1, 4), bool))
+        >>> fig = fit.plot(truth=np.array([1e-5, 1e-5]))
+        >>> len(fig.axes), fig.axes[1].get_ylabel()
+        (2, 'log$_{10}$(estimate / truth)')
+        >>> import matplotlib.pyplot as plt; plt.close(fig)
         """
         import matplotlib.pyplot as plt
 
-        n_ax = 2 if self.model == "scaling" else 1
-        if ax is None:
-            fig, axes = plt.subplots(1, n_ax, figsize=(5.5 * n_ax, 4.2), squeeze=False)
-            axes = axes[0]
-        else:
-            axes = np.atleast_1d(ax)
-            fig = axes[0].figure
-        a0 = axes[0]
-        x = self.centres
-        lo95, hi95 = self.interval(0.95)
-        lo68, hi68 = self.interval(0.68)
-        a0.fill_between(x, lo95, hi95, step="mid", alpha=0.2, color="C0", label="95%")
-        a0.fill_between(x, lo68, hi68, step="mid", alpha=0.4, color="C0", label="68%")
-        a0.step(x, np.median(self.density, 0), where="mid", color="C0", label=f"population fit ({self.model})")
-        a0.plot(x, self.naive_density("point"), "s", mfc="none", color="C1", label="histogram of point estimates")
-        a0.plot(x, self.naive_density("mode"), "^", mfc="none", color="C2", label="histogram of reweighted modes")
+        t = None
         if truth is not None:
             if isinstance(truth, str):
                 if truth != "tinker08":
@@ -686,23 +684,65 @@ class PopulationFit:
                 t = _bin_average(truth, self.edges)
             else:
                 t = np.asarray(truth, dtype=np.float64)
+                if t.shape != self.centres.shape:
+                    raise ValueError(f"truth must have one value per bin ({self.centres.size}); got shape {t.shape}")
+        scaling = self.model == "scaling" and self.data is not None
+        a_res = a1 = None
+        if ax is None:
+            with_res = residuals and t is not None
+            layout = [["mf", "rel"], ["res", "rel"]] if scaling else [["mf"], ["res"]]
+            if not with_res:
+                layout = layout[:1]
+            fig, axd = plt.subplot_mosaic(layout, figsize=(5.5 * len(layout[0]), 5.6 if with_res else 4.2),
+                                          height_ratios=[3, 1.3] if with_res else None)
+            a0, a_res, a1 = axd["mf"], axd.get("res"), axd.get("rel")
+            if a_res is not None:
+                a_res.sharex(a0)
+                a0.tick_params(labelbottom=False)
+        else:
+            axes = np.atleast_1d(ax)
+            a0, fig = axes[0], axes[0].figure
+            a1 = axes[1] if scaling and len(axes) > 1 else None
+        x = self.centres
+        lo95, hi95 = self.interval(0.95)
+        lo68, hi68 = self.interval(0.68)
+        median = np.median(self.density, 0)
+        curves = [(a0, 1.0)] + ([(a_res, t)] if a_res is not None else [])
+        for a, ref in curves:  # the mass function, then each estimate over the truth (log10)
+            def y(v):
+                return v if a is a0 else np.log10(np.maximum(v, 1e-300) / ref)
+            a.fill_between(x, y(lo95), y(hi95), step="mid", alpha=0.2, color="C0", label="95%")
+            a.fill_between(x, y(lo68), y(hi68), step="mid", alpha=0.4, color="C0", label="68%")
+            a.step(x, y(median), where="mid", color="C0", label=f"population fit ({self.model})")
+            with np.errstate(divide="ignore"):
+                a.plot(x, y(self.naive_density("point")), "s", mfc="none", color="C1",
+                       label="histogram of point estimates")
+                a.plot(x, y(self.naive_density("mode")), "^", mfc="none", color="C2",
+                       label="histogram of reweighted modes")
+        if t is not None:
             a0.step(x, t, where="mid", color="k", ls="--", label="truth")
         a0.set_yscale("log")
-        a0.set_xlabel(r"$\log_{10} M_{200c}$ [$M_\odot/h$]")
         a0.set_ylabel(r"$dn/d\log_{10}M$ [$(h/\mathrm{Mpc})^3$ dex$^{-1}$]")
+        xlabel = r"$\log_{10} M_{200c}$ [$M_\odot/h$]"
+        if a_res is not None:
+            a_res.axhline(0.0, color="k", ls="--", lw=1)
+            a_res.set_ylabel("log$_{10}$(estimate / truth)", fontsize="small")
+            a_res.set_ylim(-0.3, 0.3)  # the histograms of the few heaviest halos leave it; the fit's bands rarely do
+            a_res.set_xlabel(xlabel)
+        else:
+            a0.set_xlabel(xlabel)
         if mass_range is not None:
             a0.set_xlim(*mass_range)
         a0.legend(fontsize=7)
-        if self.model == "scaling" and self.data is not None:
-            a1 = axes[1]
-            m, y = self.data["point"], self.data["y"]
-            a1.plot(m, y, ".", ms=1, alpha=0.3, color="0.5", label="clusters (posterior mean mass)")
+        if a1 is not None:
+            m, yv = self.data["point"], self.data["y"]
+            a1.plot(m, yv, ".", ms=1, alpha=0.3, color="0.5", label="clusters (posterior mean mass)")
             xs = np.linspace(self.edges[0], self.edges[-1], 50)
-            curves = self.draws("a")[:, None] + self.draws("b")[:, None] * (xs - self.pivot)
+            rel = self.draws("a")[:, None] + self.draws("b")[:, None] * (xs - self.pivot)
             for p, al in ((0.95, 0.2), (0.68, 0.4)):
-                q = np.quantile(curves, [0.5 - p / 2, 0.5 + p / 2], axis=0)
+                q = np.quantile(rel, [0.5 - p / 2, 0.5 + p / 2], axis=0)
                 a1.fill_between(xs, q[0], q[1], alpha=al, color="C3")
-            a1.plot(xs, np.median(curves, 0), color="C3", label="relation (median, 68/95%)")
+            a1.plot(xs, np.median(rel, 0), color="C3", label="relation (median, 68/95%)")
             a1.set_xlabel(r"$\log_{10} M$")
             a1.set_ylabel(f"log10 {self.observable}")
             a1.legend(fontsize=7)

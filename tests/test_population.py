@@ -68,7 +68,16 @@ def test_arviz_rhat_summary_plot(constant_fit, tmp_path):
     assert list(table["lo"]) == [14.0, 14.5] and np.all(table["q2.5"] < table["q97.5"])
     fig = res.plot(truth=np.full(2, N_TRUE), path=tmp_path / "mf.png")
     assert (tmp_path / "mf.png").stat().st_size > 0
+    # the panel below: each estimate over the truth, in dex (its first line is the fit's median; float32 draws)
+    top, below = fig.axes
+    median_line = below.lines[0]
+    np.testing.assert_allclose(median_line.get_ydata(), np.log10(np.median(res.density, 0) / N_TRUE), atol=1e-6)
+    np.testing.assert_allclose(below.lines[1].get_ydata(), np.log10(res.naive_density("point") / N_TRUE))
+    assert top.get_yscale() == "log" and below.get_ylabel().startswith("log$_{10}$(estimate / truth)")
     fig.clf()
+    assert len(res.plot(truth=None).axes) == 1 and len(res.plot(residuals=False).axes) == 1
+    with pytest.raises(ValueError, match="one value per bin"):
+        res.plot(truth=np.ones(3))
 
 
 def test_training_prior_is_divided_out():
