@@ -18,8 +18,8 @@ substrings of the body, each of which must occur) so that the same code runs at 
 committed figures are made without it. Seeds are fixed in the bodies; the time per figure is printed.
 
 Measured on this project's 2-core CPU machine, shared with other jobs, warm JAX compilation cache: mock_catalog
-10 s, quickstart 58 s, shift_coverage 8-13 s, tutorial_binned 21 s, tutorial_compare 227 s (NUTS), population_mass_function
-56 s (NUTS); ``--small``
+10 s, quickstart 58 s, shift_coverage 8-13 s, tutorial_binned 21 s, tutorial_compare 227 s (NUTS),
+population_mass_function 56 s (NUTS); ``--small``
 142 s for all five.
 """
 

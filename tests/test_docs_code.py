@@ -115,8 +115,8 @@ def parse_output_spec(text: str) -> OutputSpec:
         m = _TOL_CLAUSE.match(clause)
         if not m:
             raise ValueError(f"cannot read the output tolerance clause {clause!r} (write 'rtol R, atol A', "
-                             "'line N: rtol R', 'number K: atol A', 'line N number K: any', 'line N: optional' or 'measured ...', "
-                             "separated by ';')")
+                             "'line N: rtol R', 'number K: atol A', 'line N number K: any', 'line N: optional' "
+                             "or 'measured ...', separated by ';')")
         if m.group("tols") == "optional":
             if m.group("number") or not m.group("line"):
                 raise ValueError(f"'optional' is for a whole line ('line N: optional'), not {clause!r}")
