@@ -1,0 +1,48 @@
+"""The seed-mean criterion of ``benchmarks/robustness_matrix.py`` (issue 10), on hand-made scores.
+
+The script trains networks for minutes; its bookkeeping of the per-bin bias over training seeds is checked here
+on score records shaped like the ones ``score()`` returns.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import robustness_matrix as matrix  # noqa: E402
+
+
+def _record(bias, cov):
+    return {"bias": np.asarray(bias, float), "cov68_bins": np.asarray(cov, float)}
+
+
+def test_seed_mean_averages_the_seeds_noise_and_keeps_a_shared_shift():
+    n = matrix.EDGES.size - 1
+    # noise of +-0.04 that changes sign from seed to seed, and a shift of +0.02 in the last bin shared by all
+    noise = np.array([[0.04, -0.04, 0.0], [-0.04, 0.04, 0.0], [0.0, 0.0, 0.0]])
+    seeds = []
+    for s in range(3):
+        b = np.zeros(n)
+        b[:3] = noise[s]
+        b[-1] = 0.02 + 0.001 * s
+        seeds.append(_record(b, np.full(n, 0.60 + 0.05 * s)))
+    m = matrix.seed_mean(seeds)
+    assert m["max_bias"] == pytest.approx(0.021) and m["worst_bin"] == pytest.approx(matrix.EDGES[-2])
+    np.testing.assert_allclose(m["bias"][:3], 0.0, atol=1e-15)
+    assert m["se"] == pytest.approx(np.std([0.02, 0.021, 0.022], ddof=1) / np.sqrt(3))
+    assert m["cov68"] == pytest.approx((0.65, 0.65))
+    # the largest |bias| of any seed and bin is 0.04: the per-seed criterion fails this network, the mean does not
+    assert max(abs(r["bias"]).max() for r in seeds) == pytest.approx(0.04)
+
+
+def test_seed_mean_of_one_seed_has_no_standard_error_and_skips_empty_bins():
+    n = matrix.EDGES.size - 1
+    b = np.full(n, -0.01)
+    b[2] = np.nan  # a bin without test clusters
+    b[4] = -0.05
+    m = matrix.seed_mean([_record(b, np.linspace(0.5, 0.8, n))])
+    assert m["max_bias"] == pytest.approx(-0.05) and m["worst_bin"] == pytest.approx(matrix.EDGES[4])
+    assert np.isnan(m["se"]) and m["cov68"] == pytest.approx((0.5, 0.8))
