@@ -73,7 +73,7 @@ def score(fit, test) -> dict:
             "ks": float(metrics.pit_uniformity(u[~bad]).ks_statistic), "n_bad": int(bad.sum())}
 
 
-def context_from_own_surveys(family, volume: float, seed: int):
+def context_from_own_surveys(family, volume: float, seed: int, n_los: int = 3):
     """``survey_context(family)`` with each universe's summaries taken from a survey of its own instead of its
     training rows: a natural-mass catalogue of ``volume`` (Gpc/h)^3 with the universe's drawn nuisance values.
 
@@ -90,7 +90,8 @@ def context_from_own_surveys(family, volume: float, seed: int):
     for k, u in enumerate(np.unique(universe)):
         rows = np.flatnonzero(universe == u)
         drawn = {c[3:]: float(family[c][rows[0]]) for c in nu_cols}
-        own = survey_context(ncm.simulate.mock_catalog(volume=volume, seed=seed + k, nuisance=drawn), by=None)
+        own = survey_context(ncm.simulate.mock_catalog(volume=volume, seed=seed + k, nuisance=drawn, n_los=n_los),
+                             by=None)
         for name in SURVEY_CONTEXT_NAMES:
             columns[name][rows] = own[name][0]
     meta = {**ctx.meta, "survey_context": {**ctx.meta["survey_context"], "own_survey_volume": volume}}
@@ -142,6 +143,8 @@ def main(argv=None) -> int:
                     help="give each training universe of the context network the summaries of a survey of its own "
                          "of this volume, (Gpc/h)^3, with its drawn values (default: of its training rows); "
                          "--shift-volume is the test surveys' volume")
+    ap.add_argument("--context-survey-los", type=int, default=3,
+                    help="lines of sight per halo of those surveys (the test surveys have 3; 1 is cheaper)")
     args = ap.parse_args(argv)
     family = {"prior": True, **{name: NUISANCE_PARAMETERS[name].fiducial for name in args.family_fixed}}
 
@@ -150,7 +153,8 @@ def main(argv=None) -> int:
         context = survey_context
     else:
         def context(fam):
-            return context_from_own_surveys(fam, args.context_survey_volume, seed=5000 + 1000 * args.family_seed)
+            return context_from_own_surveys(fam, args.context_survey_volume, seed=5000 + 1000 * args.family_seed,
+                                            n_los=args.context_survey_los)
     make = {"fiducial": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=0),
             "family": lambda: ncm.simulate.mock_catalog(volume=args.volume, seed=args.family_seed, nuisance=family,
                                                         sub_volume=args.family_sub_volume),
