@@ -12,13 +12,16 @@ variants: every nuisance parameter of the family pushed in turn to each edge of 
 fiducial), and a variant with clustered interlopers (``clustered_excess``), which no training set contains.
 Per variant and network it prints, over the 0.1-dex bins from 10^14.0 to 10^14.8, the reweighted-mode bias
 (median of mode - true per bin, the posteriors reweighted to ``Flat(13.5, 15.3)``, the flat test set's own
-distribution, from each fit's training prior), the scatter (half the 16-84 range), the 68% and 95% central
+distribution, from each fit's training prior; the largest of any seed and bin, and the largest of the seeds'
+mean per bin with its standard error), the scatter (half the 16-84 range), the 68% and 95% central
 coverage per bin, and the PIT Kolmogorov-Smirnov statistic of the whole variant; and the p-value of
 :func:`~numpyro_clustermass.diagnostics.covariate_shift` of the fiducial fit against a natural-mass catalogue
 of the variant (``--shift-volume``; a flat-mass catalogue would be a shift by itself).
 
     python3 benchmarks/robustness_matrix.py --seeds 0 1 2      # 12 min on the shared 2-core machine
     python3 benchmarks/robustness_matrix.py --seeds 0 1 2 --networks context --context-volume 2  # 6 min
+    # the context network with each training universe's summaries from a 0.1 (Gpc/h)^3 survey of its own
+    python3 benchmarks/robustness_matrix.py --seeds 0 1 2 --networks context --context-survey-volume 0.1
     python3 benchmarks/robustness_matrix.py --seeds 0 1 --params sigma8 n_background --test-halos 4000
     # the family network on 100 universes, with three off-centre parameters held at their fiducial values
     python3 benchmarks/robustness_matrix.py --networks family context --seeds 0 1 --family-sub-volume 0.01 \
