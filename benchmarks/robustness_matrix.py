@@ -105,9 +105,10 @@ def seed_mean(r: list[dict]) -> dict:
     """Per bin, the bias and 68% coverage averaged over the training seeds, the largest |mean bias| (its bin)
     and the standard error of that bin's mean from the seeds' spread (NaN for one seed).
 
-    The largest |bias| of any seed and bin mixes a variant's shift with the training run's noise: with 3 seeds
-    and 8 bins it is the largest of 24 noisy numbers, and in distribution it is about 0.03 dex by itself (the
-    fiducial network on the fiducial variant). The seed mean keeps the shift and averages the noise."""
+    The largest |bias| of any seed and bin adds the training run's noise to a variant's shift (with 3 seeds and
+    8 bins it is the largest of 24 numbers); the seed mean keeps the shift and averages that noise, and its
+    standard error says how much noise is left (at most 0.014 dex for the context networks of
+    docs/nuisance.md, whose failing variants are therefore shifts)."""
     bias = np.array([d["bias"] for d in r])
     cov = np.array([d["cov68_bins"] for d in r])
     mean = np.nanmean(bias, axis=0)
