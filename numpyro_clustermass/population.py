@@ -709,7 +709,7 @@ class PopulationFit:
         median = np.median(self.density, 0)
         curves = [(a0, 1.0)] + ([(a_res, t)] if a_res is not None else [])
         for a, ref in curves:  # the mass function, then each estimate over the truth (log10)
-            def y(v):
+            def y(v, a=a, ref=ref):
                 return v if a is a0 else np.log10(np.maximum(v, 1e-300) / ref)
             a.fill_between(x, y(lo95), y(hi95), step="mid", alpha=0.2, color="C0", label="95%")
             a.fill_between(x, y(lo68), y(hi68), step="mid", alpha=0.4, color="C0", label="68%")

@@ -80,6 +80,22 @@ def test_arviz_rhat_summary_plot(constant_fit, tmp_path):
         res.plot(truth=np.ones(3))
 
 
+def test_scaling_plot_draws_the_relation_beside_the_mass_function_and_its_residuals():
+    # a hand-made scaling result (no NUTS): the relation panel spans both rows on the right
+    rng = np.random.default_rng(0)
+    m = rng.uniform(14.0, 15.0, 50)
+    res = pop.PopulationFit("scaling", np.array([14.0, 14.5, 15.0]), {"a": np.full((1, 8), 2.9),
+                            "b": np.full((1, 8), 0.36)}, np.full((1, 8, 2), 1e-5), 0.1, 50,
+                            {"point": np.array([25.0, 25.0]), "mode": np.array([26.0, 24.0])}, np.ones(2),
+                            np.zeros((1, 8), bool), observable="sigma_v",
+                            data={"point": m, "y": 2.9 + 0.36 * (m - 14.5)})
+    fig = res.plot(truth=np.full(2, 1e-5))
+    top, rel, below = (fig.axes[i] for i in (0, 1, 2))
+    assert rel.get_ylabel() == "log10 sigma_v" and below.get_ylabel().startswith("log$_{10}$(estimate")
+    np.testing.assert_allclose(rel.lines[-1].get_ydata(), 2.9 + 0.36 * (np.linspace(14.0, 15.0, 50) - 14.5))
+    fig.clf()
+
+
 def test_training_prior_is_divided_out():
     # the posteriors carry a steep prior (3 dex across the grid); dividing it out must recover the constant n,
     # while the naive histogram of the posterior means is pulled by the prior
