@@ -22,13 +22,12 @@ import warnings
 
 import numpyro_clustermass as ncm
 from numpyro_clustermass import metrics, priors
-from numpyro_clustermass.catalog import FEATURE_NAMES
-from numpyro_clustermass.features import SURVEY_CONTEXT_NAMES, survey_context
+from numpyro_clustermass.features import survey_context
 
 try:  # run as a script or imported as benchmarks.context_survey_noise
-    from robustness_matrix import EDGES
+    from robustness_matrix import EDGES, train_mdn
 except ImportError:  # pragma: no cover
-    from benchmarks.robustness_matrix import EDGES
+    from benchmarks.robustness_matrix import EDGES, train_mdn
 
 
 def main(argv=None) -> int:
@@ -47,8 +46,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # shift warnings: the flat test set is itself a shift
-            fit = ncm.fit(ncm.MDN(16, (128, 128, 64), feature_names=FEATURE_NAMES + SURVEY_CONTEXT_NAMES),
-                          train, seed=seed, learning_rate=3e-4, progress_bar=False)
+            fit = train_mdn(train, seed, context=True)
             for label, survey in surveys:
                 post = fit.posterior(survey_context(test, survey=survey)).reweight(priors.Flat(13.5, 15.3))
                 bias = metrics.binned(post, test, estimator="mode", edges=EDGES)["bias_median"].to_numpy()

@@ -46,3 +46,28 @@ def test_seed_mean_of_one_seed_has_no_standard_error_and_skips_empty_bins():
     m = matrix.seed_mean([_record(b, np.linspace(0.5, 0.8, n))])
     assert m["max_bias"] == pytest.approx(-0.05) and m["worst_bin"] == pytest.approx(matrix.EDGES[4])
     assert np.isnan(m["se"]) and m["cov68"] == pytest.approx((0.5, 0.8))
+
+
+def test_within_bounds_checks_the_bias_and_the_coverage_apart():
+    assert matrix.within_bounds(-0.03, (0.60, 0.76)) == (True, True)
+    assert matrix.within_bounds(0.031, (0.62, 0.70)) == (False, True)
+    assert matrix.within_bounds(0.01, (0.62, 0.81)) == (True, False)
+    assert matrix.within_bounds(0.01, (0.55, 0.70)) == (True, False)
+
+
+def test_context_from_own_surveys_gives_each_universe_its_own_surveys_summaries():
+    from numpyro_clustermass.features import SURVEY_CONTEXT_NAMES, survey_context
+    from numpyro_clustermass.simulate import mock_catalog
+
+    family = mock_catalog(volume=0.02, seed=3, nuisance="prior", sub_volume=0.01, n_los=1)
+    ctx = matrix.context_from_own_surveys(family, 0.01, seed=50, n_los=1)
+    universe = np.asarray(family["sub_volume"])
+    for k, u in enumerate(np.unique(universe)):
+        rows = universe == u
+        drawn = {c[3:]: float(family[c][np.flatnonzero(rows)[0]]) for c in family.colnames if c.startswith("nu_")}
+        own = survey_context(mock_catalog(volume=0.01, seed=50 + k, nuisance=drawn, n_los=1), by=None)
+        for name in SURVEY_CONTEXT_NAMES:
+            np.testing.assert_array_equal(ctx[name][rows], own[name][0])
+    assert ctx.meta["survey_context"]["own_survey_volume"] == 0.01 and len(ctx) == len(family)
+    with pytest.raises(ValueError, match="needs a family catalogue"):
+        matrix.context_from_own_surveys(mock_catalog(volume=0.01, seed=0, n_los=1), 0.01, seed=0)
