@@ -1,0 +1,47 @@
+"""pytest configuration shared by the test suite and the docstring examples.
+
+The suite runs on pytest-xdist's workers (``-n auto --dist loadfile`` in pyproject.toml): one file per worker at a
+time, so a module's fixtures (a catalogue, a trained fit) are built once. How many workers ``auto`` means is set
+here, not by the CPU count alone: a worker peaks at 3-6 GB (JAX's compiled programs accumulate over a file), so
+the count is the smaller of the CPUs and one worker per :data:`GB_PER_WORKER` of physical memory, at least one.
+
+- ``python3 -m pytest -n 0`` runs in one process (a debugger, ``-x``, a single quick test);
+- ``PYTEST_XDIST_AUTO_NUM_WORKERS=N`` sets the count of ``auto`` by hand (pytest-xdist's own variable).
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Physical memory per test worker, GB: the largest worker measured 6.1 GB over a run of the default suite.
+GB_PER_WORKER = 6
+
+
+def _physical_memory_gb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def auto_num_workers(cpus: int | None, memory_gb: float | None, gb_per_worker: float = GB_PER_WORKER) -> int:
+    """Workers for ``-n auto``: ``min(cpus, memory_gb // gb_per_worker)``, at least 1; an unknown CPU count
+    or memory does not limit.
+
+    >>> auto_num_workers(2, 24.0), auto_num_workers(16, 128.0), auto_num_workers(16, 8.0), auto_num_workers(None, None)
+    (2, 16, 1, 1)
+    """
+    n = cpus if cpus else 1
+    if memory_gb is not None:
+        n = min(n, int(memory_gb // gb_per_worker))
+    return max(1, n)
+
+
+def pytest_xdist_auto_num_workers(config):
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist reads its own variable
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count()
+    return auto_num_workers(cpus, _physical_memory_gb())
