@@ -275,7 +275,7 @@ def _k_hpdi(log_density, grid, prob):
     # of Q(prob) (the sweep's start, above; the upper pointer's, below). A cluster is done past ``last``, the last
     # lower edge with prob above it, or once no interval still to come can be shorter than its best: those
     # start at ``last`` or below and end in cell j - 1 or above. (A fixed stop from Q(1 - prob), one more
-    # counting pass, made each step 4-5x slower on CPU, 61k clusters: it is not used.)
+    # counting pass, made each step 3-5x slower on CPU, 61k clusters: it is not used.)
     levels = jnp.stack([0.5 * (1.0 - prob), 0.5 * (1.0 + prob), prob]).astype(cdf.dtype)
     levels = jnp.broadcast_to(levels, (c, 3))
     idx = jnp.sum(jnp.where(cdf[:, 1:, None] < levels[:, None, :], 1, 0), axis=1).astype(jnp.int32)
