@@ -26,6 +26,9 @@ of the variant (``--shift-volume``; a flat-mass catalogue would be a shift by it
     # the family network on 100 universes, with three off-centre parameters held at their fiducial values
     python3 benchmarks/robustness_matrix.py --networks family context --seeds 0 1 --family-sub-volume 0.01 \
         --params alpha_sat sigma_ln_scatter --clustered 0 --family-fixed alpha_sat c_gal sigma_ln_scatter
+    # the context network on a family whose off-centre ranges are cut to parts centred on the fiducial values
+    python3 benchmarks/robustness_matrix.py --networks context --seeds 0 1 2 --family-range alpha_sat 0.95 1.05 \
+        --family-range c_gal 2.0 3.2 --family-range sigma_ln_scatter 0.04 0.0452
 
 "Leave-one-variant-out" here means that each test variant is a fresh catalogue at one edge of one range: the
 family-trained network has seen universes near that edge in some sub-volumes but never that combination,
@@ -51,12 +54,18 @@ DEFAULT_PARAMS = ("omega_m", "sigma8", "z", "lambda0", "alpha_sat", "richness_sc
                   "velocity_bias_mean", "sigma_ln_scatter", "n_background", "infall_fraction")
 
 
-def variants(params, clustered: float) -> list[tuple[str, dict | None]]:
-    """(label, nuisance argument) of every test variant: fiducial, each parameter at each edge, clustered."""
+def variants(params, clustered: float, ranges: dict | None = None) -> list[tuple[str, dict | None]]:
+    """(label, nuisance argument) of every test variant: fiducial, each parameter at each edge of its range (of
+    ``ranges[name]``, the training family's part of it, where given), clustered.
+
+    >>> [label for label, _ in variants(["alpha_sat"], 3.0, {"alpha_sat": (0.95, 1.05)})]
+    ['fiducial', 'alpha_sat = 0.95', 'alpha_sat = 1.05', 'clustered_excess = 3']
+    """
     out = [("fiducial", None)]
     for name in params:
         p = NUISANCE_PARAMETERS[name]
-        out += [(f"{name} = {p.lo:.4g}", {name: p.lo}), (f"{name} = {p.hi:.4g}", {name: p.hi})]
+        lo, hi = (ranges or {}).get(name, (p.lo, p.hi))
+        out += [(f"{name} = {lo:.4g}", {name: lo}), (f"{name} = {hi:.4g}", {name: hi})]
     if clustered > 0:
         out.append((f"clustered_excess = {clustered:g}", {"clustered_excess": clustered}))
     return out
@@ -159,6 +168,9 @@ def main(argv=None) -> int:
     ap.add_argument("--family-fixed", nargs="+", default=[], choices=sorted(FAMILY_PARAMETERS), metavar="NAME",
                     help="family parameters held at their fiducial values in the family and context networks' "
                          "training catalogues (the others drawn)")
+    ap.add_argument("--family-range", nargs=3, action="append", default=[], metavar=("NAME", "LO", "HI"),
+                    help="draw a family parameter from [LO, HI], part of its range, in the family and context "
+                         "networks' training catalogues; its test variants sit at LO and HI (repeat for several)")
     ap.add_argument("--context-survey-volume", type=float, default=None,
                     help="give each training universe of the context network the summaries of a survey of its own "
                          "of this volume, (Gpc/h)^3, with its drawn values (default: of its training rows); "
@@ -167,6 +179,15 @@ def main(argv=None) -> int:
                     help="lines of sight per halo of those surveys (the test surveys have 3; 1 is cheaper)")
     args = ap.parse_args(argv)
     family = {"prior": True, **{name: NUISANCE_PARAMETERS[name].fiducial for name in args.family_fixed}}
+    ranges = {}
+    for name, lo, hi in args.family_range:
+        if name not in FAMILY_PARAMETERS or name in args.family_fixed:
+            ap.error(f"--family-range {name}: not a family parameter, or also in --family-fixed")
+        try:
+            ranges[name] = NUISANCE_PARAMETERS[name].check_range((lo, hi))
+        except (TypeError, ValueError) as err:
+            ap.error(f"--family-range: {err}")
+    family.update(ranges)
 
     t0 = time.perf_counter()
     if args.context_survey_volume is None:
@@ -182,7 +203,7 @@ def main(argv=None) -> int:
                 volume=args.context_volume or args.volume, seed=args.family_seed, nuisance=family,
                 sub_volume=args.context_sub_volume))}
     trains = {k: make[k]().split(test_fraction=0.2, seed=1)[0] for k in args.networks}
-    cases = variants(args.params, args.clustered)
+    cases = variants(args.params, args.clustered, ranges)
     tests = [(label, ncm.simulate.mock_catalog(mass_sampling="flat", n_halos=args.test_halos, seed=1000 + i,
                                                nuisance=nu))
              for i, (label, nu) in enumerate(cases)]
@@ -195,6 +216,9 @@ def main(argv=None) -> int:
     if args.family_fixed:
         print("family and context training catalogues with " + ", ".join(
             f"{name} = {NUISANCE_PARAMETERS[name].fiducial:g}" for name in args.family_fixed) + " (fiducial)")
+    if ranges:
+        print("family and context training catalogues with " + ", ".join(
+            f"{name} drawn from [{lo:g}, {hi:g}]" for name, (lo, hi) in ranges.items()) + "; its variants at those edges")
     print("training mocks: " + ", ".join(f"{k} {len(c)}" for k, c in trains.items())
           + f"; {len(tests)} test variants of {len(tests[0][1])} mocks ({time.perf_counter() - t0:.0f} s)", flush=True)
 

@@ -133,6 +133,28 @@ def test_dict_with_prior_key_draws_the_others_and_prior_string_draws_one():
     assert only.meta["nuisance"]["drawn"] == ["sigma8"] and only.meta["nuisance"]["fixed"] == {}
 
 
+def test_dict_range_draws_from_that_part_of_the_range_and_records_it():
+    # the family centred on the fiducial universe for three parameters whose literature ranges are off-centre
+    centred = {"prior": True, "alpha_sat": (0.95, 1.05), "c_gal": (2.0, 3.2), "n_background": [0.015, 0.03]}
+    cat = mock_catalog(volume=0.01, seed=3, n_los=1, sub_volume=0.002, nuisance=centred)
+    nu = cat.meta["nuisance"]
+    assert set(nu["drawn"]) == set(FAMILY) and nu["fixed"] == {}
+    assert nu["drawn_ranges"] == {"alpha_sat": [0.95, 1.05], "c_gal": [2.0, 3.2], "n_background": [0.015, 0.03]}
+    assert nu["ranges"]["alpha_sat"] == [0.95, 1.05, "linear"] and nu["ranges"]["sigma8"] == [0.76, 0.87, "linear"]
+    for name, (lo, hi) in (("alpha_sat", (0.95, 1.05)), ("c_gal", (2.0, 3.2)), ("n_background", (0.015, 0.03))):
+        v = np.asarray(nu["values"][name])
+        assert v.size == 5 and np.unique(v).size == 5 and np.all((v >= lo) & (v <= hi)), (name, v)
+        assert set(np.unique(cat["nu_" + name])) <= set(v.astype(np.float32))
+    # the distribution within the part keeps the parameter's scale: uniform in alpha_sat, in log n_background
+    draws = resolve_nuisance(centred).draw(np.random.default_rng(0), 4000)
+    assert stats.kstest(draws["alpha_sat"], stats.uniform(0.95, 0.10).cdf).pvalue > 0.01
+    assert stats.kstest(np.log(draws["n_background"]), stats.uniform(np.log(0.015), np.log(2.0)).cdf).pvalue > 0.01
+    assert stats.kstest(draws["sigma8"], stats.uniform(0.76, 0.11).cdf).pvalue > 0.01  # the others: whole range
+    # a pair for a parameter outside the family switches it on, drawn from that part
+    on = resolve_nuisance({"clustered_excess": (1.0, 2.0)})
+    assert on.drawn == ("clustered_excess",) and on.range_of("clustered_excess") == (1.0, 2.0)
+
+
 @pytest.mark.parametrize(
     "nuisance, err, match",
     [
@@ -141,7 +163,10 @@ def test_dict_with_prior_key_draws_the_others_and_prior_string_draws_one():
         ({"z": -0.01}, ValueError, r"outside its range \[0.05, 0.15\]"),
         ({"n_background": 0.0}, ValueError, r"outside its range \[0.01, 0.04\]"),
         ({"c_gal": "wide"}, ValueError, "a string value must be 'prior'"),
-        ({"c_gal": [2.0]}, TypeError, "expected a number or 'prior'"),
+        ({"c_gal": [2.0]}, TypeError, r"a range is a pair \(lo, hi\) of numbers; got \[2.0\]"),
+        ({"c_gal": {"lo": 2.0}}, TypeError, r"expected a number, a pair \(lo, hi\) or 'prior'"),
+        ({"c_gal": (3.0, 2.5)}, ValueError, r"'c_gal': the range \(3.0, 2.5\) must have lo < hi and lie in \[2, 5\]"),
+        ({"alpha_sat": (0.8, 1.0)}, ValueError, r"must have lo < hi and lie in \[0.85, 1.05\]"),
         ({"prior": "yes"}, TypeError, r"nuisance\['prior'\] must be True or False"),
         ("priors", ValueError, "nuisance must be None, 'prior' or a dict"),
         (3, TypeError, "nuisance must be None, 'prior' or a dict"),

@@ -71,3 +71,12 @@ def test_context_from_own_surveys_gives_each_universe_its_own_surveys_summaries(
     assert ctx.meta["survey_context"]["own_survey_volume"] == 0.01 and len(ctx) == len(family)
     with pytest.raises(ValueError, match="needs a family catalogue"):
         matrix.context_from_own_surveys(mock_catalog(volume=0.01, seed=0, n_los=1), 0.01, seed=0)
+
+
+def test_variants_sit_at_the_edges_of_the_family_range_where_one_is_given():
+    cases = dict(matrix.variants(["alpha_sat", "sigma8"], 3.0, {"alpha_sat": (0.95, 1.05)}))
+    assert list(cases) == ["fiducial", "alpha_sat = 0.95", "alpha_sat = 1.05", "sigma8 = 0.76", "sigma8 = 0.87",
+                           "clustered_excess = 3"]
+    assert cases["alpha_sat = 0.95"] == {"alpha_sat": 0.95} and cases["fiducial"] is None
+    assert [label for label, _ in matrix.variants(["alpha_sat"], 0.0)] == ["fiducial", "alpha_sat = 0.85",
+                                                                          "alpha_sat = 1.05"]

@@ -91,8 +91,8 @@ def mock_catalog(
         Otherwise the volume is split into sub-volumes of about ``sub_volume`` each, every one a universe
         of its own: ``"prior"`` draws every nuisance parameter of the family
         (:data:`~numpyro_clustermass.simulate.nuisance.NUISANCE_PARAMETERS`, ranges in
-        ``docs/nuisance.md``) per sub-volume; a dict ``{name: number or "prior"}`` fixes or draws the named
-        parameters and keeps the others at the physics' values, unless it holds ``"prior": True``, which
+        ``docs/nuisance.md``) per sub-volume; a dict ``{name: number, (lo, hi) or "prior"}`` fixes the named
+        parameters, draws them from part of their range or from all of it, and keeps the others at the physics' values, unless it holds ``"prior": True``, which
         draws the unnamed family parameters too. The clustered interlopers are outside the family: name
         ``clustered_excess`` to switch them on. Unknown names and values outside a range raise; so does a
         keyword override of a parameter the nuisance argument sets.
@@ -251,7 +251,7 @@ def mock_catalog(
             "sub_volume_gpc3_h3": volumes[0],
             "n_halos_per_sub_volume": n_per.tolist(),
             "values": {name: vals.tolist() for name, vals in per_sub.items()},
-            "ranges": {n: [p.lo, p.hi, p.scale] for n, p in NUISANCE_PARAMETERS.items()},
+            "ranges": {n: [*plan.range_of(n), p.scale] for n, p in NUISANCE_PARAMETERS.items()},
             "column_prefix": NUISANCE_COLUMN_PREFIX,
             "seeding": "numpy.random.SeedSequence(seed).spawn(n_sub_volumes + 1): child 0 draws the values, "
                        "child k + 1 simulates sub-volume k",

@@ -17,7 +17,9 @@ The ``nuisance=`` argument
 ``dict``
     ``{name: value}``: a number fixes the parameter in every sub-volume (it must lie in the range);
     the string ``"prior"`` draws it per sub-volume from its range (this is how the clustered interlopers,
-    outside the family, are switched on with a drawn strength). The optional key ``"prior"`` (bool, default
+    outside the family, are switched on with a drawn strength); a pair ``(lo, hi)`` draws it per sub-volume
+    from that part of its range, uniform in the value or its logarithm as the full range is (a family
+    centred where the analyst believes the universe is: ``docs/nuisance.md``). The optional key ``"prior"`` (bool, default
     False) says what happens to the family parameters the dict does not name: ``False`` keeps them
     fiducial, ``True`` draws them. So ``"prior"`` is ``{"prior": True}``.
 
@@ -29,6 +31,9 @@ Examples
 >>> values = plan.draw(np.random.default_rng(0), 3)
 >>> values["z"].tolist(), bool(np.all((values["sigma8"] >= 0.76) & (values["sigma8"] <= 0.87)))
 ([0.1, 0.1, 0.1], True)
+>>> narrow = resolve_nuisance({"prior": True, "alpha_sat": (0.95, 1.05)})
+>>> narrow.ranges, narrow.range_of("alpha_sat"), narrow.range_of("sigma8")
+({'alpha_sat': (0.95, 1.05)}, (0.95, 1.05), (0.76, 0.87))
 """
 
 from __future__ import annotations
@@ -91,18 +96,35 @@ class NuisanceParameter:
     fiducial: float
     reference: str
 
-    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` independent draws, uniform in the value (``linear``) or its logarithm (``log``)."""
+    def draw(self, rng: np.random.Generator, n: int, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+        """``n`` independent draws, uniform in the value (``linear``) or its logarithm (``log``), on the range
+        or on its part ``[lo, hi]`` (:meth:`check_range`)."""
+        lo = self.lo if lo is None else lo
+        hi = self.hi if hi is None else hi
         if self.scale == "log":
-            return np.exp(rng.uniform(math.log(self.lo), math.log(self.hi), size=n))
-        return rng.uniform(self.lo, self.hi, size=n)
+            return np.exp(rng.uniform(math.log(lo), math.log(hi), size=n))
+        return rng.uniform(lo, hi, size=n)
+
+    def check_range(self, value) -> tuple[float, float]:
+        """``value``, a pair ``(lo, hi)`` with ``lo < hi`` inside the range, as floats; else an error saying why."""
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise TypeError(f"nuisance parameter {self.name!r}: a range is a pair (lo, hi) of numbers; got {value!r}") from None
+        if not (self.lo <= lo < hi <= self.hi):
+            raise ValueError(
+                f"nuisance parameter {self.name!r}: the range ({lo!r}, {hi!r}) must have lo < hi and lie in "
+                f"[{self.lo:g}, {self.hi:g}] ({self.reference})"
+            )
+        return lo, hi
 
     def check(self, value) -> float:
         """``value`` as a float, or a ValueError saying the range."""
         try:
             v = float(value)
         except (TypeError, ValueError):
-            raise TypeError(f"nuisance parameter {self.name!r}: expected a number or 'prior', got {value!r}") from None
+            raise TypeError(f"nuisance parameter {self.name!r}: expected a number, a pair (lo, hi) or 'prior', "
+                            f"got {value!r}") from None
         if not (self.lo <= v <= self.hi):
             raise ValueError(
                 f"nuisance parameter {self.name!r} = {v!r} is outside its range [{self.lo:g}, {self.hi:g}] "
@@ -174,11 +196,20 @@ class NuisancePlan:
         ``{name: value}`` used in every sub-volume.
     drawn : tuple of str
         Parameters drawn per sub-volume, in :data:`NUISANCE_PARAMETERS` order.
+    ranges : dict
+        ``{name: (lo, hi)}`` for drawn parameters given a part of their range; the others are drawn from
+        their whole range.
     """
 
     mode: str
     fixed: dict
     drawn: tuple
+    ranges: dict = dataclasses.field(default_factory=dict)
+
+    def range_of(self, name: str) -> tuple[float, float]:
+        """The range parameter ``name`` is drawn from under this plan."""
+        p = NUISANCE_PARAMETERS[name]
+        return self.ranges.get(name, (p.lo, p.hi))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -195,11 +226,12 @@ class NuisancePlan:
             if name in self.fixed:
                 out[name] = np.full(n_sub, float(self.fixed[name]))
             else:
-                out[name] = NUISANCE_PARAMETERS[name].draw(rng, n_sub)
+                out[name] = NUISANCE_PARAMETERS[name].draw(rng, n_sub, *self.ranges.get(name, (None, None)))
         return out
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "fixed": dict(self.fixed), "drawn": list(self.drawn)}
+        return {"mode": self.mode, "fixed": dict(self.fixed), "drawn": list(self.drawn),
+                "drawn_ranges": {n: list(r) for n, r in self.ranges.items()}}
 
 
 def resolve_nuisance(nuisance) -> NuisancePlan | None:
@@ -237,7 +269,7 @@ def resolve_nuisance(nuisance) -> NuisancePlan | None:
             f"unknown nuisance parameter(s) {unknown}; accepted: {', '.join(NUISANCE_PARAMETERS)}, "
             f"and the key 'prior' (bool)"
         )
-    fixed, drawn = {}, []
+    fixed, drawn, ranges = {}, [], {}
     for name in NUISANCE_PARAMETERS:
         if name in spec:
             value = spec[name]
@@ -245,11 +277,14 @@ def resolve_nuisance(nuisance) -> NuisancePlan | None:
                 if value != "prior":
                     raise ValueError(f"nuisance parameter {name!r}: a string value must be 'prior'; got {value!r}")
                 drawn.append(name)
+            elif isinstance(value, (tuple, list, np.ndarray)):
+                ranges[name] = NUISANCE_PARAMETERS[name].check_range(value)
+                drawn.append(name)
             else:
                 fixed[name] = NUISANCE_PARAMETERS[name].check(value)
         elif rest and name in FAMILY_PARAMETERS:
             drawn.append(name)
-    return NuisancePlan("dict", fixed, tuple(drawn))
+    return NuisancePlan("dict", fixed, tuple(drawn), ranges)
 
 
 def physics_for(base: MockPhysics, values: dict[str, np.ndarray], k: int) -> MockPhysics:
