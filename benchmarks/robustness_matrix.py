@@ -218,7 +218,8 @@ def main(argv=None) -> int:
             f"{name} = {NUISANCE_PARAMETERS[name].fiducial:g}" for name in args.family_fixed) + " (fiducial)")
     if ranges:
         print("family and context training catalogues with " + ", ".join(
-            f"{name} drawn from [{lo:g}, {hi:g}]" for name, (lo, hi) in ranges.items()) + "; its variants at those edges")
+            f"{name} drawn from [{lo:g}, {hi:g}]" for name, (lo, hi) in ranges.items())
+            + "; its variants at those edges")
     print("training mocks: " + ", ".join(f"{k} {len(c)}" for k, c in trains.items())
           + f"; {len(tests)} test variants of {len(tests[0][1])} mocks ({time.perf_counter() - t0:.0f} s)", flush=True)
 

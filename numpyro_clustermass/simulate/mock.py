@@ -92,7 +92,8 @@ def mock_catalog(
         of its own: ``"prior"`` draws every nuisance parameter of the family
         (:data:`~numpyro_clustermass.simulate.nuisance.NUISANCE_PARAMETERS`, ranges in
         ``docs/nuisance.md``) per sub-volume; a dict ``{name: number, (lo, hi) or "prior"}`` fixes the named
-        parameters, draws them from part of their range or from all of it, and keeps the others at the physics' values, unless it holds ``"prior": True``, which
+        parameters, draws them from part of their range or from all of it, and keeps the others at the
+        physics' values, unless it holds ``"prior": True``, which
         draws the unnamed family parameters too. The clustered interlopers are outside the family: name
         ``clustered_excess`` to switch them on. Unknown names and values outside a range raise; so does a
         keyword override of a parameter the nuisance argument sets.

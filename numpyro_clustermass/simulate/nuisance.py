@@ -19,7 +19,8 @@ The ``nuisance=`` argument
     the string ``"prior"`` draws it per sub-volume from its range (this is how the clustered interlopers,
     outside the family, are switched on with a drawn strength); a pair ``(lo, hi)`` draws it per sub-volume
     from that part of its range, uniform in the value or its logarithm as the full range is (a family
-    centred where the analyst believes the universe is: ``docs/nuisance.md``). The optional key ``"prior"`` (bool, default
+    centred where the analyst believes the universe is: ``docs/nuisance.md``). The optional key ``"prior"``
+    (bool, default
     False) says what happens to the family parameters the dict does not name: ``False`` keeps them
     fiducial, ``True`` draws them. So ``"prior"`` is ``{"prior": True}``.
 
@@ -110,7 +111,9 @@ class NuisanceParameter:
         try:
             lo, hi = (float(v) for v in value)
         except (TypeError, ValueError):
-            raise TypeError(f"nuisance parameter {self.name!r}: a range is a pair (lo, hi) of numbers; got {value!r}") from None
+            raise TypeError(
+                f"nuisance parameter {self.name!r}: a range is a pair (lo, hi) of numbers; got {value!r}"
+            ) from None
         if not (self.lo <= lo < hi <= self.hi):
             raise ValueError(
                 f"nuisance parameter {self.name!r}: the range ({lo!r}, {hi!r}) must have lo < hi and lie in "
@@ -226,7 +229,7 @@ class NuisancePlan:
             if name in self.fixed:
                 out[name] = np.full(n_sub, float(self.fixed[name]))
             else:
-                out[name] = NUISANCE_PARAMETERS[name].draw(rng, n_sub, *self.ranges.get(name, (None, None)))
+                out[name] = NUISANCE_PARAMETERS[name].draw(rng, n_sub, *self.range_of(name))
         return out
 
     def to_dict(self) -> dict:
