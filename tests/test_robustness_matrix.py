@@ -4,6 +4,7 @@ The script trains networks for minutes; its bookkeeping of the per-bin bias over
 on score records shaped like the ones ``score()`` returns.
 """
 
+import re
 import sys
 from pathlib import Path
 
@@ -80,3 +81,17 @@ def test_variants_sit_at_the_edges_of_the_family_range_where_one_is_given():
     assert cases["alpha_sat = 0.95"] == {"alpha_sat": 0.95} and cases["fiducial"] is None
     assert [label for label, _ in matrix.variants(["alpha_sat"], 0.0)] == ["fiducial", "alpha_sat = 0.85",
                                                                           "alpha_sat = 1.05"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--family-range", "alpha_sat", "0.8", "1.0"], r"--family-range: nuisance parameter 'alpha_sat': the range "
+                                                    r"\(0.8, 1.0\) must have lo < hi and lie in \[0.85, 1.05\]"),
+    (["--family-range", "c_gal", "3", "two"], r"--family-range: nuisance parameter 'c_gal': a range is a pair"),
+    (["--family-range", "clustered_excess", "1", "2"], "--family-range clustered_excess: not a family parameter"),
+    (["--family-range", "c_gal", "2", "3", "--family-fixed", "c_gal"], "also in --family-fixed"),
+])
+def test_a_bad_family_range_is_a_usage_error_before_any_work(argv, match, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        matrix.main(argv)
+    assert exit_info.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
