@@ -19,6 +19,12 @@ import pytest
 #: Physical memory per test worker, GB: the largest worker peaked at 4.3 GB in a run of the default suite.
 GB_PER_WORKER = 6
 
+# Every program the suite compiles goes to the persistent cache, not only those over JAX's 1 s threshold (which
+# JAX applies when JAX_COMPILATION_CACHE_DIR is set, as .ci/run does; the package's own default is 0): each
+# file's programs are released when it ends (below), and a NUTS fit alone compiles some 450 small programs of
+# 20-40 ms. Set before JAX is imported, so that the workers' subprocesses (the CLI tests) inherit it too.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 
 def _physical_memory_gb() -> float | None:
     try:
