@@ -2,9 +2,10 @@
 
 The suite runs on pytest-xdist's workers (``-n auto --dist loadfile`` in pyproject.toml): one file per worker at a
 time, so a module's fixtures (a catalogue, a trained fit) are built once. How many workers ``auto`` means is set
-here, not by the CPU count alone: a worker's memory peaked at 4.3 GB over the default suite (6.1 GB before each
-file's compiled programs were released at its end), so the count is the smaller of the CPUs and one worker per
-:data:`GB_PER_WORKER` of physical memory, at least one.
+here, not by the CPU count alone: a worker's memory peaked at 6.1 GB over the default suite before its compiled
+programs were released (now at each file's end and after a test that leaves it over :data:`RELEASE_ABOVE_GB`: a
+peak of 2.9 GB), so the count is the smaller of the CPUs and one worker per :data:`GB_PER_WORKER` of physical
+memory, at least one.
 
 - ``python3 -m pytest -n 0`` runs in one process (a debugger, ``-x``, a single quick test);
 - ``PYTEST_XDIST_AUTO_NUM_WORKERS=N`` sets the count of ``auto`` by hand (pytest-xdist's own variable).
@@ -16,8 +17,12 @@ import os
 
 import pytest
 
-#: Physical memory per test worker, GB: the largest worker peaked at 4.3 GB in a run of the default suite.
+#: Physical memory per test worker, GB: a worker peaked at 4.1-4.3 GB before the release above a threshold.
 GB_PER_WORKER = 6
+#: A worker frees its compiled programs after any test that leaves it above this resident size, GB.
+RELEASE_ABOVE_GB = 2.0
+#: ... and at least this much above the resident size the last release left, GB.
+RELEASE_GROWTH_GB = 0.4
 
 # Every program the suite compiles goes to the persistent cache, not only those over JAX's 1 s threshold (which
 # JAX applies when JAX_COMPILATION_CACHE_DIR is set, as .ci/run does; the package's own default is 0): each
@@ -56,12 +61,7 @@ def pytest_xdist_auto_num_workers(config):
     return auto_num_workers(cpus, _physical_memory_gb())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs():
-    """Free what a test file compiled when it ends: JAX's in-memory caches and the compiled training methods
-    kept for repeated fits. A worker otherwise holds every program of every file it ran (6.5 GB by the end of
-    the default suite in one process); a program needed again is read back from the persistent cache."""
-    yield
+def _release() -> None:
     import gc
 
     import jax
@@ -71,3 +71,35 @@ def _release_compiled_programs():
     clear_cache()
     jax.clear_caches()
     gc.collect()
+
+
+def _resident_gb() -> float | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Free what a test file compiled when it ends: JAX's in-memory caches and the compiled training methods
+    kept for repeated fits. A worker otherwise holds every program of every file it ran (6.5 GB by the end of
+    the default suite in one process); a program needed again is read back from the persistent cache."""
+    yield
+    _release()
+
+
+_after_release = {"gb": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def _release_above_threshold():
+    """Also free them after a test that leaves the worker above :data:`RELEASE_ABOVE_GB` resident and
+    :data:`RELEASE_GROWTH_GB` above where the last release left it (what a release cannot return to the system
+    does not make every later test release)."""
+    yield
+    rss = _resident_gb()
+    if rss is not None and rss > max(RELEASE_ABOVE_GB, _after_release["gb"] + RELEASE_GROWTH_GB):
+        _release()
+        _after_release["gb"] = _resident_gb() or 0.0
