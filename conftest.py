@@ -4,7 +4,7 @@ The suite runs on pytest-xdist's workers (``-n auto --dist loadfile`` in pyproje
 time, so a module's fixtures (a catalogue, a trained fit) are built once. How many workers ``auto`` means is set
 here, not by the CPU count alone: a worker's memory peaked at 6.1 GB over the default suite before its compiled
 programs were released (now at each file's end and after a test that leaves it over :data:`RELEASE_ABOVE_GB`: a
-peak of 2.9 GB), so the count is the smaller of the CPUs and one worker per :data:`GB_PER_WORKER` of physical
+peak of 2.92-2.96 GB), so the count is the smaller of the CPUs and one worker per :data:`GB_PER_WORKER` of physical
 memory, at least one.
 
 - ``python3 -m pytest -n 0`` runs in one process (a debugger, ``-x``, a single quick test);
@@ -23,6 +23,7 @@ GB_PER_WORKER = 6
 RELEASE_ABOVE_GB = 2.0
 #: ... and at least this much above the resident size the last release left, GB.
 RELEASE_GROWTH_GB = 0.4
+_after_release = {"gb": 0.0}  # the resident size the last release left (at a file's end or over the threshold)
 
 # Every program the suite compiles goes to the persistent cache, not only those over JAX's 1 s threshold (which
 # JAX applies when JAX_COMPILATION_CACHE_DIR is set, as .ci/run does; the package's own default is 0): each
@@ -62,6 +63,7 @@ def pytest_xdist_auto_num_workers(config):
 
 
 def _release() -> None:
+    """Free the compiled programs and note the resident size this leaves (:func:`_release_above_threshold`)."""
     import gc
 
     import jax
@@ -71,6 +73,7 @@ def _release() -> None:
     clear_cache()
     jax.clear_caches()
     gc.collect()
+    _after_release["gb"] = _resident_gb() or 0.0
 
 
 def _resident_gb() -> float | None:
@@ -90,9 +93,6 @@ def _release_compiled_programs():
     _release()
 
 
-_after_release = {"gb": 0.0}
-
-
 @pytest.fixture(autouse=True)
 def _release_above_threshold():
     """Also free them after a test that leaves the worker above :data:`RELEASE_ABOVE_GB` resident and
@@ -102,4 +102,3 @@ def _release_above_threshold():
     rss = _resident_gb()
     if rss is not None and rss > max(RELEASE_ABOVE_GB, _after_release["gb"] + RELEASE_GROWTH_GB):
         _release()
-        _after_release["gb"] = _resident_gb() or 0.0
