@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 import pathlib
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, fields
@@ -730,6 +732,21 @@ def _jsonable(d: dict) -> dict:
     return out
 
 
+def _at_low_priority(fn):
+    """``fn`` run with its thread at the lowest CPU priority (``nice`` 19; on Linux the priority is per thread),
+    so that a side job started beside the training uses the cores XLA leaves idle instead of slowing its epochs.
+    Where the priority cannot be set, ``fn`` runs as it is."""
+
+    def run(*args, **kwargs):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):  # no setpriority (Windows) or not allowed: run at the usual priority
+            pass
+        return fn(*args, **kwargs)
+
+    return run
+
+
 def fit(
     estimator,
     data,
@@ -887,11 +904,12 @@ def fit(
     has_val = bool(is_val.any())
     xs_val = x_scaler.transform(x[is_val]) if has_val else None
     # the shift-detection reference is built in a thread beside the training (NumPy's sorts and interpolations
-    # release the GIL), so that it adds next to nothing to fit()'s time outside the epochs; make_fit waits for it
+    # release the GIL), so that it adds next to nothing to fit()'s time outside the epochs, at the lowest priority,
+    # so that it takes the cores the first epoch leaves idle rather than slowing it; make_fit waits for it
     # (a pool per call, not one per process: a process forked after an import would inherit a dead worker)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="numpyro_clustermass")
-    reference = pool.submit(FeatureReference.build, xs_train, xs_val, None if groups is None else groups[~is_val],
-                            seed=seed, feature_names=names)
+    reference = pool.submit(_at_low_priority(FeatureReference.build), xs_train, xs_val,
+                            None if groups is None else groups[~is_val], seed=seed, feature_names=names)
     pool.shutdown(wait=False)  # the build runs to its end; the thread exits after it
     x_train = jnp.asarray(xs_train, jnp.float32)
     y_train = jnp.asarray(y_scaler.transform(y_tr), jnp.float32)
