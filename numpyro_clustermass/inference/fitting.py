@@ -29,6 +29,7 @@ import concurrent.futures
 import math
 import os
 import pathlib
+import sys
 import threading
 import time
 import warnings
@@ -733,15 +734,17 @@ def _jsonable(d: dict) -> dict:
 
 
 def _at_low_priority(fn):
-    """``fn`` run with its thread at the lowest CPU priority (``nice`` 19; on Linux the priority is per thread),
-    so that a side job started beside the training uses the cores XLA leaves idle instead of slowing its epochs.
-    Where the priority cannot be set, ``fn`` runs as it is."""
+    """``fn`` run with its thread at the lowest CPU priority (``nice`` 19), so that a side job started beside the
+    training uses the cores XLA leaves idle instead of slowing its epochs. Linux only, where ``setpriority`` on a
+    thread id changes that thread alone (elsewhere the id would be read as a process id); other systems, or a
+    refusal, run ``fn`` at the usual priority."""
 
     def run(*args, **kwargs):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):  # no setpriority (Windows) or not allowed: run at the usual priority
-            pass
+        if sys.platform.startswith("linux"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except OSError:  # not allowed: run at the usual priority
+                pass
         return fn(*args, **kwargs)
 
     return run
@@ -904,8 +907,8 @@ def fit(
     has_val = bool(is_val.any())
     xs_val = x_scaler.transform(x[is_val]) if has_val else None
     # the shift-detection reference is built in a thread beside the training (NumPy's sorts and interpolations
-    # release the GIL), so that it adds next to nothing to fit()'s time outside the epochs, at the lowest priority,
-    # so that it takes the cores the first epoch leaves idle rather than slowing it; make_fit waits for it
+    # release the GIL), so that it adds next to nothing to fit()'s time outside the epochs, and at the lowest
+    # priority, so that it takes the cores the first epoch leaves idle rather than slowing it; make_fit waits for it
     # (a pool per call, not one per process: a process forked after an import would inherit a dead worker)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="numpyro_clustermass")
     reference = pool.submit(_at_low_priority(FeatureReference.build), xs_train, xs_val,
