@@ -29,12 +29,14 @@ Dawid, A. P. 1984, JRSS A 147, 278 (PIT).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas (0.2 s) is imported by the functions that build tables, not with the package
+    import pandas as pd
 
 from numpyro_clustermass.grid import LOG_MASS_RANGE
 
@@ -384,6 +386,8 @@ def coverage(post, truth_log_mass, probs: Sequence[float] = (0.68, 0.95), kind: 
     y = true_log_mass(truth_log_mass, _n(post))
     probs = _check_probs(probs)
     inside = _inside(post, y, probs, kind)
+    import pandas as pd
+
     return pd.DataFrame(
         {
             "nominal": probs,
@@ -523,6 +527,8 @@ def coverage_by_bin(
             row[f"coverage_{lab}"] = float(inside[j, sel].mean()) if k else np.nan
             row[f"stderr_{lab}"] = float(np.sqrt(p * (1 - p) / k)) if k else np.nan
         rows.append(row)
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     df.attrs.update({"by": label, "kind": kind, "n_total": int(n), "n_outside": int((~inb).sum())})
     return df
@@ -648,6 +654,8 @@ def binned(
         for name, vals in extra.items():
             row[name] = float(np.mean(vals[sel])) if sel.any() else np.nan
         rows.append(row)
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     df.attrs.update(
         {"estimator": estimator if is_post else "points", "n_total": int(y.size), "n_outside": int((~inb).sum())}

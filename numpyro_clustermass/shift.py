@@ -38,10 +38,13 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import special, stats
+from scipy import special  # loaded by numpyro already; scipy.stats and pandas are imported where used (below)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["FeatureReference", "ShiftTest", "mmd_test", "ALPHA", "NUM_QUANTILES", "RESERVOIR_SIZE"]
 
@@ -323,6 +326,8 @@ class FeatureReference:
         expected = n * k_cal / n_cal
         if k == 0 or k <= expected:
             return k, float(expected), 1.0
+        from scipy import stats
+
         p = stats.fisher_exact([[k, n - k], [k_cal, n_cal - k_cal]], alternative="greater").pvalue
         return k, float(expected), float(p)
 
@@ -430,6 +435,9 @@ def mmd_test(reference: FeatureReference, x, groups=None, *, max_rows: int = 100
     stat_all = np.sum(w * (k @ w), axis=0, dtype=np.float64)
     statistic = float(stat_all[0])
     pvalue = float((1 + np.sum(stat_all[1:] >= statistic)) / (1 + num_permutations))
+
+    import pandas as pd
+    from scipy import stats
 
     names = reference.feature_names or tuple(f"feature {j}" for j in range(x.shape[1]))
     lo, hi = reference.quantiles[0], reference.quantiles[-1]
