@@ -38,6 +38,7 @@ effortless Bayesian deep learning. NeurIPS, arXiv:2106.14806.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, ClassVar, NamedTuple
 
@@ -46,8 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.optimize import minimize
+from numpyro import handlers
+from numpyro.distributions import biject_to
 from numpyro.infer.initialization import init_to_value
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import initialize_model, potential_energy
 
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
@@ -71,8 +74,8 @@ from numpyro_clustermass.inference.protocol import (
 )
 from numpyro_clustermass.inference.svi import MapStartOptions, latent_structure
 
-__all__ = ["laplace_method", "LaplaceOptions", "gaussian_at_mode", "nuts_start", "LaplaceState", "DEFAULT_NUM_DRAWS",
-           "MAX_PARAMS"]
+__all__ = ["laplace_method", "LaplaceOptions", "gaussian_at_mode", "nuts_start", "start_at_values", "LaplaceState",
+           "DEFAULT_NUM_DRAWS", "MAX_PARAMS"]
 
 #: Default number of weight draws per posterior.
 DEFAULT_NUM_DRAWS = 100
@@ -155,6 +158,45 @@ def _newton(potential, grad, hessian, x, max_steps: int):
         if done:
             break
     return x, steps
+
+
+def start_at_values(rng_key, model: Callable, values: dict, model_args: tuple = (),
+                    model_kwargs: dict | None = None) -> tuple[Callable, dict]:
+    """``(potential_fn, z0)``: the potential energy of ``model`` over unconstrained latent values, and ``values``
+    mapped to them; what ``numpyro.infer.util.initialize_model`` with ``init_to_value(values=values)`` and
+    ``dynamic_args=False`` gives, with the model traced inside one compiled program.
+
+    ``initialize_model`` runs the model and its gradient op by op, outside ``jit``: in a fresh process each of some
+    hundreds of small operations is compiled on its own. Here the model runs once under ``jax.jit`` to read its
+    latent sites' supports, and ``potential_fn`` is NumPyro's ``potential_energy``, which its callers compile
+    (:func:`gaussian_at_mode`). A model with a latent site that ``values`` lacks, or whose start has a
+    non-finite potential, goes through ``initialize_model`` (its random start and its error).
+
+    Examples
+    --------
+    >>> import numpyro, numpyro.distributions as dist
+    >>> def model():
+    ...     numpyro.sample("s", dist.HalfNormal(1.0))
+    >>> potential_fn, z0 = start_at_values(jax.random.key(0), model, {"s": jnp.asarray(2.0)})
+    >>> round(float(z0["s"]), 4), round(float(potential_fn(z0)), 4)  # log 2; -log HalfNormal(2) - log|ds/dz|
+    (0.6931, 1.5326)
+    """
+    model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
+
+    @jax.jit
+    def unconstrained(key, args, values):
+        tr = handlers.trace(handlers.seed(handlers.substitute(model, data=values), key)).get_trace(
+            *args, **model_kwargs)
+        latent = {k: s for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+        z = {k: biject_to(s["fn"].support).inv(s["value"]) for k, s in latent.items()}
+        return z, potential_energy(model, args, model_kwargs, z)
+
+    z0, pe = unconstrained(rng_key, tuple(model_args), dict(values))
+    if not set(z0) <= set(values) or not np.isfinite(float(pe)):
+        info = initialize_model(rng_key, model, init_strategy=init_to_value(values=values), model_args=model_args,
+                                model_kwargs=model_kwargs, dynamic_args=False)
+        return info.potential_fn, info.param_info.z
+    return functools.partial(potential_energy, model, tuple(model_args), model_kwargs), z0
 
 
 def gaussian_at_mode(potential_fn: Callable, z0: dict, refine_mode: bool = True, max_iter: int = 500,
@@ -349,11 +391,7 @@ def laplace_method(model: Callable, plan: TrainingPlan, options: LaplaceOptions 
         sampled, fixed_s, x_s, trunk_pre = fixed_trunk_problem(twin, fixed, data.x_train, plan_.num_features)
         target = substitute_params(sampled, fixed_s)
         start = net_site_values(map_params, sites)
-        model_info = initialize_model(
-            k_init, target, init_strategy=init_to_value(values=start), model_args=(x_s, data.y_train),
-            model_kwargs={"deterministic": True}, dynamic_args=False,
-        )
-        z0 = model_info.param_info.z
+        potential_fn, z0 = start_at_values(k_init, target, start, (x_s, data.y_train), {"deterministic": True})
         found = {k: (tuple(jnp.shape(v)), jnp.result_type(v)) for k, v in z0.items()}
         expected = {k: (tuple(v.shape), v.dtype) for k, v in unconstrained.items()}
         if found != expected:
@@ -363,7 +401,7 @@ def laplace_method(model: Callable, plan: TrainingPlan, options: LaplaceOptions 
                 f"shapes must follow from the shape of the data"
             )
         t1 = time.perf_counter()
-        lap = gaussian_at_mode(model_info.potential_fn, z0, refine_mode, max_iter, eigenvalue_floor)
+        lap = gaussian_at_mode(potential_fn, z0, refine_mode, max_iter, eigenvalue_floor)
         info.update({"num_latent": dim, "latent_sites": list(z0), **lap["info"], "trunk_precomputed": trunk_pre,
                      "laplace_time_s": time.perf_counter() - t1, "map_time_s": t1 - t0})
         return RunResult(LaplaceState(lap["mode"], lap["scale"], fixed), {}, info)

@@ -73,7 +73,6 @@ from numpyro import handlers
 from numpyro.diagnostics import split_gelman_rubin
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.initialization import init_to_value
-from numpyro.infer.util import initialize_model
 
 from numpyro_clustermass.diagnostics import (
     ConvergenceError,
@@ -94,7 +93,7 @@ from numpyro_clustermass.inference._bayes import (
     tile,
 )
 from numpyro_clustermass.inference import sharding
-from numpyro_clustermass.inference.laplace import gaussian_at_mode, nuts_start
+from numpyro_clustermass.inference.laplace import gaussian_at_mode, nuts_start, start_at_values
 from numpyro_clustermass.inference.options import (
     MethodOptions,
     check_bool,
@@ -384,10 +383,8 @@ def nuts_method(model: Callable, plan: TrainingPlan, options: NUTSOptions | None
         if mass_matrix == "laplace":
             # precondition with the Laplace approximation at the posterior mode: its covariance is the (fixed)
             # inverse mass matrix, and each chain starts at its own draw from it
-            mi = initialize_model(k_lap, target, init_strategy=init_to_value(values=start),
-                                  model_args=(x_s, data.y_train), model_kwargs={"deterministic": True},
-                                  dynamic_args=False)
-            lap = gaussian_at_mode(mi.potential_fn, mi.param_info.z, refine_mode=False, absolute=True)
+            potential_fn, z0 = start_at_values(k_lap, target, start, (x_s, data.y_train), {"deterministic": True})
+            lap = gaussian_at_mode(potential_fn, z0, refine_mode=False, absolute=True)
             init_params, nuts_kw = nuts_start(lap, k_start, num_chains)
             lap_info = {"laplace_" + k: v for k, v in lap["info"].items()}
         kernel = NUTS(target, init_strategy=init_to_value(values=start), target_accept_prob=target_accept_prob,
