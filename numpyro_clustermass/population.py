@@ -517,14 +517,12 @@ def _run_nuts(model, data, init, num_warmup, num_samples, num_chains, seed, prog
     from the approximation so that R-hat compares chains started apart.
     """
     from numpyro.infer import MCMC, NUTS, init_to_value
-    from numpyro.infer.util import initialize_model
 
-    from numpyro_clustermass.inference.laplace import gaussian_at_mode, nuts_start
+    from numpyro_clustermass.inference.laplace import gaussian_at_mode, nuts_start, start_at_values
 
     k_init, k_start, k_run = jax.random.split(jax.random.key(int(seed)), 3)
-    mi = initialize_model(k_init, model, model_kwargs=data, init_strategy=init_to_value(values=init),
-                          dynamic_args=False)
-    lap = gaussian_at_mode(mi.potential_fn, mi.param_info.z, refine_mode=True, absolute=True)
+    potential_fn, z0 = start_at_values(k_init, model, init, model_kwargs=data)
+    lap = gaussian_at_mode(potential_fn, z0, refine_mode=True, absolute=True)
     init_params, nuts_kw = nuts_start(lap, k_start, num_chains)
     kernel = NUTS(model, init_strategy=init_to_value(values=init), target_accept_prob=0.85, **nuts_kw)
     mcmc = MCMC(kernel, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),

@@ -182,16 +182,19 @@ def start_at_values(rng_key, model: Callable, values: dict, model_args: tuple = 
     (0.6931, 1.5326)
     """
     model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
+    # array keywords (a population model's data) are arguments of the compiled program, the rest (flags) constants
+    arrays = {k: v for k, v in model_kwargs.items() if isinstance(v, (jax.Array, np.ndarray))}
+    flags = {k: v for k, v in model_kwargs.items() if k not in arrays}
 
     @jax.jit
-    def unconstrained(key, args, values):
-        tr = handlers.trace(handlers.seed(handlers.substitute(model, data=values), key)).get_trace(
-            *args, **model_kwargs)
+    def unconstrained(key, args, arrays, values):
+        kwargs = {**flags, **arrays}
+        tr = handlers.trace(handlers.seed(handlers.substitute(model, data=values), key)).get_trace(*args, **kwargs)
         latent = {k: s for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
         z = {k: biject_to(s["fn"].support).inv(s["value"]) for k, s in latent.items()}
-        return z, potential_energy(model, args, model_kwargs, z)
+        return z, potential_energy(model, args, kwargs, z)
 
-    z0, pe = unconstrained(rng_key, tuple(model_args), dict(values))
+    z0, pe = unconstrained(rng_key, tuple(model_args), arrays, dict(values))
     if not set(z0) <= set(values) or not np.isfinite(float(pe)):
         info = initialize_model(rng_key, model, init_strategy=init_to_value(values=values), model_args=model_args,
                                 model_kwargs=model_kwargs, dynamic_args=False)
