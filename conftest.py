@@ -3,9 +3,9 @@
 The suite runs on pytest-xdist's workers (``-n auto --dist loadfile`` in pyproject.toml): one file per worker at a
 time, so a module's fixtures (a catalogue, a trained fit) are built once. How many workers ``auto`` means is set
 here, not by the CPU count alone: a worker's memory peaked at 6.1 GB over the default suite before its compiled
-programs were released (now at each file's end and after a test that leaves it over :data:`RELEASE_ABOVE_GB`: a
-peak of 2.92-2.96 GB), so the count is the smaller of the CPUs and one worker per :data:`GB_PER_WORKER` of physical
-memory, at least one.
+programs were released (now at each file's end and after a test that leaves it over :data:`RELEASE_ABOVE_GB`, with
+the C heap trimmed over :data:`TRIM_ABOVE_GB`: a peak of 2.15-2.24 GB), so the count is the smaller of the CPUs and
+one worker per :data:`GB_PER_WORKER` of physical memory, at least one.
 
 - ``python3 -m pytest -n 0`` runs in one process (a debugger, ``-x``, a single quick test);
 - ``PYTEST_XDIST_AUTO_NUM_WORKERS=N`` sets the count of ``auto`` by hand (pytest-xdist's own variable).
@@ -23,6 +23,8 @@ GB_PER_WORKER = 6
 RELEASE_ABOVE_GB = 2.0
 #: ... and at least this much above the resident size the last release left, GB.
 RELEASE_GROWTH_GB = 0.4
+#: A release also hands the C heap's free pages back to the system when the worker is still above this, GB.
+TRIM_ABOVE_GB = 1.6
 _after_release = {"gb": 0.0}  # the resident size the last release left (at a file's end or over the threshold)
 
 # Every program the suite compiles goes to the persistent cache, not only those over JAX's 1 s threshold (which
@@ -73,7 +75,20 @@ def _release() -> None:
     clear_cache()
     jax.clear_caches()
     gc.collect()
+    if (_resident_gb() or 0.0) > TRIM_ABOVE_GB:
+        _trim_heap()
     _after_release["gb"] = _resident_gb() or 0.0
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``): what a release frees otherwise
+    stays resident in the worker, which then peaks higher (a no-op where the C library has no ``malloc_trim``)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _resident_gb() -> float | None:
