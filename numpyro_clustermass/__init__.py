@@ -122,3 +122,8 @@ def __getattr__(name: str):
 
         return importlib.import_module(f"{__name__}.plots")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    """The module's names with ``plots`` among them before its first use (tab completion lists it)."""
+    return sorted(set(globals()) | {"plots"})
