@@ -331,6 +331,27 @@ def test_ctrl_c_saves_the_checkpoint(tmp_path, xy, monkeypatch):
     _same_posterior(err.value.fit, g, x[:10])
 
 
+def test_ctrl_c_while_a_member_closes_is_a_keyboard_interrupt_and_leaves_no_file(tmp_path, saved, monkeypatch):
+    """A SIGINT inside a member's close leaves the zip's write handle open, and closing the archive raised a
+    ValueError over the interrupt (`train` exited 2, not 130, once in CI): the interrupt comes through."""
+    f = load(saved)
+    original = zipfile._ZipWriteFile.close
+    calls = {"n": 0}
+
+    def interrupted_close(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second member: the manifest is written, its checksum is not
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "close", interrupted_close)
+    path = tmp_path / "f.ncm"
+    with pytest.raises(KeyboardInterrupt):
+        fitfile.save_fit(f, path)
+    assert calls["n"] == 2
+    assert not path.exists() and os.listdir(tmp_path) == []  # neither the fit nor its temporary file
+
+
 def test_a_damaged_zip_version_field_is_a_fit_file_error(tmp_path, saved):
     """zipfile raises NotImplementedError ('zip file version 7.8') for a flipped 'version needed' byte of the
     central directory; the byte-flipping test below hits it only when the file's length puts an offset there."""

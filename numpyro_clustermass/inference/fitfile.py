@@ -335,11 +335,18 @@ def save_fit(fit, path) -> pathlib.Path:
     text = json.dumps(manifest, indent=1, sort_keys=False).encode()
     tmp, final = atomic_target(str(path))
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(_MANIFEST, text)
-            zf.writestr(_MANIFEST_SUM, _sha256(text) + "\n")
-            for name, b in blobs.items():
-                zf.writestr(manifest["arrays"][name]["member"], b)
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(_MANIFEST, text)
+                zf.writestr(_MANIFEST_SUM, _sha256(text) + "\n")
+                for name, b in blobs.items():
+                    zf.writestr(manifest["arrays"][name]["member"], b)
+        except ValueError as exc:
+            # Ctrl-C while a member is being closed leaves its handle open; closing the archive then raises a
+            # ValueError over the KeyboardInterrupt (a SIGINT during a checkpoint made `train` exit 2, not 130)
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise exc.__context__ from None
+            raise
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
