@@ -29,11 +29,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from numpyro_clustermass._random import bernoulli
+
 __all__ = [
     "DEFAULT_HIDDEN",
     "DEFAULT_ACTIVATIONS",
     "MIN_SCALE",
     "MLP",
+    "Dropout",
     "PointHead",
     "MixtureHead",
     "RegressionNet",
@@ -113,6 +116,36 @@ def default_activations(n_layers: int) -> tuple[str, ...]:
     return ("relu",) * (n_layers - 1) + ("tanh",)
 
 
+class Dropout(nn.Module):
+    """``flax.linen.Dropout`` with the same masks, drawn faster on CPU.
+
+    Named ``Dropout`` so that its module path, and so its key from the ``"dropout"`` rng stream, is flax's; the
+    mask is ``jax.random.bernoulli``'s, drawn by :func:`numpyro_clustermass._random.bernoulli`. MC dropout draws
+    a mask over every hidden unit of every row at each step (164k draws on the lecture net at batch 512), and
+    JAX's rolled CPU hash made that most of the difference between its step and MAP's.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> x = jnp.ones((4, 8)); rngs = {"dropout": jax.random.key(0)}
+    >>> ours = Dropout(0.25).apply({}, x, deterministic=False, rngs=rngs)
+    >>> bool((ours == nn.Dropout(0.25).apply({}, x, deterministic=False, rngs=rngs)).all())
+    True
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        if self.rate == 0.0 or deterministic:
+            return x
+        if self.rate == 1.0:
+            return jnp.zeros_like(x)
+        keep = 1.0 - self.rate
+        mask = bernoulli(self.make_rng("dropout"), keep, x.shape)
+        return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class MLP(nn.Module):
     """Fully connected trunk: ``Dense -> activation -> (dropout)`` for each hidden width.
 
@@ -145,7 +178,7 @@ class MLP(nn.Module):
                 x = nn.Dense(int(width), kernel_init=_TORCH_KERNEL, bias_init=_torch_bias(x.shape[-1]))(x)
             x = get_activation(act)(x)
             if self.dropout_rate > 0:
-                x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+                x = Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
         return x
 
 

@@ -64,3 +64,27 @@ def test_the_guides_split_has_the_gradient_of_plain_slices():
     batched = jnp.stack([flat, 2 * flat])  # a leading axis, as sample_posterior's draws have
     assert g._split(batched)["a"].shape == (2, 2, 3)
     np.testing.assert_array_equal(g._split(batched)["b"][1], 2 * flat[6:10])
+
+
+@pytest.mark.parametrize("p", [0.9, 0.5, 0.1])
+def test_bernoulli_is_jax_random_bernoulli_bit_for_bit(p):
+    for seed in (0, 7):
+        key = jax.random.key(seed)
+        for shape in ((512, 128), (3,), (5, 7)):
+            np.testing.assert_array_equal(jax.jit(lambda k: _random.bernoulli(k, p, shape))(key),
+                                          jax.random.bernoulli(key, p, shape))
+
+
+def test_the_nets_dropout_gives_flaxs_masks_inside_the_trunk(monkeypatch):
+    import flax.linen as nn
+
+    from numpyro_clustermass import nets
+
+    mlp = nets.MLP(hidden=(16, 8), dropout_rate=0.3)
+    x = jax.random.normal(jax.random.key(0), (32, 5))
+    params = mlp.init(jax.random.key(1), x)
+    rngs = {"dropout": jax.random.key(2)}
+    ours = mlp.apply(params, x, deterministic=False, rngs=rngs)
+    monkeypatch.setattr(nets, "Dropout", nn.Dropout)  # the same trunk with flax's own layer
+    np.testing.assert_array_equal(ours, mlp.apply(params, x, deterministic=False, rngs=rngs))
+    assert (ours == 0).any()
