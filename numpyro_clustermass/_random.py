@@ -13,8 +13,8 @@ CPU before fusion). Drawing the noise inside a ``lax.scan`` over two halves keep
 XLA does not fuse across a loop of more than one iteration.
 
 :func:`normal` falls back to ``jax.random.normal`` itself wherever the two would not be the same numbers (a key
-of another PRNG implementation, ``jax_threefry_partitionable`` off, more than 2**32 numbers) and on other
-backends than CPU, whose lowering of the hash is already unrolled.
+of another PRNG implementation, ``jax_threefry_partitionable`` off, ``jax_enable_x64`` on, more than 2**32 numbers)
+and on other backends than CPU, whose lowering of the hash is already unrolled.
 
 Examples
 --------
@@ -103,7 +103,8 @@ def _draw(key, shape, from_bits, fallback):
     shape = tuple(int(s) for s in shape)
     size = math.prod(shape)
     words = _threefry_words(key)
-    if words is None or jax.default_backend() != "cpu" or size < _CHUNKS or size >= 2**32:
+    if (words is None or jax.config.jax_enable_x64 or jax.default_backend() != "cpu" or size < _CHUNKS
+            or size >= 2**32):  # with x64 on, JAX draws float64 uniforms and normals
         return fallback()
     k1, k2 = words
     half = -(-size // _CHUNKS)

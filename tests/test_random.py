@@ -88,3 +88,12 @@ def test_the_nets_dropout_gives_flaxs_masks_inside_the_trunk(monkeypatch):
     monkeypatch.setattr(nets, "Dropout", nn.Dropout)  # the same trunk with flax's own layer
     np.testing.assert_array_equal(ours, mlp.apply(params, x, deterministic=False, rngs=rngs))
     assert (ours == 0).any()
+
+
+def test_with_x64_on_the_draws_are_still_jaxs():
+    with jax.enable_x64(True):
+        key = jax.random.key(4)
+        a, b = _random.normal(key, (300,)), jax.random.normal(key, (300,))
+        assert a.dtype == b.dtype == jnp.float64
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(_random.bernoulli(key, 0.8, (40, 30)), jax.random.bernoulli(key, 0.8, (40, 30)))
