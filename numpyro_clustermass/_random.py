@@ -76,7 +76,7 @@ def threefry2x32(k1, k2, x1, x2):
 def _threefry_words(key):
     """The key's two ``uint32`` words where ``jax.random.normal`` would hash them with partitionable Threefry,
     else None."""
-    if not jax.config.jax_threefry_partitionable:
+    if not getattr(jax.config, "jax_threefry_partitionable", True):  # a JAX without the flag is partitionable
         return None
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
