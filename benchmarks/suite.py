@@ -407,35 +407,44 @@ def bench_nuts(quick: bool, verbose: bool) -> list[dict]:
                      f"predictive means in {t:.1f} s of sampling; max R-hat {f.info['function_space']['max_rhat']:.3f}"
                      f"; {f.info['num_divergent']} divergent; no in-process reference (no other sampler here)"))
 
-    # M–sigma: the package's fit against the plain NumPyro sampler on the same model and the same data
+    # M–sigma: the package's fit against the plain NumPyro sampler on the same model and the same data, in
+    # alternating rounds (plain first), the best time of each: whichever ran first in the process paid for the
+    # small eager programs both use (ours first read 10.5 s against plain's 4.1 s; plain first, 7.7 against 8.8 s;
+    # a second round 3.4-3.6 against 4.0-4.4 s, without the persistent cache). Each round builds and compiles its
+    # sampler anew, as a user's fit does; the draws, and so the ESS, are the same in every round (fixed seeds).
     cat = mock_catalog(volume=vol, seed=0)
     sel = cat.select(np.asarray(cat.log_mass) > 14.5)
     rel = MassObservableRelation()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        f_ms = fit(rel, sel, method="nuts", seed=0, num_warmup=warmup, num_samples=samples, num_chains=chains,
-                   validation_fraction=0.0, progress_bar=False, **depth)
-    ess_p, t_p = _nuts_ess(f_ms)
     x_raw = sel.features(tuple(rel.feature_names))
     xs = np.asarray(StandardScaler.fit(x_raw).transform(x_raw), np.float32)
     y_raw = np.asarray(sel.log_mass, np.float64)
     ys = np.asarray(StandardScaler.fit(y_raw).transform(y_raw), np.float32).reshape(-1)
-    mcmc = MCMC(NUTS(mass_observable_model, **depth), num_warmup=warmup, num_samples=samples, num_chains=chains,
-                chain_method="vectorized", progress_bar=False)
-    t0 = time.perf_counter()
-    mcmc.run(jax.random.key(0), xs, ys)
-    draws = mcmc.get_samples(group_by_chain=True)
-    jax.block_until_ready(draws)
-    t_ref = time.perf_counter() - t0
+    t_refs, t_ps = [], []
+    for _ in range(2):
+        mcmc = MCMC(NUTS(mass_observable_model, **depth), num_warmup=warmup, num_samples=samples, num_chains=chains,
+                    chain_method="vectorized", progress_bar=False)
+        t0 = time.perf_counter()
+        mcmc.run(jax.random.key(0), xs, ys)
+        draws = mcmc.get_samples(group_by_chain=True)
+        jax.block_until_ready(draws)
+        t_refs.append(time.perf_counter() - t0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f_ms = fit(rel, sel, method="nuts", seed=0, num_warmup=warmup, num_samples=samples, num_chains=chains,
+                       validation_fraction=0.0, progress_bar=False, **depth)
+        ess_p, t_p = _nuts_ess(f_ms)
+        t_ps.append(t_p)
+    t_ref, t_p = min(t_refs), min(t_ps)
     flat = jax.tree.map(lambda a: a.reshape((chains * samples,) + a.shape[2:]), draws)
     means = np.asarray(predictive_means(mass_observable_model)(flat, xs[:2000])).reshape(chains, samples, -1)
     ess_ref = float(function_space_convergence(means)["min_ess_bulk"])
     out.append(entry("NUTS M–σ: function-space ESS/s", ess_p / t_p, "ESS/s",
                      "numpyro.infer.MCMC(NUTS(mass_observable_model)) on the same standardised data",
                      ess_ref / t_ref, (ess_p / t_p) / (ess_ref / t_ref), "value / reference", None,
-                     {"clusters": len(sel), "chains": chains, "warmup": warmup, "samples": samples},
+                     {"clusters": len(sel), "chains": chains, "warmup": warmup, "samples": samples, "rounds": 2},
                      f"fit: min bulk ESS {ess_p:.0f} in {t_p:.2f} s; plain MCMC: {ess_ref:.0f} in {t_ref:.2f} s "
-                     f"(its compilation included, as in fit's mcmc_time_s)"))
+                     f"(sampler compilation included, as in fit's mcmc_time_s; best of 2 alternating rounds, plain "
+                     f"first: {', '.join(f'{a:.2f}' for a in t_refs)} s against {', '.join(f'{b:.2f}' for b in t_ps)} s)"))
     return out
 
 
