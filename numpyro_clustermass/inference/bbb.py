@@ -134,7 +134,7 @@ def _split_flat(layout, flat):
 
     Its gradient is one concatenation of the sites' cotangents. Differentiated as plain slices, each slice's
     cotangent is padded to the whole vector and the pads are summed: on the lecture net (12 sites, and the
-    means, scales and weights each split) that was about 90 passes over the 29.8k weights per step, a third of
+    means, scales and weights each split) that was about 90 passes over the 29.8k weights per step, a quarter of
     the step's time on CPU.
     """
     lead = flat.shape[:-1]
