@@ -54,7 +54,8 @@ __all__ = [
 
 class ConvergenceWarning(UserWarning):
     """An MCMC run whose draws may not represent the posterior: function-space R-hat above the threshold,
-    divergent transitions, or a low effective sample size. The message gives the numbers and the fix.
+    divergent transitions, or a low effective sample size; or a Laplace approximation whose centre is not a
+    posterior mode (a Hessian there that is not positive definite). The message gives the numbers and the fix.
 
     Make it an error for one run with ``fit(..., method="nuts", on_convergence="raise")``, or everywhere with
     ``warnings.simplefilter("error", ConvergenceWarning)``.

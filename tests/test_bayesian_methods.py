@@ -342,6 +342,21 @@ def test_laplace_is_exact_on_a_gaussian_posterior():
     np.testing.assert_allclose(np.asarray(draws["w"]).std(0), np.sqrt(np.diag(cov))[:2], rtol=0.06)
 
 
+def test_laplace_warns_when_its_centre_is_not_a_mode():
+    # one epoch of MAP and no refinement: the Hessian at the MAP weights has negative eigenvalues (6 of 54 when
+    # this test was written), which the floor hides from the draws; the user is told, with the numbers
+    from numpyro_clustermass.diagnostics import ConvergenceWarning
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(13.5, 15.0, 600)
+    x = y[:, None] + 0.1 * rng.normal(size=(600, 3))
+    with pytest.warns(ConvergenceWarning, match=r"not centred at a posterior mode: \d+ of 54 eigenvalues.*"
+                                                r"refine_mode=False"):
+        f = fit(MDN(2, (8,), feature_names=("a", "b", "c")), (x, y), method="laplace", num_epochs=1,
+                batch_size=128, progress_bar=False, refine_mode=False)
+    assert f.info["clipped_eigenvalues"] > 0 and f.info["hessian_min_eigenvalue"] < 0
+
+
 @pytest.mark.slow
 def test_nuts_is_generic_and_matches_an_exact_posterior():
     """A plain NumPyro model with scalar latents (no network) runs through method="nuts" as it is."""

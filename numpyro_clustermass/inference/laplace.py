@@ -13,7 +13,8 @@ The posterior of the Bayesian weights ``w`` (by default the last layer, with the
 3. take the exact Hessian of the potential energy there (:func:`hessian_matrix`, in batches of Hessian-vector
    products) and its eigen-decomposition;
    eigenvalues below ``eigenvalue_floor`` times the largest are raised to it (a Hessian that is not positive
-   definite means the mode was not reached; their number is reported as ``info["clipped_eigenvalues"]``);
+   definite means the mode was not reached; their number is reported as ``info["clipped_eigenvalues"]``, and
+   any such fit warns with a :class:`~numpyro_clustermass.diagnostics.ConvergenceWarning`);
 4. draw weights as ``w* + V diag(lambda^-1/2) eps``.
 
 Examples
@@ -40,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
@@ -52,6 +54,7 @@ from numpyro.distributions import biject_to
 from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import initialize_model, potential_energy
 
+from numpyro_clustermass.diagnostics import ConvergenceWarning
 from numpyro_clustermass.inference._bayes import (
     bayesian_model,
     check_bayesian_layers,
@@ -266,6 +269,25 @@ def gaussian_at_mode(potential_fn: Callable, z0: dict, refine_mode: bool = True,
     return {"mode": mode, "scale": scale, "unravel": unravel, "info": info}
 
 
+def _warn_if_off_the_mode(info: dict) -> None:
+    """A :class:`~numpyro_clustermass.diagnostics.ConvergenceWarning` when the Hessian at the Laplace centre is not
+    positive definite: the centre is not a mode, and the floored directions get a variance the data did not set."""
+    clipped = int(info["clipped_eigenvalues"])
+    if clipped == 0:
+        return
+    grad = f"gradient norm {info['grad_norm_at_mode']:.3g}"
+    if info["bfgs_iterations"] is None:
+        where, refine = f"{grad} at the MAP weights, not refined (refine_mode=False)", "; or leave refine_mode=True"
+    else:
+        where, refine = f"{grad} after {info['bfgs_iterations']} BFGS iterations and {info['newton_steps']} Newton steps", ""
+    warnings.warn(
+        f"laplace: the approximation is not centred at a posterior mode: {clipped} of {info['num_latent']} "
+        f"eigenvalues of the Hessian there were below the floor and were raised to it (smallest "
+        f"{info['hessian_min_eigenvalue']:.3g}, largest {info['hessian_max_eigenvalue']:.3g}; {where}). Fix: start "
+        f"from a better-trained MAP fit (map_options={{'num_epochs': ...}}, or init=<a converged MAP Fit>){refine}. "
+        f"The figures are in fit.info.", ConvergenceWarning, stacklevel=4)
+
+
 def nuts_start(lap: dict, rng_key, num_chains: int) -> tuple[dict, dict]:
     """NUTS preconditioned by a :func:`gaussian_at_mode` result: chain starts and the kernel's metric keywords.
 
@@ -407,6 +429,7 @@ def laplace_method(model: Callable, plan: TrainingPlan, options: LaplaceOptions 
         lap = gaussian_at_mode(potential_fn, z0, refine_mode, max_iter, eigenvalue_floor)
         info.update({"num_latent": dim, "latent_sites": list(z0), **lap["info"], "trunk_precomputed": trunk_pre,
                      "laplace_time_s": time.perf_counter() - t1, "map_time_s": t1 - t0})
+        _warn_if_off_the_mode(info)
         return RunResult(LaplaceState(lap["mode"], lap["scale"], fixed), {}, info)
 
     def constrain(flat):
