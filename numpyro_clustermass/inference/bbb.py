@@ -257,7 +257,9 @@ class BBBOptions(MethodOptions):
     num_particles : int, default 1
         Monte Carlo samples of the likelihood term per step, >= 1.
     eval_particles : int, default 8
-        Samples of the held-out ELBO used for early stopping, >= 1.
+        Samples of the held-out ELBO used for early stopping, >= 1. Each is a forward pass over the validation set
+        at the end of every epoch: with 8, at ``fit``'s default 10% validation, an epoch of the lecture net on
+        17,943 mocks took 58-60 ms against 51-56 ms with 1 and MAP's 48 ms (two runs, shared 2-core CPU).
     learning_rate, schedule, warmup_steps, final_lr_fraction, clip_norm :
         Optax Adam with a schedule, as in :class:`~numpyro_clustermass.inference.svi.MapOptions` (same defaults).
     plateau_patience, plateau_factor, plateau_reductions :
