@@ -444,7 +444,8 @@ def bench_nuts(quick: bool, verbose: bool) -> list[dict]:
                      {"clusters": len(sel), "chains": chains, "warmup": warmup, "samples": samples, "rounds": 2},
                      f"fit: min bulk ESS {ess_p:.0f} in {t_p:.2f} s; plain MCMC: {ess_ref:.0f} in {t_ref:.2f} s "
                      f"(sampler compilation included, as in fit's mcmc_time_s; best of 2 alternating rounds, plain "
-                     f"first: {', '.join(f'{a:.2f}' for a in t_refs)} s against {', '.join(f'{b:.2f}' for b in t_ps)} s)"))
+                     f"first: {', '.join(f'{a:.2f}' for a in t_refs)} s against "
+                     f"{', '.join(f'{b:.2f}' for b in t_ps)} s)"))
     return out
 
 

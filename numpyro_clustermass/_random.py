@@ -87,13 +87,18 @@ def _threefry_words(key):
     return key[0], key[1]
 
 
+def _unit_uniform(bits):
+    """``jax.random.uniform``'s float32 in ``[0, 1)`` from 32 random bits: 23 of them as the mantissa of a number
+    in ``[1, 2)``, minus one."""
+    one = np.float32(1.0)
+    return jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one.view(np.uint32), jnp.float32) - one
+
+
 def _normal_from_bits(bits):
     """``jax.random.normal``'s float32 transformation of 32 random bits: a uniform in ``(-1, 1)``, then
     ``sqrt(2) erfinv``."""
     lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
-    one = np.float32(1.0)
-    u = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one.view(np.uint32), jnp.float32) - one
-    u = jnp.maximum(lo, u * (one - lo) + lo)
+    u = jnp.maximum(lo, _unit_uniform(bits) * (np.float32(1.0) - lo) + lo)
     return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
 
 
@@ -146,10 +151,8 @@ def bernoulli(key, p: float, shape) -> jax.Array:
     True
     """
     p32 = np.float32(p)
-    one = np.float32(1.0)
 
-    def from_bits(bits):  # jax.random.uniform's [0, 1) float32, compared with p as bernoulli does
-        u = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one.view(np.uint32), jnp.float32) - one
-        return jnp.maximum(np.float32(0.0), u) < p32
+    def from_bits(bits):  # jax.random.uniform's [0, 1) float32 (its max with minval 0 kept), compared with p
+        return jnp.maximum(np.float32(0.0), _unit_uniform(bits)) < p32
 
     return _draw(key, shape, from_bits, lambda: jax.random.bernoulli(key, p, shape))

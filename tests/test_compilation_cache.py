@@ -11,9 +11,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 _ENV_DROP = ("JAX_COMPILATION_CACHE_DIR", "NUMPYRO_CLUSTERMASS_COMPILATION_CACHE", "XDG_CACHE_HOME",
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
@@ -118,8 +118,12 @@ def test_a_first_bbb_fit_compiles_a_few_programs_not_hundreds_of_eager_operation
         est = MDN(2, (8,), feature_names=("a", "b", "c"))
         fit(est, (x, y), method="map", num_epochs=1, batch_size=128, progress_bar=False)  # the shared programs
         compiles = []
-        mon.register_event_duration_secs_listener(
-            lambda event, duration, **kw: compiles.append(event) if event.endswith("backend_compile_duration") else None)
+
+        def count(event, duration, **kw):
+            if event.endswith("backend_compile_duration"):
+                compiles.append(event)
+
+        mon.register_event_duration_secs_listener(count)
         fit(est, (x, y), method="bbb", num_epochs=2, batch_size=128, progress_bar=False)
         print(json.dumps({"compiles": len(compiles)}))
     """, NUMPYRO_CLUSTERMASS_COMPILATION_CACHE="0")

@@ -193,12 +193,13 @@ class MeanFieldGuide:
 
     def __init__(self, shapes, init_values=None, init_scale: float = DEFAULT_INIT_SCALE):
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
-        self.layout = []
+        layout = []
         start = 0
         for k, shp in self.shapes.items():
             size = int(np.prod(shp, dtype=np.int64))
-            self.layout.append((k, start, start + size, shp))
+            layout.append((k, start, start + size, shp))
             start += size
+        self.layout = tuple(layout)  # hashable: the static argument of _split_flat
         self.size = start
         self.init_loc = self.loc_vector(init_values or {})
         self.init_rho = jnp.full(self.size, _inv_softplus(float(init_scale)), jnp.float32)
@@ -210,7 +211,7 @@ class MeanFieldGuide:
         return jnp.concatenate(loc) if loc else jnp.zeros(0, jnp.float32)
 
     def _split(self, flat):
-        return _split_flat(tuple(self.layout), flat)
+        return _split_flat(self.layout, flat)
 
     def __call__(self, *args, **kwargs):
         loc = numpyro.param("bbb$loc", self.init_loc)
@@ -382,6 +383,7 @@ def bbb_method(model: Callable, plan: TrainingPlan, options: BBBOptions | None =
 
     # The twin's start and SVI.init are pure with the mean-field guide: compiled, each one program instead of
     # a few hundred eager operations, each compiled on its own in a fresh process (5.5 s of a 20 s first fit).
+    # twin_init's SVI is its own object, as init_from's for a user's model: init sets nothing the others use.
     flax_init = jax.jit(functools.partial(initial_params, deterministic_model(twin))) if is_twin else None
     twin_init = jax.jit(SVI(twin, guide, optim, elbo).init, static_argnames="num_data") if is_twin else None
 
@@ -400,10 +402,9 @@ def bbb_method(model: Callable, plan: TrainingPlan, options: BBBOptions | None =
         if is_twin:
             init_params = {**(init_params or {}), "bbb$loc": guide.loc_vector(locs)}
             return twin_init(k1, x, y, num_data=num_data, init_params=init_params)
-        else:
-            # AutoNormal takes its initial locations from its first call (seeded by SVI.init's key): a fresh one
-            loc_fn = init_to_median(num_samples=15) if locs is None else init_to_value(values=locs)
-            init_guide = AutoNormal(twin, init_loc_fn=loc_fn, init_scale=init_scale)
+        # AutoNormal takes its initial locations from its first call (seeded by SVI.init's key): a fresh one
+        loc_fn = init_to_median(num_samples=15) if locs is None else init_to_value(values=locs)
+        init_guide = AutoNormal(twin, init_loc_fn=loc_fn, init_scale=init_scale)
         # its own SVI object: init sets nothing that the other functions use
         return SVI(twin, init_guide, optim, elbo).init(k1, x, y, num_data=num_data, init_params=init_params)
 

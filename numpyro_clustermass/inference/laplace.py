@@ -279,7 +279,8 @@ def _warn_if_off_the_mode(info: dict) -> None:
     if info["bfgs_iterations"] is None:
         where, refine = f"{grad} at the MAP weights, not refined (refine_mode=False)", "; or leave refine_mode=True"
     else:
-        where, refine = f"{grad} after {info['bfgs_iterations']} BFGS iterations and {info['newton_steps']} Newton steps", ""
+        where = f"{grad} after {info['bfgs_iterations']} BFGS iterations and {info['newton_steps']} Newton steps"
+        refine = ""
     warnings.warn(
         f"laplace: the approximation is not centred at a posterior mode: {clipped} of {info['num_latent']} "
         f"eigenvalues of the Hessian there were below the floor and were raised to it (smallest "
