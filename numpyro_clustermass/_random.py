@@ -78,6 +78,8 @@ def _threefry_words(key):
     else None."""
     if not getattr(jax.config, "jax_threefry_partitionable", True):  # a JAX without the flag is partitionable
         return None
+    if not hasattr(key, "dtype"):  # not a key: JAX's own draw raises its error
+        return None
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
             return None

@@ -137,6 +137,8 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"Dropout rate must be in [0, 1] (the probability of dropping a unit); got {self.rate}")
         if self.rate == 0.0 or deterministic:
             return x
         if self.rate == 1.0:

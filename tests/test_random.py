@@ -97,3 +97,13 @@ def test_with_x64_on_the_draws_are_still_jaxs():
         assert a.dtype == b.dtype == jnp.float64
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(_random.bernoulli(key, 0.8, (40, 30)), jax.random.bernoulli(key, 0.8, (40, 30)))
+
+
+def test_bad_input_gets_a_clear_error():
+    from numpyro_clustermass import nets
+
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=r"Dropout rate must be in \[0, 1\].*got 1.5"):
+        nets.Dropout(1.5).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    with pytest.raises(TypeError, match="invalid PRNG key"):  # JAX's own message, not an AttributeError of ours
+        _random.normal(3, (4,))
