@@ -215,6 +215,23 @@ def bench_train_bayes(quick: bool, verbose: bool) -> list[dict]:
     return out
 
 
+def bench_train_step(quick: bool, verbose: bool) -> list[dict]:
+    """One training step of BBB and MC dropout against MAP's, the package's ``method.step`` in a compiled scan on
+    one batch (bench_step): the step alone, without the epoch's held-out evaluation that train_bayes includes."""
+    from benchmarks import bench_step as b
+
+    kw = dict(steps=20, rounds=1) if quick else dict(steps=200, rounds=5)
+    m = b.measure(**kw)
+    sizes = {"steps": m["steps"], "rounds": kw["rounds"], "batch": m["batch"],
+             "net": f"MDN 16 comp., 128-128-64 ({m['num_weights']} weights)"}
+    ref = "MAP's step, same net and batch"
+    return [entry(f"train step {meth} (lecture net)", m["ms_per_step"][meth], "ms/step", ref, m["ms_per_step"]["map"],
+                  m["ratio"][meth], "MAP's time / method's time (best round each)", None, {**sizes, "method": meth},
+                  note)
+            for meth, note in (("bbb", "one weight draw a step (num_particles=1)"),
+                               ("mc_dropout", "dropout_rate 0.1, a mask over every hidden unit of every row"))]
+
+
 def bench_posterior(quick: bool, verbose: bool) -> list[dict]:
     """Posterior statistics of the lecture MDN against plain NumPy on the same densities (bench_posterior)."""
     from benchmarks import bench_posterior as b
@@ -536,6 +553,7 @@ BENCHMARKS: dict[str, Callable[[bool, bool], list[dict]]] = {
     "pipeline": bench_pipeline,
     "train_map": bench_train_map,
     "train_bayes": bench_train_bayes,
+    "train_step": bench_train_step,
     "nuts": bench_nuts,
     "simulate": bench_simulate,
     "scaling": bench_scaling,
