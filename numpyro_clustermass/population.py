@@ -525,8 +525,10 @@ def _run_nuts(model, data, init, num_warmup, num_samples, num_chains, seed, prog
     lap = gaussian_at_mode(potential_fn, z0, refine_mode=True, absolute=True)
     init_params, nuts_kw = nuts_start(lap, k_start, num_chains)
     kernel = NUTS(model, init_strategy=init_to_value(values=init), target_accept_prob=0.85, **nuts_kw)
+    # the data are arguments of the sampler's program, not constants in it: a fit of another catalogue of the
+    # same size finds the program in the persistent compilation cache (jit_model_args)
     mcmc = MCMC(kernel, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                chain_method="vectorized", progress_bar=progress_bar)
+                chain_method="vectorized", progress_bar=progress_bar, jit_model_args=True)
     mcmc.run(k_run, init_params=init_params, extra_fields=("diverging",), **data)
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     diverging = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])

@@ -129,7 +129,7 @@ def test_bbb_loss_is_full_data_negative_elbo_with_analytic_kl():
     # the guide starts at the flax initial weights with the requested scale
     sites = [k for k in params if k.startswith("nn/")]
     assert len(sites) == 8
-    _, loss = impl.step(state, x, y)
+    _, loss = jax.jit(impl.step)(state, x, y)  # one program, not each operation compiled on its own
     # reference: the deterministic model at the guide means, and the Normal-Normal KL for every weight
     det = est.model
     sub = {"nn$params": _nested(params, "nn"), }

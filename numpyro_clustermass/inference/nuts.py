@@ -62,6 +62,7 @@ localization: an improved R-hat. Bayesian Analysis 16, 667-718.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple
@@ -338,6 +339,11 @@ class NUTSOptions(MethodOptions):
             object.__setattr__(self, name, value)
 
 
+def _with_fixed_params(model: Callable, x, y=None, *, fixed, **kwargs):
+    """``model(x, y, **kwargs)`` with its param sites at ``fixed``: the model NUTS samples, ``fixed`` an argument."""
+    return substitute_params(model, fixed)(x, y, **kwargs)
+
+
 def nuts_method(model: Callable, plan: TrainingPlan, options: NUTSOptions | None = None,
                 **kwargs) -> OneShotMethod:
     """Build the ``"nuts"`` method (see the module docstring).
@@ -377,23 +383,27 @@ def nuts_method(model: Callable, plan: TrainingPlan, options: NUTSOptions | None
         fixed = point_params(map_params, sites)
         start = net_site_values(map_params, sites)
         sampled, fixed_s, x_s, trunk_pre = fixed_trunk_problem(twin, fixed, data.x_train, plan_.num_features)
-        target = substitute_params(sampled, fixed_s)
+        # the fixed params (the MAP trunk and point params) reach the model as an argument, with the data: the
+        # sampler's program then holds neither as constants, so the next fit of this model with these shapes finds
+        # it in the persistent compilation cache instead of compiling it again (jit_model_args below)
+        target = functools.partial(_with_fixed_params, sampled, deterministic=True)
         k_lap, k_start, k_mcmc = jax.random.split(k_mcmc, 3)
         init_params, lap_info, nuts_kw = None, {}, {"dense_mass": dense_mass}
         if mass_matrix == "laplace":
             # precondition with the Laplace approximation at the posterior mode: its covariance is the (fixed)
             # inverse mass matrix, and each chain starts at its own draw from it
-            potential_fn, z0 = start_at_values(k_lap, target, start, (x_s, data.y_train), {"deterministic": True})
+            potential_fn, z0 = start_at_values(k_lap, target, start, (x_s, data.y_train), {"fixed": fixed_s})
             lap = gaussian_at_mode(potential_fn, z0, refine_mode=False, absolute=True)
             init_params, nuts_kw = nuts_start(lap, k_start, num_chains)
             lap_info = {"laplace_" + k: v for k, v in lap["info"].items()}
         kernel = NUTS(target, init_strategy=init_to_value(values=start), target_accept_prob=target_accept_prob,
                       max_tree_depth=max_tree_depth, **nuts_kw)
         mcmc = MCMC(kernel, num_warmup=int(num_warmup), num_samples=int(num_samples), num_chains=int(num_chains),
-                    chain_method=run_chains, progress_bar=progress_bar and not callable(run_chains))
+                    chain_method=run_chains, progress_bar=progress_bar and not callable(run_chains),
+                    jit_model_args=True)
         t1 = time.perf_counter()
         # full batch: num_data=None, no likelihood scale; dropout (if any) off
-        mcmc.run(k_mcmc, x_s, data.y_train, deterministic=True, extra_fields=SAMPLE_STATS, init_params=init_params)
+        mcmc.run(k_mcmc, x_s, data.y_train, fixed=fixed_s, extra_fields=SAMPLE_STATS, init_params=init_params)
         samples = mcmc.get_samples(group_by_chain=True)
         jax.block_until_ready(samples)
         t_mcmc = time.perf_counter() - t1
