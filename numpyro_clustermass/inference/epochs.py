@@ -25,7 +25,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import signal
