@@ -65,8 +65,9 @@ def child(data_path: str, method: str, epochs: int) -> dict:
     first = do_fit()
     n_first, t_compile, t_trace, t_lower = len(compiles), float(sum(compiles)), spent["trace"], spent["lower"]
     warm = do_fit()
+    dev = jax.devices()[0]
     return dict(method=method, import_s=t_import, first=first, warm=warm, compiles=n_first,
-                compile_s=t_compile, trace_s=t_trace, lower_s=t_lower, device=f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+                compile_s=t_compile, trace_s=t_trace, lower_s=t_lower, device=f"{dev.platform}: {dev.device_kind}",
                 versions=f"numpyro_clustermass {ncm.__version__}, jax {jax.__version__}")
 
 
@@ -84,8 +85,12 @@ def measure(methods=METHODS, n: int = 3000, epochs: int = 2) -> dict:
     and ``warm`` seconds of ``fit``, ``compiles`` and ``compile_s`` (during the first fit), ``import_s``."""
     import numpy as np
 
+    from numpyro_clustermass.inference import available_methods
     from numpyro_clustermass.simulate import mock_catalog
 
+    unknown = [m for m in methods if m not in available_methods()]
+    if unknown:  # before simulating anything or starting a process
+        raise ValueError(f"unknown method(s) {unknown}; registered methods are {available_methods()}")
     with tempfile.TemporaryDirectory(prefix="ncm_coldfit_") as tmp:
         tmp = Path(tmp)
         cat = mock_catalog(volume=0.02 * n / 5500 + 0.002, seed=0)

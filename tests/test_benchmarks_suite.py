@@ -113,3 +113,12 @@ def test_bench_step_times_the_package_steps_of_each_method():
     assert m["num_weights"] == 14 * 8 + 8 + 8 * 6 + 6  # trunk and the head's 3 x 2 mixture parameters
     with pytest.raises(ValueError, match="must be 'map'"):
         bench_step.measure(methods=("bbb", "map"))
+    with pytest.raises(ValueError, match=r"unknown inference method 'nope'"):
+        bench_step.measure(hidden=(8,), components=2, batch=32, steps=1, rounds=1, methods=("map", "nope"))
+
+
+def test_cold_fit_refuses_an_unknown_method_before_starting_anything():
+    from benchmarks import cold_fit
+
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; registered methods are"):
+        cold_fit.measure(("map", "nope"))

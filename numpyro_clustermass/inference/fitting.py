@@ -857,7 +857,8 @@ def fit(
         A non-finite or exploding loss; ``error.fit`` holds the fit at the last acceptable state.
     FitInterrupted
         Ctrl-C during training (a ``KeyboardInterrupt``), raised at the end of the running epoch (a second
-        Ctrl-C raises at once); ``error.fit`` holds the fit at the best state so far, also saved to ``checkpoint`` when one is given (``error.checkpoint`` is then its path).
+        Ctrl-C raises at once); ``error.fit`` holds the fit at the best state so far, also saved to
+        ``checkpoint`` when one is given (``error.checkpoint`` is then its path).
 
     Warns
     -----
