@@ -106,11 +106,14 @@ def test_bench_step_times_the_package_steps_of_each_method():
     """benchmarks/bench_step.py at a tiny size: every method's step runs and is compared with MAP's."""
     from benchmarks import bench_step
 
-    m = bench_step.measure(hidden=(8,), components=2, batch=32, steps=3, rounds=2)
+    m = bench_step.measure(hidden=(8,), components=2, batch=32, steps=3, rounds=2, eval_rows=40)
     assert set(m["ms_per_step"]) == {"map", "bbb", "mc_dropout"} and m["ratio"]["map"] == 1.0
+    assert set(m["ms_per_eval"]) == set(m["ms_per_step"]) and min(m["ms_per_eval"].values()) > 0
     assert all(len(v) == 2 and min(v) > 0 for v in m["rounds"].values())
     assert all(math.isfinite(r) and r > 0 for r in m["ratio"].values())
     assert m["num_weights"] == 14 * 8 + 8 + 8 * 6 + 6  # trunk and the head's 3 x 2 mixture parameters
+    with pytest.raises(ValueError, match=r"eval_rows must be >= 1; got 0"):
+        bench_step.measure(eval_rows=0)
     with pytest.raises(ValueError, match="must be 'map'"):
         bench_step.measure(methods=("bbb", "map"))
     with pytest.raises(ValueError, match=r"unknown inference method 'nope'"):
