@@ -125,3 +125,10 @@ def test_cold_fit_refuses_an_unknown_method_before_starting_anything():
 
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; registered methods are"):
         cold_fit.measure(("map", "nope"))
+
+
+def test_nuts_refit_refuses_fewer_than_one_fit():
+    from benchmarks import nuts_refit
+
+    with pytest.raises(SystemExit, match=r"--fits must be >= 1; got 0"):
+        nuts_refit.main(["--fits", "0"])
