@@ -315,11 +315,11 @@ def test_ctrl_c_saves_the_checkpoint(tmp_path, xy, monkeypatch):
                 and c.impl.name == "map"][-1:]
     real, calls = entry.epoch, []
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(entry, "epoch", interrupted)
     ck = tmp_path / "ck.ncm"

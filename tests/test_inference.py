@@ -255,6 +255,35 @@ def test_a_new_method_is_one_registration(small_fit):
         register_method("map", frozen_factory)
 
 
+def test_without_validation_data_the_epoch_guard_uses_the_methods_check():
+    """A method's ``check`` replaces ``evaluate`` after each epoch only when there is no validation data (then the
+    loss of a training batch just guards against divergence): a check that says NaN stops that fit alone."""
+    def nan_check_factory(model, plan):
+        return get_method("map")(model, plan)._replace(check=lambda state, x, y: jnp.float32(jnp.nan))
+
+    register_method("nan_check_test", nan_check_factory, overwrite=True)
+    x, y, g = _synthetic(600)
+    kw = dict(method="nan_check_test", num_epochs=2, batch_size=128, progress_bar=False)
+    f = fit(SMALL_MDN, (x, y, g), validation_fraction=0.2, **kw)  # evaluate on the validation set: finite
+    assert np.all(np.isfinite(f.history["val_loss"])) and f.info["epochs_run"] == 2
+    with pytest.raises(FitDivergedError, match=r"non-finite validation loss \(nan\) in epoch 0"):
+        fit(SMALL_MDN, (x, y, g), validation_fraction=0.0, **kw)
+
+
+def test_bbb_checks_a_training_batch_with_its_step_particles_not_its_eval_particles():
+    """BBB's held-out ELBO averages ``eval_particles`` weight draws; its divergence guard without validation data
+    (``check``) draws ``num_particles``, as a training step does: the same loss as ``evaluate`` with
+    ``eval_particles=num_particles``."""
+    x, y, _ = _synthetic(256)
+    x, y = jnp.asarray(x[:, :3]), jnp.asarray(y)
+    plan = TrainingPlan(num_data=256, batch_size=64, steps_per_epoch=4, num_epochs=1, num_features=3)
+    model = standardize_model(SMALL_MSE.model)
+    m8, m1 = (get_method("bbb")(model, plan, eval_particles=k) for k in (8, 1))
+    state = m8.init(jax.random.key(0), x[:64], y[:64])
+    check, one, eight = (float(f(state, x, y)) for f in (m8.check, m1.evaluate, m8.evaluate))
+    assert check == one and abs(eight - one) > 1e-6 * abs(one), (check, one, eight)
+
+
 def test_a_method_is_one_of_two_kinds_and_a_factory_returning_anything_else_is_refused():
     """BlackJAX-style protocol: a method trained by epochs or one that runs once, never a tuple with None slots."""
     plan = TrainingPlan(num_data=256, batch_size=64, steps_per_epoch=4, num_epochs=1, num_features=3)
@@ -379,11 +408,11 @@ def test_ctrl_c_hands_back_the_best_state(small_fit, monkeypatch):
     real = entry.epoch
     calls = []
 
-    def interrupted_in_epoch_4(*args):
+    def interrupted_in_epoch_4(*args, **kwargs):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(entry, "epoch", interrupted_in_epoch_4)
     with pytest.raises(FitInterrupted, match=r"interrupted in epoch 3 after 3 complete epochs; the best state") as err:
@@ -417,11 +446,11 @@ def test_ctrl_c_inside_a_finalizer_still_stops_training(small_fit, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
             sum(range(1000))  # the handler runs at a bytecode of this frame: its exception is "ignored"
 
-    def sigint_in_a_finalizer_in_epoch_4(*args):
+    def sigint_in_a_finalizer_in_epoch_4(*args, **kwargs):
         calls.append(1)
         if len(calls) == 4:
             SignalsWhenCollected()
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(entry, "epoch", sigint_in_a_finalizer_in_epoch_4)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -129,14 +129,17 @@ class CompiledMethod:
         self.predict_cache: dict = {}  # compiled posterior functions, shared by the fits of this entry
         n, bsz, steps = plan.num_data, plan.batch_size, plan.steps_per_epoch
 
-        def evaluate(state, x, y):
+        def evaluate(state, x, y, guard_only):
             self.traces["evaluate"] += 1
-            return impl.evaluate(state, x, y)
+            fn = impl.check if guard_only and impl.check is not None else impl.evaluate
+            return fn(state, x, y)
 
-        def epoch(state, base_key, index, x, y, x_check, y_check, mesh=None):
+        def epoch(state, base_key, index, x, y, x_check, y_check, mesh=None, guard_only=False):
             """One epoch of steps over shuffled minibatches, then the loss of the new state on the check set
             (validation data, or one training batch), all in one compiled call with one result to fetch.
-            ``mesh`` (static): data parallel, each minibatch split over its devices (:mod:`.sharding`)."""
+            ``mesh`` (static): data parallel, each minibatch split over its devices (:mod:`.sharding`).
+            ``guard_only`` (static): the check set is a training batch whose loss only guards against divergence;
+            the method's ``check`` computes it where it has one (a cheaper estimate), else ``evaluate``."""
             self.traces["epoch"] += 1  # runs at trace time only
             rng_key = jax.random.fold_in(base_key, index)
             perm = jax.random.permutation(rng_key, n)[: steps * bsz]
@@ -150,10 +153,10 @@ class CompiledMethod:
                 return sharding.constrain_replicated(s, mesh), loss
 
             state, losses = jax.lax.scan(body, state, (xb, yb))
-            return state, jnp.mean(losses) / n, evaluate(state, x_check, y_check)
+            return state, jnp.mean(losses) / n, evaluate(state, x_check, y_check, guard_only)
 
         iterative = isinstance(impl, IterativeMethod)
-        self.epoch = jax.jit(epoch, static_argnames="mesh") if iterative else None
+        self.epoch = jax.jit(epoch, static_argnames=("mesh", "guard_only")) if iterative else None
         # the initial loss, the reference of the explosion check (not counted in ``traces``: one call a fit)
         self.initial_loss = jax.jit(impl.evaluate) if iterative else None
 
@@ -310,7 +313,6 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
     # and every minibatch split over it
     mesh = sharding.data_mesh_of(x_train)
     sharding.check_batch_size(bsz, mesh, x_train.shape[0])
-    epoch_jit = compiled.epoch if mesh is None else functools.partial(compiled.epoch, mesh=mesh)
     x0, y0 = x_train[:bsz], y_train[:bsz]
     if mesh is not None:  # init (op by op for some methods) on the default device, then its state replicated
         x0, y0 = jnp.asarray(np.asarray(x0)), jnp.asarray(np.asarray(y0))
@@ -318,6 +320,9 @@ def epoch_loop(compiled: CompiledMethod, k_init, k_epochs, data: TrainingData, e
     state = sharding.replicate(state, mesh)
     has_val = x_val is not None
     x_check, y_check = (x_val, y_val) if has_val else (x_train[:bsz], y_train[:bsz])
+    # without validation data the check batch's loss only guards against divergence: the method's cheaper check
+    epoch_jit = functools.partial(compiled.epoch, guard_only=not has_val,
+                                  **({} if mesh is None else {"mesh": mesh}))
     history = {"train_loss": [], "val_loss": [], "epoch_time": []}
     start = 0
     if resume is not None:  # continue the loss history and the epoch count (which seeds the shuffling)

@@ -10,6 +10,7 @@ An :class:`IterativeMethod` ("map", "mc_dropout", "ensemble", "bbb") is trained 
     init(rng_key, x_batch, y_batch) -> state
     step(state, x_batch, y_batch) -> (state, loss)          # loss: full-data objective of the minibatch
     evaluate(state, x, y) -> loss per datum                  # held-out loss for early stopping
+    check(state, x, y) -> loss per datum                     # optional: the divergence guard without validation
     get_params(state) -> dict of site values                 # constrained params (+ mutable state)
     sample(rng_key, state, num_draws) -> draws               # dict of site values, leading axis S
 
@@ -148,6 +149,11 @@ class IterativeMethod(NamedTuple):
         ``prior_loss(state) -> float``: the part of ``evaluate``'s per-datum loss that is not the likelihood of the
         data (Bayes by Backprop: KL(q || p) / num_data). :func:`fit` subtracts it before comparing the held-out loss
         with that of a Gaussian ignoring the features; None: ``evaluate`` is the likelihood alone.
+    check : callable, optional
+        ``check(state, x, y) -> loss per datum``, computed instead of ``evaluate`` after each epoch when a fit has
+        no validation data: then the loss of the new state on one training batch only guards against divergence
+        (is it finite, is it exploding) and is not recorded, so a cheaper estimate will do (Bayes by Backprop: the
+        ELBO of ``num_particles`` weight draws, not ``eval_particles``). None: ``evaluate``.
     """
 
     init: Callable
@@ -160,6 +166,7 @@ class IterativeMethod(NamedTuple):
     name: str = ""
     model: Callable | None = None
     prior_loss: Callable | None = None
+    check: Callable | None = None
 
 
 class OneShotMethod(NamedTuple):
