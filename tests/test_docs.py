@@ -38,3 +38,33 @@ def test_readme_links_stay_inside_the_repository(page):
         if target.startswith(("http://", "https://")):
             continue
         assert (ROOT / target).exists(), f"{page} links to {target}, which is not in the repository"
+
+
+def _table_rows(text: str, header: str) -> list[list[str]]:
+    """The cells of the markdown table under ``header`` (its first row), separator excluded."""
+    lines = text.splitlines()
+    start = lines.index(header)
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_readme_and_the_benchmarks_page_show_the_committed_benchmark_run():
+    """README's table of targets and docs/benchmarks.md's full table are the committed run's
+    (benchmarks/results/cpu.md), from the same commit: a new run committed without them fails here."""
+    header = "| benchmark | value | reference | reference value | ratio | ratio means | target | met |"
+    run = (ROOT / "benchmarks" / "results" / "cpu.md").read_text()
+    rows = _table_rows(run, header)
+    assert len(rows) >= 20, len(rows)
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert _table_rows(page, header) == rows
+    commit = re.search(r"commit ([0-9a-f]{7})[0-9a-f]*", run).group(1)
+    assert f"at commit {commit}" in page
+    readme = (ROOT / "README.md").read_text()
+    targets = [[r[0], r[4], r[5], r[6], r[7]] for r in rows if r[6] != "–"]
+    assert len(targets) >= 8, targets
+    assert _table_rows(readme, "| benchmark | ratio | ratio means | target | met |") == targets
+    assert f"commit {commit};" in readme
