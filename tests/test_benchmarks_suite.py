@@ -120,6 +120,20 @@ def test_bench_step_times_the_package_steps_of_each_method():
         bench_step.measure(hidden=(8,), components=2, batch=32, steps=1, rounds=1, methods=("map", "nope"))
 
 
+def test_bench_bbb_throughput_times_fits_with_and_without_validation_data():
+    """benchmarks/bench_bbb_throughput.py at a tiny size, without validation data (the suite's entry) and with
+    fit's default 10%: samples/s count the training rows either way."""
+    from benchmarks import bench_bbb_throughput as b
+
+    kw = dict(n_halos=200, hidden=(8,), components=2, batch=32, epochs=2, rounds=1, verbose=False)
+    for fraction in (0.0, 0.1):
+        m = b.measure(**kw, validation_fraction=fraction)
+        assert m["validation_fraction"] == fraction and m["ratio"]["map"] == 1.0
+        assert all(len(v) == 1 and v[0] > 0 for v in m["rates"].values()) and m["ratio"]["bbb"] > 0
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\); got 1.0"):
+        b.measure(**kw, validation_fraction=1.0)
+
+
 def test_cold_fit_refuses_an_unknown_method_before_starting_anything():
     from benchmarks import cold_fit
 
