@@ -43,6 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 
 
+#: The header row of the markdown table (``markdown``); README and docs/benchmarks.md show its rows (tests/test_docs.py)
+TABLE_HEADER = "| benchmark | value | reference | reference value | ratio | ratio means | target | met |"
+
+
 # ------------------------------------------------------------------------------------------------ entries
 def entry(name: str, value: float, unit: str, reference: str | None, reference_value: float | None,
           ratio: float | None, ratio_means: str, target: tuple[str, float] | None = None, sizes: dict | None = None,
@@ -670,9 +674,7 @@ def markdown(result: dict) -> str:
                      else "")
                   + (f" (benchmarks run in a child process: {', '.join(h['in_child'])})" if h.get("in_child") else "")
                   + ".", ""]
-    lines += [
-             "| benchmark | value | reference | reference value | ratio | ratio means | target | met |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines += [TABLE_HEADER, "|---|---|---|---|---|---|---|---|"]
     for e in result["entries"]:
         met = {True: "yes", False: "**no**", None: "–"}[e["met"]]
         ref_val = "–" if e["reference_value"] is None else f"{_fmt(e['reference_value'])} {e['unit']}"
