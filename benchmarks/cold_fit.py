@@ -15,7 +15,13 @@ with its short compile time):
 
 Each method has its own processes and its own cache folder, so no method finds another's programs compiled.
 
+``--model relation`` fits the M–σ relation (``MassObservableRelation``: latent intercept, slope and scatter next to
+the likelihood, a MAP fit with NumPyro's ``AutoDelta`` guide) instead of the MDN, with ``--methods map,laplace``
+say: a model with several sample sites, whose programs a second process finds in the cache only when they trace
+the same in every process (each child has its own string hash seed, as every Python process).
+
 Run:  python3 benchmarks/cold_fit.py  [--methods map,bbb,mc_dropout,ensemble] [--n 3000] [--epochs 2]
+                                      [--model mdn|relation]
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ import time
 from pathlib import Path
 
 METHODS = ("map", "bbb", "mc_dropout", "ensemble")
+MODELS = ("mdn", "relation")
 
 
-def child(data_path: str, method: str, epochs: int) -> dict:
+def child(data_path: str, method: str, epochs: int, model: str = "mdn") -> dict:
     t0 = time.perf_counter()
     import jax
     import jax.monitoring as mon
@@ -42,8 +49,12 @@ def child(data_path: str, method: str, epochs: int) -> dict:
 
     t_import = time.perf_counter() - t0
     d = np.load(data_path)
-    train = (d["x"], d["y"], d["g"])
-    est = ncm.MDN(num_components=16, hidden=(128, 128, 64), dropout_rate=0.1 if method == "mc_dropout" else 0.0)
+    if model == "relation":
+        train = (d["x_relation"], d["y"], d["g"])
+        est = ncm.MassObservableRelation()
+    else:
+        train = (d["x"], d["y"], d["g"])
+        est = ncm.MDN(num_components=16, hidden=(128, 128, 64), dropout_rate=0.1 if method == "mc_dropout" else 0.0)
     compiles, spent = [], {"trace": 0.0, "lower": 0.0}
 
     def count(event, duration, **kw):
@@ -71,8 +82,9 @@ def child(data_path: str, method: str, epochs: int) -> dict:
                 versions=f"numpyro_clustermass {ncm.__version__}, jax {jax.__version__}")
 
 
-def run_child(data: Path, method: str, epochs: int, env: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(data), "--methods", method, "--epochs", str(epochs)]
+def run_child(data: Path, method: str, epochs: int, env: dict, model: str = "mdn") -> dict:
+    cmd = [sys.executable, __file__, "--child", str(data), "--methods", method, "--epochs", str(epochs),
+           "--model", model]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         sys.stderr.write(out.stderr)
@@ -80,9 +92,10 @@ def run_child(data: Path, method: str, epochs: int, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(methods=METHODS, n: int = 3000, epochs: int = 2) -> dict:
+def measure(methods=METHODS, n: int = 3000, epochs: int = 2, model: str = "mdn") -> dict:
     """Return ``{method: {"cold": child numbers, "second": child numbers}}``; each child's numbers: ``first``
-    and ``warm`` seconds of ``fit``, ``compiles`` and ``compile_s`` (during the first fit), ``import_s``."""
+    and ``warm`` seconds of ``fit``, ``compiles`` and ``compile_s`` (during the first fit), ``import_s``.
+    ``model``: ``"mdn"`` (the lecture MDN) or ``"relation"`` (``MassObservableRelation``)."""
     import numpy as np
 
     from numpyro_clustermass.inference import available_methods
@@ -91,6 +104,8 @@ def measure(methods=METHODS, n: int = 3000, epochs: int = 2) -> dict:
     unknown = [m for m in methods if m not in available_methods()]
     if unknown:  # before simulating anything or starting a process
         raise ValueError(f"unknown method(s) {unknown}; registered methods are {available_methods()}")
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; one of {MODELS}")
     with tempfile.TemporaryDirectory(prefix="ncm_coldfit_") as tmp:
         tmp = Path(tmp)
         cat = mock_catalog(volume=0.02 * n / 5500 + 0.002, seed=0)
@@ -98,16 +113,17 @@ def measure(methods=METHODS, n: int = 3000, epochs: int = 2) -> dict:
             raise SystemExit(f"the mock has {len(cat)} clusters < {n}")
         cat = cat.select(np.arange(n))
         data = tmp / "data.npz"
-        np.savez(data, x=cat.features(), y=cat.log_mass, g=np.asarray(cat["halo_id"]))
+        np.savez(data, x=cat.features(), x_relation=cat.features(("Logsigv",)), y=cat.log_mass,
+                 g=np.asarray(cat["halo_id"]))
         base = {k: v for k, v in os.environ.items()
                 if k not in ("JAX_COMPILATION_CACHE_DIR", "NUMPYRO_CLUSTERMASS_COMPILATION_CACHE")}
         out = {}
         for method in methods:
-            cold = run_child(data, method, epochs, {**base, "NUMPYRO_CLUSTERMASS_COMPILATION_CACHE": "0"})
+            cold = run_child(data, method, epochs, {**base, "NUMPYRO_CLUSTERMASS_COMPILATION_CACHE": "0"}, model)
             cached = {**base, "XDG_CACHE_HOME": str(tmp / f"xdg_{method}")}
-            run_child(data, method, epochs, cached)  # fills the cache
-            out[method] = dict(cold=cold, second=run_child(data, method, epochs, cached))
-    return dict(runs=out, n=n, epochs=epochs)
+            run_child(data, method, epochs, cached, model)  # fills the cache
+            out[method] = dict(cold=cold, second=run_child(data, method, epochs, cached, model))
+    return dict(runs=out, n=n, epochs=epochs, model=model)
 
 
 def main(argv=None) -> int:
@@ -115,17 +131,21 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--n", type=int, default=3000, help="training clusters")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--model", default="mdn", choices=MODELS,
+                    help="mdn: the lecture MDN; relation: the M-sigma relation (latent sites, AutoDelta)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     methods = tuple(args.methods.split(","))
     if args.child:
-        print(json.dumps(child(args.child, methods[0], args.epochs)))
+        print(json.dumps(child(args.child, methods[0], args.epochs, args.model)))
         return 0
-    m = measure(methods, args.n, args.epochs)
+    m = measure(methods, args.n, args.epochs, args.model)
     first = next(iter(m["runs"].values()))["cold"]
     print(f"first fit in a fresh process: {first['device']}; {first['versions']}")
-    print(f"lecture MDN (16 components, 128-128-64), {m['epochs']} epochs on {m['n']} clusters")
+    what = ("the M-sigma relation (MassObservableRelation)" if args.model == "relation"
+            else "lecture MDN (16 components, 128-128-64)")
+    print(f"{what}, {m['epochs']} epochs on {m['n']} clusters")
     print(f"\n{'method':<11} {'process':<15} {'first (s)':>10} {'warm (s)':>9} {'first/warm':>11} {'programs':>9} "
           f"{'compile (s)':>12} {'trace (s)':>10} {'lower (s)':>10}")
     for method, rr in m["runs"].items():

@@ -139,6 +139,22 @@ def test_cold_fit_refuses_an_unknown_method_before_starting_anything():
 
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; registered methods are"):
         cold_fit.measure(("map", "nope"))
+    with pytest.raises(ValueError, match=r"unknown model 'mlp'; one of \('mdn', 'relation'\)"):
+        cold_fit.measure(("map",), model="mlp")
+
+
+def test_cold_fit_child_fits_the_mass_sigma_relation(tmp_path):
+    import numpy as np
+
+    from benchmarks import cold_fit
+    from numpyro_clustermass.simulate import mock_catalog
+
+    cat = mock_catalog(volume=1.0, mass_sampling="flat", n_halos=200, seed=0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=cat.features(), x_relation=cat.features(("Logsigv",)), y=cat.log_mass,
+             g=np.asarray(cat["halo_id"]))
+    r = cold_fit.child(str(path), "map", 2, "relation")
+    assert r["method"] == "map" and r["first"] > 0 and r["warm"] > 0 and r["compiles"] >= 0
 
 
 def test_nuts_refit_refuses_fewer_than_one_fit():

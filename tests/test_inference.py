@@ -1,5 +1,6 @@
 """Tests for numpyro_clustermass.inference: fit(), the map method, the registry, errors, the lecture's bias."""
 
+import json
 import math
 import os
 
@@ -484,3 +485,68 @@ def test_posterior_warns_on_a_grid_that_cuts_off_the_training_masses(small_fit):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FitWarning)
         f.posterior(x[:300])  # the default grid: no warning
+
+
+def _four_site_model(x, y=None, num_data=None, deterministic=False):
+    """Latent sites next to the likelihood: what NumPyro's Trace_ELBO orders by a set of names."""
+    a = numpyro.sample("alpha", dist.Normal(0.0, 1.0))
+    b = numpyro.sample("beta", dist.Normal(0.0, 1.0))
+    c = numpyro.sample("gamma", dist.Normal(0.0, 1.0))
+    s = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    with numpyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0]):
+        numpyro.sample("obs", dist.Normal(a + b * x[:, 0] + c * x[:, 1], s), obs=y)
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+def test_site_ordered_elbo_is_numpyros_trace_elbo(num_particles):
+    from numpyro.infer import Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+
+    from numpyro_clustermass.inference.svi import SiteOrderedTraceELBO
+
+    x = jax.random.normal(jax.random.key(1), (32, 2))
+    y = 0.3 + x[:, 0] - 0.5 * x[:, 1]
+    guide = AutoNormal(_four_site_model)
+    svi = numpyro.infer.SVI(_four_site_model, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
+    params = svi.get_params(svi.init(jax.random.key(2), x, y, num_data=100))
+    values = []
+    for elbo in (Trace_ELBO(num_particles=num_particles), SiteOrderedTraceELBO(num_particles=num_particles)):
+        loss = lambda p: elbo.loss(jax.random.key(3), p, _four_site_model, guide, x, y, num_data=100)  # noqa: E731
+        values.append(jax.value_and_grad(loss)(params))
+    (l0, g0), (l1, g1) = values
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)  # the same draws, summed in another order
+    for k in g0:
+        np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g0[k]), rtol=1e-5, atol=1e-6)
+
+
+def test_map_of_a_model_with_latent_sites_compiles_one_program_whatever_the_hash_seed():
+    """NumPyro's Trace_ELBO orders its terms by a set of site names, which follows the process's string hash seed:
+    every new process compiled a new epoch program (a persistent-cache miss); the map method's ELBO does not."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent("""
+        import hashlib, json, jax, jax.numpy as jnp
+        from numpyro_clustermass.inference.protocol import TrainingPlan, build_method
+        from tests.test_inference import _four_site_model
+        plan = TrainingPlan(num_data=64, batch_size=16, steps_per_epoch=4, num_epochs=2, num_features=2)
+        method = build_method("map", _four_site_model, plan)
+        x, y = jnp.ones((16, 2)), jnp.ones(16)
+        state = method.init(jax.random.key(0), x, y)
+        texts = [jax.jit(method.step).lower(state, x, y).as_text(), jax.jit(method.evaluate).lower(state, x, y).as_text()]
+        print(json.dumps({"names": list({"alpha", "beta", "gamma", "sigma", "obs"}),
+                          "programs": [hashlib.sha256(t.encode()).hexdigest() for t in texts]}))
+    """)
+    root = str(Path(__file__).resolve().parents[1])
+    out = []
+    for seed in ("1", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "JAX_PLATFORMS": "cpu",
+               "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                             cwd=root)
+        assert res.returncode == 0, res.stderr[-3000:]
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert out[0]["names"] != out[1]["names"]  # the two processes order a set of the site names differently
+    assert out[0]["programs"] == out[1]["programs"]
