@@ -59,10 +59,11 @@ class SiteOrderedTraceELBO(Trace_ELBO):
     of a Python ``set`` of their names. That order changes with the string hash seed of the Python process, so a
     model with two or more sites (latent sites next to the likelihood) traces to a differently ordered program in
     each process, and the training epoch and the held-out evaluation missed JAX's persistent compilation cache in
-    every new process: a MAP fit of ``MassObservableRelation`` on 300 clusters compiled 2 programs again (about
-    1 s) and took 3.6-4.1 s, against 2.4-2.8 s with every program found. Here the terms are formed and added in
-    the order the sites ran (the model's, then any guide-only sites): one program in every process. The estimator
-    is ``Trace_ELBO``'s; a ``multi_sample_guide`` or ``sum_sites=False`` goes to ``Trace_ELBO`` itself.
+    every new process: the first MAP fit of ``MassObservableRelation`` in a second process took 3.8-4.3 s, 1.5-1.6 s
+    of it compiling, against 2.6-3.2 s and 0.5-0.6 s with the change (``benchmarks/cold_fit.py --model relation``,
+    two rounds; docs/benchmarks.md). Here the terms are formed and added in the order the sites ran (the model's,
+    then any guide-only sites): one program in every process. The estimator is ``Trace_ELBO``'s; a
+    ``multi_sample_guide`` or ``sum_sites=False`` goes to ``Trace_ELBO`` itself.
 
     Examples
     --------
