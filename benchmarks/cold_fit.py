@@ -65,15 +65,17 @@ def child(data_path: str, method: str, epochs: int, model: str = "mdn") -> dict:
         elif event.endswith("jaxpr_to_mlir_module_duration"):
             spent["lower"] += duration
 
-    mon.register_event_duration_secs_listener(count)
-
     def do_fit():
         t = time.perf_counter()
         f = ncm.fit(est, train, method=method, num_epochs=epochs, patience=None, progress_bar=False, seed=0)
         jax.block_until_ready(jax.tree.leaves(f.state))
         return time.perf_counter() - t
 
-    first = do_fit()
+    mon.register_event_duration_secs_listener(count)
+    try:  # counts the first fit only, and leaves no listener behind in a process that calls child() itself
+        first = do_fit()
+    finally:
+        mon.unregister_event_duration_listener(count)
     n_first, t_compile, t_trace, t_lower = len(compiles), float(sum(compiles)), spent["trace"], spent["lower"]
     warm = do_fit()
     dev = jax.devices()[0]

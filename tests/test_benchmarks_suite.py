@@ -153,8 +153,12 @@ def test_cold_fit_child_fits_the_mass_sigma_relation(tmp_path):
     path = tmp_path / "data.npz"
     np.savez(path, x=cat.features(), x_relation=cat.features(("Logsigv",)), y=cat.log_mass,
              g=np.asarray(cat["halo_id"]))
+    from jax._src import monitoring as mon  # the listener list is not public (jax.monitoring only registers)
+
+    listeners = len(mon.get_event_duration_listeners())
     r = cold_fit.child(str(path), "map", 2, "relation")
     assert r["method"] == "map" and r["first"] > 0 and r["warm"] > 0 and r["compiles"] >= 0
+    assert len(mon.get_event_duration_listeners()) == listeners  # its compile counter is gone after the first fit
 
 
 def test_nuts_refit_refuses_fewer_than_one_fit():
