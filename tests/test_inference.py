@@ -514,7 +514,9 @@ def test_site_ordered_elbo_is_numpyros_trace_elbo(num_particles):
         loss = lambda p: elbo.loss(jax.random.key(3), p, _four_site_model, guide, x, y, num_data=100)  # noqa: E731
         values.append(jax.value_and_grad(loss)(params))
     (l0, g0), (l1, g1) = values
-    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)  # the same draws, summed in another order
+    # the same draws, summed in another order: measured equal (0.0) for loss and gradients at 1 and 3 particles;
+    # the tolerances leave room for float32 rounding where the orders differ
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
     for k in g0:
         np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g0[k]), rtol=1e-5, atol=1e-6)
 
